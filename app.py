@@ -1,0 +1,92 @@
+"""prepost-backup: application-consistent EC2 backups, chained by EventBridge events.
+
+Each handler parses its event into a model and calls one step in `chalicelib.logic`.
+The flow of a run (per group of instances):
+
+    start event -> start_run -> Phase Requested (PRE_SCRIPT) -> run_scripts -> aws.ssm
+      -> script_invocation_changed -> Phase Requested (STOP) -> stop_instances -> aws.ec2
+      -> instance_state_changed -> Phase Requested (BACKUP) -> start_backups -> aws.backup
+      -> backup_job_changed -> Phase Requested (START) -> start_instances -> aws.ec2
+      -> instance_state_changed -> Phase Requested (POST_SCRIPT) -> run_scripts -> aws.ssm
+      -> script_invocation_changed -> Phase Completed (DONE) -> finalize_group
+      -> Run Completed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice.app import Chalice, CloudWatchEvent
+
+from chalicelib import observability, patterns
+from chalicelib.dependencies import services
+from chalicelib.logic import finalize, phases, results, start_run
+from chalicelib.models.events import (
+    BackupJobEvent,
+    Ec2StateEvent,
+    PhaseCompletedEvent,
+    PhaseRequestEvent,
+    SsmInvocationEvent,
+)
+
+app = Chalice(app_name="prepost-backup", configure_logs=False)
+app.register_middleware(observability.middleware, "all")
+
+
+# -- a run starts ---------------------------------------------------------------------------
+
+
+@app.on_cw_event(patterns.START_RUN)
+def start_run_handler(event: CloudWatchEvent) -> Any:
+    return start_run.start_run(services(), event.to_dict())
+
+
+# -- a group enters a phase: one handler per side effect -------------------------------------
+
+
+@app.on_cw_event(patterns.phase_requested("PRE_SCRIPT", "POST_SCRIPT"))
+def run_scripts(event: CloudWatchEvent) -> None:
+    phases.run_scripts(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+
+
+@app.on_cw_event(patterns.phase_requested("STOP"))
+def stop_instances(event: CloudWatchEvent) -> None:
+    phases.stop_instances(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+
+
+@app.on_cw_event(patterns.phase_requested("BACKUP"))
+def start_backups(event: CloudWatchEvent) -> None:
+    phases.start_backups(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+
+
+@app.on_cw_event(patterns.phase_requested("START"))
+def start_instances(event: CloudWatchEvent) -> None:
+    phases.start_instances(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+
+
+# -- AWS reports what happened ----------------------------------------------------------------
+
+
+@app.on_cw_event(patterns.SSM_INVOCATION)
+def script_invocation_changed(event: CloudWatchEvent) -> None:
+    results.script_invocation_changed(
+        services(), SsmInvocationEvent.model_validate(event.to_dict())
+    )
+
+
+@app.on_cw_event(patterns.EC2_STATE)
+def instance_state_changed(event: CloudWatchEvent) -> None:
+    results.instance_state_changed(services(), Ec2StateEvent.model_validate(event.to_dict()))
+
+
+@app.on_cw_event(patterns.BACKUP_JOB)
+def backup_job_changed(event: CloudWatchEvent) -> None:
+    results.backup_job_changed(services(), BackupJobEvent.model_validate(event.to_dict()))
+
+
+# -- a group is done; after the last one, the run is ------------------------------------------
+
+
+@app.on_cw_event(patterns.GROUP_DONE)
+def finalize_group(event: CloudWatchEvent) -> None:
+    finalize.group_completed(services(), PhaseCompletedEvent.model_validate(event.to_dict()).detail)

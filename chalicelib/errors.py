@@ -1,0 +1,29 @@
+"""The error hierarchy. Gateways translate botocore errors into these."""
+
+from __future__ import annotations
+
+
+class PrePostError(Exception):
+    """Base of every error this application raises on purpose."""
+
+
+class PoisonEventError(PrePostError):
+    """An event that can never be processed: logged, counted and acknowledged."""
+
+
+class GatewayError(PrePostError):
+    """An AWS call failed. `code` is the AWS error code when there is one."""
+
+    def __init__(self, operation: str, code: str, message: str) -> None:
+        super().__init__(f"{operation} failed: {code}: {message}")
+        self.operation = operation
+        self.code = code
+        self.message = message
+
+
+class ConditionFailedError(PrePostError):
+    """A conditional write found the item in another state than expected."""
+
+
+class EventPublishError(PrePostError):
+    """EventBridge refused some entries; raising makes Lambda retry the handler."""

@@ -1,0 +1,44 @@
+"""SSM Run Command: scripts through AWS-RunRemoteScript."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.gateways.aws import translated
+from chalicelib.models.run_input import ScriptDetails
+
+DOCUMENT = "AWS-RunRemoteScript"
+MAX_INSTANCES_PER_COMMAND = 50
+
+
+class SsmGateway:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def send_script(
+        self, instance_ids: list[str], script: ScriptDetails, output_prefix: str, comment: str
+    ) -> str:
+        """Send `script` to at most 50 instances by id; the command id."""
+        if not 0 < len(instance_ids) <= MAX_INSTANCES_PER_COMMAND:
+            raise ValueError(f"1 to 50 instance ids per command, got {len(instance_ids)}")
+        request: dict[str, Any] = {
+            "InstanceIds": instance_ids,
+            "DocumentName": DOCUMENT,
+            "Comment": comment[:100],
+            "Parameters": {
+                "sourceType": ["S3"],
+                "sourceInfo": [json.dumps({"path": script.source_s3_path})],
+                "commandLine": [script.command_to_run],
+                "workingDirectory": [script.working_directory],
+                "executionTimeout": [str(script.execution_timeout_in_seconds)],
+            },
+        }
+        if script.timeout_in_seconds is not None:
+            request["TimeoutSeconds"] = script.timeout_in_seconds
+        if script.output_s3_bucket_name:
+            request["OutputS3BucketName"] = script.output_s3_bucket_name
+            request["OutputS3KeyPrefix"] = output_prefix
+        with translated("ssm:SendCommand"):
+            response = self._client.send_command(**request)
+        return str(response["Command"]["CommandId"])

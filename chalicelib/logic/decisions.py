@@ -1,0 +1,249 @@
+"""Pure decisions: given the state and what happened, what follows. No AWS here."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from chalicelib.models.run_input import OnPreScriptFailure, RunInput
+from chalicelib.models.state import (
+    PHASE_ORDER,
+    Consistency,
+    InstanceRecord,
+    InstanceStatus,
+    Phase,
+    PhaseStatus,
+    RunStatus,
+)
+from chalicelib.models.targets import TargetInstance
+
+# EC2 states in which SSM can reach the instance and which the run may stop.
+RUNNING_STATES = frozenset({"running", "pending"})
+GONE_STATES = frozenset({"shutting-down", "terminated"})
+
+# SSM invocation statuses. Only Success counts; every other terminal status is a failure.
+SSM_SUCCESS = "Success"
+SSM_IN_FLIGHT = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
+# Backup job states. Only COMPLETED counts.
+BACKUP_SUCCESS = "COMPLETED"
+BACKUP_FAILURES = frozenset({"FAILED", "ABORTED", "EXPIRED", "PARTIAL"})
+
+_TOKEN_NAMESPACE = uuid.UUID("5b0c1f0e-6d55-4f36-9a3e-8f2b9d7f4a11")
+
+
+def run_id_for(event_id: str, event_time: datetime) -> str:
+    """A sortable run id, the same for every delivery of one start event."""
+    digest = hashlib.sha256(event_id.encode()).hexdigest()[:10]
+    return f"{event_time.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+
+
+def idempotency_token(run_id: str, instance_id: str) -> str:
+    """StartBackupJob's token: one backup job per instance per run, whatever retries."""
+    return str(uuid.uuid5(_TOKEN_NAMESPACE, f"{run_id}/{instance_id}"))
+
+
+def plan(run_input: RunInput) -> list[Phase]:
+    """The phases of a run, in order, leaving out those not asked for."""
+    wanted = {
+        Phase.PRE_SCRIPT: run_input.pre_script is not None,
+        Phase.STOP: run_input.start_stop_ec2_required,
+        Phase.BACKUP: True,
+        Phase.START: run_input.start_stop_ec2_required,
+        Phase.POST_SCRIPT: run_input.post_script is not None,
+    }
+    return [phase for phase in PHASE_ORDER if wanted[phase]]
+
+
+def next_phase(phases: list[Phase], current: Phase) -> Phase | None:
+    position = phases.index(current)
+    return phases[position + 1] if position + 1 < len(phases) else None
+
+
+def group_of(target: TargetInstance, group_by: str) -> tuple[str, str]:
+    """The coordination group of an instance: (group id, human label).
+
+    One group for the run (the seed's behaviour), one per instance, or one per value of
+    a tag (consistency groups). Ids are stable and safe inside a table key.
+    """
+    if group_by == "run":
+        return "run", "run"
+    if group_by == "instance":
+        return target.instance_id, target.instance_id
+    tag_key = group_by.removeprefix("tag:")
+    value = target.tags.get(tag_key)
+    label = f"{tag_key}={value}" if value is not None else f"{tag_key} (untagged)"
+    return "t" + hashlib.sha256(label.encode()).hexdigest()[:12], label
+
+
+@dataclass(frozen=True)
+class SkipAtStart:
+    reason: str
+    is_error: bool
+
+
+def skip_at_start(target: TargetInstance | None) -> SkipAtStart | None:
+    """Why an instance takes no part in the run at all, if it does not."""
+    if target is None:
+        return SkipAtStart("instance not found in this account and region", is_error=True)
+    if target.state in GONE_STATES:
+        return SkipAtStart(f"instance is {target.state}", is_error=False)
+    return None
+
+
+@dataclass(frozen=True)
+class MemberDecision:
+    act: bool
+    reason: str | None = None
+
+
+ACT = MemberDecision(act=True)
+
+
+def decide_member(
+    phase: Phase, instance: InstanceRecord, aborted: bool, run_input: RunInput
+) -> MemberDecision:
+    """Whether `phase` acts on one member of a group, or why it skips it."""
+    was_running = instance.original_state in RUNNING_STATES
+    if instance.terminated:
+        return MemberDecision(False, "instance was terminated during the run")
+    if phase is Phase.PRE_SCRIPT:
+        if not was_running:
+            return MemberDecision(False, "instance was not running; SSM cannot reach it")
+        return ACT
+    if phase in (Phase.STOP, Phase.BACKUP) and aborted:
+        return MemberDecision(
+            False, "a pre-script of this group failed and OnPreScriptFailure is abort"
+        )
+    if phase is Phase.STOP:
+        if not was_running:
+            return MemberDecision(False, f"instance was already {instance.original_state}")
+        return ACT
+    if phase is Phase.BACKUP:
+        return ACT
+    if phase is Phase.START:
+        if instance.phase(Phase.STOP).status is not PhaseStatus.SUCCEEDED:
+            return MemberDecision(False, "this run did not stop the instance")
+        return ACT
+    # POST_SCRIPT: always thaw where the pre-script was sent.
+    if run_input.pre_script is not None:
+        pre = instance.phase(Phase.PRE_SCRIPT)
+        if pre.status in (PhaseStatus.SKIPPED, PhaseStatus.PENDING):
+            return MemberDecision(False, "no pre-script was sent to this instance")
+    elif not was_running:
+        return MemberDecision(False, "instance was not running; SSM cannot reach it")
+    stop, start = instance.phase(Phase.STOP), instance.phase(Phase.START)
+    if stop.status is PhaseStatus.SUCCEEDED and start.status is not PhaseStatus.SUCCEEDED:
+        return MemberDecision(False, "instance is still stopped (start failed); cannot thaw")
+    return ACT
+
+
+def ssm_outcome(status: str) -> PhaseStatus | None:
+    """The phase status an SSM invocation status means; None while it is in flight."""
+    if status in SSM_IN_FLIGHT:
+        return None
+    return PhaseStatus.SUCCEEDED if status == SSM_SUCCESS else PhaseStatus.FAILED
+
+
+def backup_outcome(state: str) -> PhaseStatus | None:
+    """The phase status a backup job state means; None while the job is not terminal."""
+    if state == BACKUP_SUCCESS:
+        return PhaseStatus.SUCCEEDED
+    if state in BACKUP_FAILURES:
+        return PhaseStatus.FAILED
+    return None
+
+
+def consistency(instance: InstanceRecord, run_input: RunInput) -> Consistency:
+    """What a backup taken now really is.
+
+    A failed pre-script always means crash-consistent. Otherwise a successful pre-script,
+    or an instance powered off (stopped by the run or before it), is app-consistent.
+    """
+    if run_input.pre_script is not None and instance.original_state in RUNNING_STATES:
+        if instance.phase(Phase.PRE_SCRIPT).status is not PhaseStatus.SUCCEEDED:
+            return Consistency.CRASH
+        return Consistency.APP
+    powered_off = (
+        instance.original_state not in RUNNING_STATES
+        or instance.phase(Phase.STOP).status is PhaseStatus.SUCCEEDED
+    )
+    return Consistency.APP if powered_off else Consistency.CRASH
+
+
+def aborts_group(run_input: RunInput, pre_script_failures: int) -> bool:
+    return run_input.on_pre_script_failure is OnPreScriptFailure.ABORT and pre_script_failures > 0
+
+
+def instance_outcome(
+    instance: InstanceRecord, phases: list[Phase]
+) -> tuple[InstanceStatus, str | None]:
+    """The final status of one instance, with the reason when it is not SUCCEEDED."""
+    if instance.status is InstanceStatus.SKIPPED:
+        return InstanceStatus.SKIPPED, instance.reason
+    start = instance.phase(Phase.START)
+    if Phase.START in phases and start.status is PhaseStatus.FAILED:
+        return InstanceStatus.STUCK_STOPPED, f"START: {start.reason}"
+    backup = instance.phase(Phase.BACKUP)
+    if backup.status is not PhaseStatus.SUCCEEDED:
+        return InstanceStatus.FAILED, f"BACKUP: {backup.reason or backup.status}"
+    failed = [p for p in phases if instance.phase(p).status is PhaseStatus.FAILED]
+    if failed:
+        reasons = "; ".join(f"{p}: {instance.phase(p).reason}" for p in failed)
+        return InstanceStatus.COMPLETED_WITH_ERRORS, reasons
+    pre_sent = instance.phase(Phase.PRE_SCRIPT).status in (
+        PhaseStatus.SUCCEEDED,
+        PhaseStatus.FAILED,
+    )
+    post = instance.phase(Phase.POST_SCRIPT)
+    if Phase.POST_SCRIPT in phases and pre_sent and post.status is PhaseStatus.SKIPPED:
+        return InstanceStatus.COMPLETED_WITH_ERRORS, f"POST_SCRIPT not sent: {post.reason}"
+    return InstanceStatus.SUCCEEDED, None
+
+
+def run_outcome(
+    outcomes: list[tuple[InstanceRecord, InstanceStatus]],
+) -> tuple[RunStatus, str | None, dict[str, int]]:
+    """The run's final status from its instances' final statuses."""
+    counts = dict(Counter(str(status) for _, status in outcomes))
+    if not outcomes:
+        return RunStatus.FAILED, "no target instances were found", counts
+    backed_up = sum(
+        1 for record, _ in outcomes if record.phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
+    )
+    if backed_up == 0:
+        return RunStatus.FAILED, "no instance was backed up", counts
+    clean = all(
+        status is InstanceStatus.SUCCEEDED
+        or (status is InstanceStatus.SKIPPED and not record.skip_is_error)
+        for record, status in outcomes
+    )
+    if clean:
+        return RunStatus.SUCCEEDED, None, counts
+    return RunStatus.COMPLETED_WITH_ERRORS, "some instances did not fully succeed", counts
+
+
+STOP_START_BUDGET_SECONDS = 15 * 60
+DEFAULT_COMPLETE_WINDOW_SECONDS = 8 * 3600
+DEFAULT_DELIVERY_TIMEOUT_SECONDS = 3600
+
+
+def run_budget_seconds(run_input: RunInput) -> int:
+    """How long a run may take at most, phase by phase; bounds its instance leases."""
+    total = 0
+    for script in (run_input.pre_script, run_input.post_script):
+        if script is not None:
+            delivery = script.timeout_in_seconds or DEFAULT_DELIVERY_TIMEOUT_SECONDS
+            total += delivery + script.execution_timeout_in_seconds
+    if run_input.start_stop_ec2_required:
+        total += 2 * STOP_START_BUDGET_SECONDS
+    backup = run_input.backup_details
+    total += backup.start_window_minutes * 60
+    total += (
+        backup.complete_window_minutes * 60
+        if backup.complete_window_minutes
+        else DEFAULT_COMPLETE_WINDOW_SECONDS
+    )
+    return total

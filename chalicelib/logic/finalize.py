@@ -1,0 +1,65 @@
+"""A group is done; when it was the run's last, the run gets its final record."""
+
+from __future__ import annotations
+
+from chalicelib import observability
+from chalicelib.clock import iso
+from chalicelib.dependencies import Services
+from chalicelib.logic import decisions
+from chalicelib.models.events import DetailType, PhaseCompleted
+from chalicelib.models.state import DONE, RunRecord, RunStatus
+
+
+def group_completed(services: Services, completed: PhaseCompleted) -> None:
+    """Count the group out of its run, once; finalize the run after its last group."""
+    if completed.next_phase != DONE:
+        return
+    observability.bind_run(completed.run_id)
+    if not services.store.finish_group(completed.run_id, completed.group_id):
+        return
+    run = services.store.get_run(completed.run_id)
+    if run is not None and run.groups_pending <= 0:
+        finalize_run(services, run)
+
+
+def finalize_run(services: Services, run: RunRecord) -> None:
+    """Write each instance's final status and the run's, release leases, announce it."""
+    store = services.store
+    instances = store.list_instances(run.run_id)
+    outcomes = []
+    for instance in instances:
+        outcome, why = decisions.instance_outcome(instance, run.plan)
+        if (outcome, why) != (instance.status, instance.reason):
+            store.set_instance_outcome(
+                run.run_id, instance.group_id, instance.instance_id, outcome, why
+            )
+        outcomes.append((instance, outcome))
+    status, reason, counts = decisions.run_outcome(outcomes)
+    finished_at = iso(services.clock.now())
+    if not store.complete_run(run.run_id, status, counts, reason, finished_at):
+        return
+    for instance in instances:
+        store.release_lease(instance.instance_id, run.run_id)
+    services.events.emit(
+        [
+            (
+                DetailType.RUN_COMPLETED,
+                {
+                    "run_id": run.run_id,
+                    "status": str(status),
+                    "reason": reason,
+                    "counts": counts,
+                    "instance_count": run.instance_count,
+                    "created_at": run.created_at,
+                    "finished_at": finished_at,
+                },
+            )
+        ]
+    )
+    observability.count(f"RUN_{status}")
+    log = (
+        observability.logger().info
+        if status is RunStatus.SUCCEEDED
+        else observability.logger().warning
+    )
+    log("run completed", status=status, reason=reason, counts=counts)

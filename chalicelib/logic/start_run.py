@@ -1,0 +1,217 @@
+"""A start event: validate, resolve the targets once, lease them, write the run, go."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from pydantic import ValidationError
+
+from chalicelib import observability
+from chalicelib.clock import iso
+from chalicelib.dependencies import Services
+from chalicelib.logic import decisions
+from chalicelib.logic.finalize import finalize_run
+from chalicelib.logic.transitions import phase_request
+from chalicelib.models.events import AwsEvent, DetailType
+from chalicelib.models.run_input import RunInput, validation_messages
+from chalicelib.models.state import (
+    GroupPhaseState,
+    GroupRecord,
+    InstanceRecord,
+    InstanceStatus,
+    Lease,
+    PhaseResult,
+    RunRecord,
+    RunStatus,
+)
+from chalicelib.models.targets import TargetInstance
+
+MAX_ERRORS_KEPT = 50
+UNGROUPED = "-"
+
+
+def start_run(services: Services, raw_event: Any) -> str | None:
+    """Start the run a start event asks for; its run id, or None for a poison event."""
+    log = observability.logger()
+    try:
+        envelope = AwsEvent.model_validate(raw_event)
+    except ValidationError as exc:
+        event_id = raw_event.get("id") if isinstance(raw_event, dict) else None
+        log.error("start event is not an EventBridge event; dropped", event_id=event_id,
+                  errors=validation_messages(exc)[:MAX_ERRORS_KEPT])  # fmt: skip
+        observability.count("PoisonEvents")
+        return None
+    run_id = decisions.run_id_for(envelope.id, envelope.time)
+    observability.bind_run(run_id)
+    if services.store.get_run(run_id) is not None:
+        log.info("duplicate start event ignored", event_id=envelope.id)
+        return run_id
+    detail = envelope.detail
+    if not isinstance(detail, dict):
+        _reject(services, run_id, envelope, ["detail: must be a JSON object holding the run input"])
+        return run_id
+    try:
+        run_input = RunInput.model_validate(detail)
+    except ValidationError as exc:
+        _reject(services, run_id, envelope, validation_messages(exc))
+        return run_id
+    _begin(services, run_id, envelope, run_input)
+    return run_id
+
+
+def _reject(services: Services, run_id: str, envelope: AwsEvent, errors: list[str]) -> None:
+    """Record the refusal and announce it; nothing else is touched."""
+    now = services.clock.now()
+    errors = errors[:MAX_ERRORS_KEPT]
+    run = RunRecord(
+        run_id=run_id,
+        status=RunStatus.REJECTED,
+        created_at=iso(now),
+        finished_at=iso(now),
+        event_id=envelope.id,
+        input_json=json.dumps(envelope.detail),
+        errors=errors,
+        reason="invalid run input",
+    )
+    if not services.store.put_run_if_new(run, services.now_epoch()):
+        return
+    observability.logger().warning("run rejected", errors=errors)
+    observability.count("RunsRejected")
+    services.events.emit(
+        [
+            (
+                DetailType.RUN_COMPLETED,
+                {
+                    "run_id": run_id,
+                    "status": str(RunStatus.REJECTED),
+                    "reason": run.reason,
+                    "errors": errors,
+                    "counts": {},
+                    "instance_count": 0,
+                    "created_at": run.created_at,
+                    "finished_at": run.finished_at,
+                },
+            )
+        ]
+    )
+
+
+def _resolve(
+    services: Services, run_input: RunInput
+) -> tuple[list[str], dict[str, TargetInstance]]:
+    """The requested instance ids, and what EC2 says about those that exist."""
+    if run_input.target_ec2_instances:
+        found = services.ec2.instances_by_ids(run_input.target_ec2_instances)
+        requested = run_input.target_ec2_instances
+    else:
+        assert run_input.target_ec2_tag_key is not None
+        assert run_input.target_ec2_tag_value is not None
+        found = services.ec2.instances_by_tag(
+            run_input.target_ec2_tag_key, run_input.target_ec2_tag_value
+        )
+        requested = [target.instance_id for target in found]
+    return requested, {target.instance_id: target for target in found}
+
+
+def _begin(services: Services, run_id: str, envelope: AwsEvent, run_input: RunInput) -> None:
+    store, log = services.store, observability.logger()
+    now, now_epoch = services.clock.now(), services.now_epoch()
+    requested, found = _resolve(services, run_input)
+    lease_until = (
+        now_epoch + decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds
+    )
+    phases = decisions.plan(run_input)
+    members: list[InstanceRecord] = []
+    skipped: list[InstanceRecord] = []
+    for instance_id in requested:
+        target = found.get(instance_id)
+        skip = decisions.skip_at_start(target)
+        if skip is None and target is not None:
+            group_id, label = decisions.group_of(target, run_input.group_by)
+            lease = Lease(
+                instance_id=instance_id, run_id=run_id, group_id=group_id, expires_at=lease_until
+            )
+            holder = store.acquire_lease(lease, now_epoch)
+            if holder is None:
+                members.append(
+                    InstanceRecord(
+                        run_id=run_id,
+                        group_id=group_id,
+                        group_label=label,
+                        instance_id=instance_id,
+                        arn=services.ec2.instance_arn(target.owner_id, instance_id),
+                        original_state=target.state,
+                        phases={phase: PhaseResult() for phase in phases},
+                    )
+                )
+                continue
+            skip = decisions.SkipAtStart(f"instance is held by run {holder.run_id}", True)
+        assert skip is not None  # skip_at_start gives a reason whenever target is None
+        skipped.append(
+            InstanceRecord(
+                run_id=run_id,
+                group_id=UNGROUPED,
+                instance_id=instance_id,
+                original_state=target.state if target else "unknown",
+                status=InstanceStatus.SKIPPED,
+                reason=skip.reason,
+                skip_is_error=skip.is_error,
+            )
+        )
+        log.warning("instance skipped", instance_id=instance_id, reason=skip.reason)
+
+    sizes = Counter(member.group_id for member in members)
+    labels = {member.group_id: member.group_label or member.group_id for member in members}
+    group_records = [
+        GroupRecord(
+            run_id=run_id,
+            group_id=group_id,
+            label=labels[group_id],
+            size=size,
+            phase=str(phases[0]),
+            phase_state=GroupPhaseState.REQUESTED,
+        )
+        for group_id, size in sizes.items()
+    ]
+    store.put_groups_and_instances(group_records, members + skipped, now_epoch)
+    run = RunRecord(
+        run_id=run_id,
+        status=RunStatus.RUNNING,
+        created_at=iso(now),
+        event_id=envelope.id,
+        input_json=json.dumps(envelope.detail),
+        plan=phases,
+        groups_total=len(group_records),
+        groups_pending=len(group_records),
+        instance_count=len(requested),
+    )
+    if not store.put_run_if_new(run, now_epoch):
+        log.info("duplicate start event ignored", event_id=envelope.id)
+        return
+    log.info(
+        "run started",
+        instances=len(requested),
+        acting=len(members),
+        skipped=len(skipped),
+        groups=len(group_records),
+        plan=[str(p) for p in phases],
+    )
+    observability.count("RunsStarted")
+    started = {
+        "run_id": run_id,
+        "instance_count": len(requested),
+        "skipped_count": len(skipped),
+        "group_count": len(group_records),
+        "plan": [str(p) for p in phases],
+    }
+    services.events.emit(
+        [(DetailType.RUN_STARTED, started)]
+        + [
+            (DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, phases[0]))
+            for group in group_records
+        ]
+    )
+    if not group_records:
+        finalize_run(services, run)

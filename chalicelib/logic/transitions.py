@@ -1,0 +1,101 @@
+"""The one way an instance finishes a phase, and a group moves to its next phase.
+
+Events, side-effect failures and (later) the reconciler all go through `finish`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib import observability
+from chalicelib.clock import iso
+from chalicelib.dependencies import Services
+from chalicelib.logic import decisions
+from chalicelib.models.events import DetailType, PhaseCompleted, PhaseRequest
+from chalicelib.models.run_input import RunInput
+from chalicelib.models.state import (
+    DONE,
+    GroupPhaseState,
+    GroupRecord,
+    Phase,
+    PhaseStatus,
+    RunRecord,
+)
+
+
+def finish(
+    services: Services,
+    run_id: str,
+    group_id: str,
+    instance_id: str,
+    phase: Phase,
+    status: PhaseStatus,
+    reason: str | None = None,
+    **details: Any,
+) -> bool:
+    """Record a terminal result of an IN_PROGRESS phase; close the group's phase if last.
+
+    A duplicate, stale or late report finds the phase no longer IN_PROGRESS and changes
+    nothing; it returns False.
+    """
+    log = observability.logger()
+    instance = services.store.get_instance(run_id, group_id, instance_id)
+    current = instance.phase(phase) if instance else None
+    if current is None or current.status is not PhaseStatus.IN_PROGRESS:
+        log.info(
+            "report ignored: phase not in progress",
+            instance_id=instance_id,
+            phase=phase,
+            reported=status,
+            current=current.status if current else None,
+        )
+        return False
+    result = current.model_copy(
+        update={"status": status, "reason": reason, "ended_at": iso(services.clock.now())} | details
+    )
+    if not services.store.finish_phase(run_id, group_id, instance_id, phase, result):
+        log.info("report ignored: lost the race", instance_id=instance_id, phase=phase)
+        return False
+    observability.phase_outcome(phase, status)
+    level = log.info if status is PhaseStatus.SUCCEEDED else log.warning
+    level("phase finished", instance_id=instance_id, phase=phase, status=status, reason=reason)
+    group = services.store.get_group(run_id, group_id)
+    if group and group.phase == phase and group.pending <= 0:
+        close_phase(services, group)
+    return True
+
+
+def close_phase(services: Services, group: GroupRecord) -> None:
+    """Every member is terminal: move the group on and say so."""
+    if group.phase_state is not GroupPhaseState.OPEN:
+        return
+    run = services.store.get_run(group.run_id)
+    if run is None:
+        raise LookupError(f"run {group.run_id} has a group but no header")
+    run_input = RunInput.model_validate_json(run.input_json)
+    phase = Phase(group.phase)
+    following = decisions.next_phase(run.plan, phase)
+    aborted = group.aborted or (
+        phase is Phase.PRE_SCRIPT
+        and decisions.aborts_group(run_input, group.count(phase, PhaseStatus.FAILED))
+    )
+    if not services.store.advance_group(group.run_id, group.group_id, phase, following, aborted):
+        return
+    completed = PhaseCompleted(
+        run_id=group.run_id,
+        group_id=group.group_id,
+        phase=phase,
+        next_phase=str(following) if following else DONE,
+        succeeded=group.count(phase, PhaseStatus.SUCCEEDED),
+        failed=group.count(phase, PhaseStatus.FAILED),
+        skipped=group.count(phase, PhaseStatus.SKIPPED),
+    )
+    observability.logger().info("group phase completed", **completed.model_dump(mode="json"))
+    emitted = [(DetailType.PHASE_COMPLETED, completed.model_dump(mode="json"))]
+    if following:
+        emitted.append((DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, following)))
+    services.events.emit(emitted)
+
+
+def phase_request(run: RunRecord, group_id: str, phase: Phase) -> dict[str, Any]:
+    return PhaseRequest(run_id=run.run_id, group_id=group_id, phase=phase).model_dump(mode="json")

@@ -1,0 +1,107 @@
+"""Typed models of every event the application receives or emits.
+
+AWS service events are parsed tolerantly about types (documentation samples give
+numbers as strings, some omit `version`) and strictly about meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from chalicelib.models.state import Phase
+
+APP_SOURCE = "prepost-backup"
+
+
+class DetailType:
+    """Detail-types of the events this application emits: its public interface."""
+
+    START_REQUESTED = "BackupSolution-PrePostScript"  # the seed's start event (received)
+    RUN_STARTED = "PrePostBackup Run Started"
+    PHASE_REQUESTED = "PrePostBackup Phase Requested"
+    PHASE_COMPLETED = "PrePostBackup Phase Completed"
+    RUN_COMPLETED = "PrePostBackup Run Completed"
+
+
+def _as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) else value
+
+
+class AwsEvent(EventBridgeModel):
+    """The EventBridge envelope; `version` may come as a number or be missing."""
+
+    version: Annotated[str, BeforeValidator(_as_str)] = "0"
+    detail: Any
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class SsmInvocationDetail(_Detail):
+    """`aws.ssm` / `EC2 Command Invocation Status-change Notification`."""
+
+    command_id: str = Field(alias="command-id")
+    instance_id: str = Field(alias="instance-id")
+    status: str
+    document_name: str | None = Field(default=None, alias="document-name")
+
+
+class SsmInvocationEvent(AwsEvent):
+    detail: SsmInvocationDetail
+
+
+class Ec2StateDetail(_Detail):
+    """`aws.ec2` / `EC2 Instance State-change Notification`."""
+
+    instance_id: str = Field(alias="instance-id")
+    state: str
+
+
+class Ec2StateEvent(AwsEvent):
+    detail: Ec2StateDetail
+
+
+class BackupJobDetail(_Detail):
+    """`aws.backup` / `Backup Job State Change` (camelCase fields)."""
+
+    backup_job_id: str = Field(alias="backupJobId")
+    state: str
+    resource_arn: str | None = Field(default=None, alias="resourceArn")
+    status_message: str | None = Field(default=None, alias="statusMessage")
+    recovery_point_arn: str | None = Field(default=None, alias="recoveryPointArn")
+
+
+class BackupJobEvent(AwsEvent):
+    detail: BackupJobDetail
+
+
+class PhaseRequest(_Detail):
+    """Detail of `PrePostBackup Phase Requested`: a group enters a phase."""
+
+    run_id: str
+    group_id: str
+    phase: Phase
+
+
+class PhaseRequestEvent(AwsEvent):
+    detail: PhaseRequest
+
+
+class PhaseCompleted(_Detail):
+    """Detail of `PrePostBackup Phase Completed`: every member of a group is terminal."""
+
+    run_id: str
+    group_id: str
+    phase: Phase
+    next_phase: str  # a Phase, or DONE
+    succeeded: int
+    failed: int
+    skipped: int
+
+
+class PhaseCompletedEvent(AwsEvent):
+    detail: PhaseCompleted

@@ -1,0 +1,241 @@
+"""The run input: the seed's input JSON, unchanged, plus additive optional fields.
+
+Field names are the seed's PascalCase names (as aliases); errors name fields by them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+# Partitions: aws, aws-cn, aws-us-gov, and the isolated ones (aws-iso, aws-iso-b, ...).
+IAM_ROLE_ARN = re.compile(r"^arn:aws(?:-[a-z]+(?:-[a-z]+)*)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+BACKUP_VAULT_NAME = re.compile(r"^[a-zA-Z0-9\-_]{2,50}$")
+GROUP_BY = re.compile(r"^(?:run|instance|tag:.{1,128})$")
+MAX_TARGET_INSTANCES = 50
+
+
+def _numeric_int(value: Any) -> Any:
+    """Accept a whole number given as a JSON number or a numeric string; refuse booleans."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"must be a whole number (got {value!r})")
+        return int(text)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number (got {value!r})")
+        return int(value)
+    return value
+
+
+def _flag(value: Any) -> Any:
+    """A JSON boolean, or the strings "true"/"false" that templates sometimes produce."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"must be true or false (got {value!r})")
+
+
+WholeNumber = Annotated[int, BeforeValidator(_numeric_int)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+class OnPreScriptFailure(StrEnum):
+    CONTINUE = "continue"
+    ABORT = "abort"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ScriptDetails(_Input):
+    """How to run one script through `AWS-RunRemoteScript`."""
+
+    # The seed says "maximum length of 50", but its own example path is longer; the
+    # example wins (README: deviations). 1024 is S3's limit on a key, plus the host.
+    source_s3_path: str = Field(alias="SourceS3Path", min_length=1, max_length=2048)
+    command_to_run: str = Field(alias="CommandToRun", min_length=1, max_length=4096)
+    working_directory: str = Field(default="", alias="WorkingDirectory", max_length=4096)
+    # Delivery timeout (SendCommand TimeoutSeconds): if the command has not started
+    # running by then, it will not run. Omitted: SSM's own default applies.
+    timeout_in_seconds: WholeNumber | None = Field(
+        default=None, alias="TimeoutInSeconds", ge=30, le=2_592_000
+    )
+    # Additive: the script's execution timeout (AWS-RunRemoteScript executionTimeout).
+    # The seed hard-coded 3600 seconds.
+    execution_timeout_in_seconds: WholeNumber = Field(
+        default=3600, alias="ExecutionTimeoutInSeconds", ge=1, le=172_800
+    )
+    output_s3_bucket_name: str | None = Field(
+        default=None, alias="OutputS3BucketName", min_length=3, max_length=63
+    )
+    output_s3_key_prefix: str | None = Field(
+        default=None, alias="OutputS3KeyPrefix", min_length=1, max_length=500
+    )
+
+    @field_validator("source_s3_path")
+    @classmethod
+    def _source_is_s3(cls, value: str) -> str:
+        if not value.startswith(("https://", "s3://")):
+            raise ValueError("must be an https:// URL of an S3 object (or an s3:// URI)")
+        return value
+
+
+class RemoteRunCommandDetails(_Input):
+    pre_backup_script_details: ScriptDetails | None = Field(
+        default=None, alias="PreBackupScriptDetails"
+    )
+    post_backup_script_details: ScriptDetails | None = Field(
+        default=None, alias="PostBackupScriptDetails"
+    )
+
+
+class Lifecycle(_Input):
+    move_to_cold_storage_after_days: WholeNumber | None = Field(
+        default=None, alias="MoveToColdStorageAfterDays", ge=1
+    )
+    delete_after_days: WholeNumber | None = Field(default=None, alias="DeleteAfterDays", ge=1)
+    opt_in_to_archive_for_supported_resources: Flag | None = Field(
+        default=None, alias="OptInToArchiveForSupportedResources"
+    )
+
+
+class BackupDetails(_Input):
+    backup_vault_name: str = Field(alias="BackupVaultName", min_length=1, max_length=50)
+    iam_role_arn: str = Field(alias="IamRoleArn", min_length=1, max_length=2048)
+    # Additive, passed to StartBackupJob. Without a start window a job may wait hours.
+    start_window_minutes: WholeNumber = Field(
+        default=60, alias="StartWindowMinutes", ge=60, le=43_200
+    )
+    complete_window_minutes: WholeNumber | None = Field(
+        default=None, alias="CompleteWindowMinutes", ge=60
+    )
+    lifecycle: Lifecycle | None = Field(default=None, alias="Lifecycle")
+    recovery_point_tags: dict[str, str] = Field(
+        default_factory=dict, alias="RecoveryPointTags", max_length=40
+    )
+    backup_options: dict[str, str] = Field(default_factory=dict, alias="BackupOptions")
+
+    @field_validator("backup_vault_name")
+    @classmethod
+    def _vault_name(cls, value: str) -> str:
+        if not BACKUP_VAULT_NAME.match(value):
+            raise ValueError("must be 2 to 50 letters, numbers, hyphens or underscores")
+        return value
+
+    @field_validator("iam_role_arn")
+    @classmethod
+    def _role_arn(cls, value: str) -> str:
+        if not IAM_ROLE_ARN.match(value):
+            raise ValueError(
+                "must be an IAM role ARN such as arn:aws:iam::123456789012:role/BackupRole"
+            )
+        return value
+
+    @field_validator("recovery_point_tags")
+    @classmethod
+    def _no_reserved_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in tags if k.lower().startswith(("aws:", "prepost:")))
+        if reserved:
+            raise ValueError(f"tag keys starting with aws: or prepost: are reserved: {reserved}")
+        return tags
+
+
+class RunInput(_Input):
+    """One run: which instances, which scripts, whether to stop them, where to back up."""
+
+    target_ec2_tag_key: str | None = Field(
+        default=None, alias="TargetEC2TagKey", min_length=1, max_length=163
+    )
+    target_ec2_tag_value: str | None = Field(
+        default=None, alias="TargetEC2TagValue", max_length=256
+    )
+    target_ec2_instances: list[str] | None = Field(
+        default=None, alias="TargetEC2Instances", max_length=MAX_TARGET_INSTANCES
+    )
+    start_stop_ec2_required: Flag = Field(default=False, alias="StartStopEC2Required")
+    remote_run_command_details: RemoteRunCommandDetails = Field(
+        default_factory=RemoteRunCommandDetails, alias="RemoteRunCommandDetails"
+    )
+    backup_details: BackupDetails = Field(alias="BackupDetails")
+    # Additive options.
+    group_by: str = Field(default="run", alias="GroupBy")
+    on_pre_script_failure: OnPreScriptFailure = Field(
+        default=OnPreScriptFailure.CONTINUE, alias="OnPreScriptFailure"
+    )
+
+    @field_validator("target_ec2_instances")
+    @classmethod
+    def _instance_ids(cls, ids: list[str] | None) -> list[str] | None:
+        if ids is None:
+            return None
+        bad = [i for i in ids if not INSTANCE_ID.match(i)]
+        if bad:
+            raise ValueError(f"not EC2 instance ids (i- and 8 or 17 hex digits): {bad[:5]}")
+        return list(dict.fromkeys(ids))  # duplicates would be one instance anyway
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by(cls, value: str) -> str:
+        if not GROUP_BY.match(value):
+            raise ValueError("must be 'run', 'instance' or 'tag:<tag key>'")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> RunInput:
+        by_tag = self.target_ec2_tag_key is not None or self.target_ec2_tag_value is not None
+        by_ids = bool(self.target_ec2_instances)
+        if by_tag and by_ids:
+            raise ValueError(
+                "give either TargetEC2TagKey and TargetEC2TagValue, or TargetEC2Instances; not both"
+            )
+        if not by_tag and not by_ids:
+            raise ValueError(
+                "give either TargetEC2TagKey and TargetEC2TagValue, or TargetEC2Instances"
+            )
+        if by_tag and (self.target_ec2_tag_key is None or self.target_ec2_tag_value is None):
+            raise ValueError("TargetEC2TagKey and TargetEC2TagValue must be given together")
+        return self
+
+    @property
+    def pre_script(self) -> ScriptDetails | None:
+        return self.remote_run_command_details.pre_backup_script_details
+
+    @property
+    def post_script(self) -> ScriptDetails | None:
+        return self.remote_run_command_details.post_backup_script_details
+
+    @property
+    def group_tag_key(self) -> str | None:
+        return self.group_by[4:] if self.group_by.startswith("tag:") else None
+
+
+def validation_messages(error: ValidationError) -> list[str]:
+    """Every validation error as one sentence that names the field as the user wrote it."""
+    messages = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known field (check its spelling)"
+        messages.append(f"{location}: {message}" if location else message)
+    return messages

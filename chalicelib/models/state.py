@@ -1,0 +1,137 @@
+"""What the state table holds: run header, groups, one item per instance, leases.
+
+Items are small and bounded: nothing here grows with the size of the fleet.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Phase(StrEnum):
+    PRE_SCRIPT = "PRE_SCRIPT"
+    STOP = "STOP"
+    BACKUP = "BACKUP"
+    START = "START"
+    POST_SCRIPT = "POST_SCRIPT"
+
+
+PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+DONE = "DONE"
+
+
+class PhaseStatus(StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+TERMINAL_PHASE_STATUSES = frozenset(
+    {PhaseStatus.SUCCEEDED, PhaseStatus.FAILED, PhaseStatus.SKIPPED}
+)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+
+class InstanceStatus(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
+    FAILED = "FAILED"
+    STUCK_STOPPED = "STUCK_STOPPED"
+    SKIPPED = "SKIPPED"
+
+
+class Consistency(StrEnum):
+    APP = "app-consistent"
+    CRASH = "crash-consistent"
+
+
+class GroupPhaseState(StrEnum):
+    REQUESTED = "REQUESTED"  # the group entered the phase; its side effects are not sent yet
+    OPEN = "OPEN"  # side effects sent; waiting for every member to be terminal
+    DONE = "DONE"  # the group went through its last phase
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class PhaseResult(_Record):
+    """One instance's result for one phase."""
+
+    status: PhaseStatus = PhaseStatus.PENDING
+    reason: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    command_id: str | None = None  # scripts
+    backup_job_id: str | None = None  # backup
+    recovery_point_arn: str | None = None  # backup
+    consistency: Consistency | None = None  # backup
+
+
+class InstanceRecord(_Record):
+    run_id: str
+    group_id: str
+    instance_id: str
+    arn: str | None = None
+    original_state: str
+    status: InstanceStatus = InstanceStatus.IN_PROGRESS
+    reason: str | None = None
+    skip_is_error: bool = False
+    terminated: bool = False
+    group_label: str | None = None
+    phases: dict[Phase, PhaseResult] = Field(default_factory=dict)
+
+    def phase(self, phase: Phase) -> PhaseResult:
+        return self.phases.get(phase) or PhaseResult(status=PhaseStatus.SKIPPED)
+
+
+class GroupRecord(_Record):
+    run_id: str
+    group_id: str
+    label: str
+    size: int
+    phase: str  # a Phase, or DONE
+    phase_state: GroupPhaseState
+    pending: int = 0
+    aborted: bool = False
+    counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
+
+    def count(self, phase: Phase, status: PhaseStatus) -> int:
+        return self.counts.get(f"{phase}_{status}", 0)
+
+
+class RunRecord(_Record):
+    run_id: str
+    status: RunStatus
+    created_at: str
+    finished_at: str | None = None
+    event_id: str | None = None
+    input_json: str = "null"  # the start event's detail, exactly as received
+    errors: list[str] = Field(default_factory=list)
+    reason: str | None = None
+    plan: list[Phase] = Field(default_factory=list)
+    groups_total: int = 0
+    groups_pending: int = 0
+    instance_count: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
+
+
+class Lease(_Record):
+    instance_id: str
+    run_id: str
+    group_id: str
+    expires_at: int  # epoch seconds; also the table's TTL attribute

@@ -1,0 +1,1 @@
+"""Operator tooling for prepost-backup: the CLI and local mode. Not deployed."""

@@ -1,0 +1,1 @@
+"""Local mode: the real app against moto plus a small emulation of what moto lacks."""

@@ -1,0 +1,403 @@
+"""An AWS account on this machine: moto, plus what moto lacks, plus EventBridge routing.
+
+- moto answers EC2, DynamoDB, S3, EventBridge PutEvents and SSM SendCommand.
+- `BackupEmulator` answers StartBackupJob and DescribeBackupJob at the boto3 boundary
+  (after botocore has validated the request against the service model).
+- After each side effect the emulation schedules the events AWS would send (SSM
+  invocation status, EC2 state changes, Backup job states), built from the real-shaped
+  samples in `events/`, with the outcomes and durations of `Behaviour`.
+- `LocalBus` delivers every event, in virtual time, to the app's handlers whose
+  EventBridge patterns match it, through `chalice.test.Client`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.awsrequest import AWSResponse
+
+from prepost.local.clock import VirtualClock
+from prepost.local.patterns import matches
+from prepost.samples import load_event
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+AMI = "ami-12c6146b"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+@dataclass
+class Behaviour:
+    """How the simulated fleet and services behave. Durations in virtual seconds."""
+
+    script_seconds: float = 30
+    stop_seconds: float = 45
+    start_seconds: float = 40
+    backup_seconds: float = 2 * 3600
+    # Final SSM invocation status per (instance id, phase); default Success.
+    script_status: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Final backup job state per instance id; default COMPLETED.
+    backup_state: dict[str, str] = field(default_factory=dict)
+
+
+def stage_environment(stage: str) -> dict[str, str]:
+    """The environment variables `.chalice/config.json` gives a stage."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    env = dict(config.get("environment_variables", {}))
+    env.update(config["stages"][stage].get("environment_variables", {}))
+    return env
+
+
+def _ok(parsed: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+    parsed.setdefault("ResponseMetadata", {"HTTPStatusCode": 200, "RequestId": str(uuid.uuid4())})
+    return AWSResponse("https://localhost", 200, {}, None), parsed
+
+
+def _error(code: str, message: str, status: int = 400) -> tuple[AWSResponse, dict[str, Any]]:
+    return AWSResponse("https://localhost", status, {}, None), {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+
+
+class BackupEmulator:
+    """AWS Backup jobs, which moto does not implement."""
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self._cloud = cloud
+        self.vaults: set[str] = set()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._by_token: dict[str, str] = {}
+
+    def start_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+        vault = params["BackupVaultName"]
+        if vault not in self.vaults:
+            return _error("ResourceNotFoundException", f"Backup vault {vault} does not exist")
+        token = params.get("IdempotencyToken")
+        if token and token in self._by_token:  # AWS: same token, same job
+            job = self.jobs[self._by_token[token]]
+            return _ok({"BackupJobId": job["BackupJobId"], "CreationDate": job["CreationDate"]})
+        clock = self._cloud.clock
+        job_id = str(uuid.uuid4()).upper()
+        instance_id = params["ResourceArn"].rsplit("/", 1)[-1]
+        final = self._cloud.behaviour.backup_state.get(instance_id, "COMPLETED")
+        job = {
+            "AccountId": ACCOUNT,
+            "BackupJobId": job_id,
+            "BackupVaultName": vault,
+            "BackupVaultArn": self._cloud.arn("backup", f"backup-vault:{vault}"),
+            "ResourceArn": params["ResourceArn"],
+            "ResourceType": "EC2",
+            "IamRoleArn": params["IamRoleArn"],
+            "CreationDate": clock.now(),
+            "State": "CREATED",
+            "RecoveryPointTags": params.get("RecoveryPointTags", {}),
+            "IdempotencyToken": token,
+            "FinalState": final,
+        }
+        self.jobs[job_id] = job
+        if token:
+            self._by_token[token] = job_id
+        self._cloud.schedule(5, self._job_event, job_id, "CREATED")
+        self._cloud.schedule(60, self._job_event, job_id, "RUNNING")
+        self._cloud.schedule(self._cloud.behaviour.backup_seconds, self._job_event, job_id, final)
+        return _ok({"BackupJobId": job_id, "CreationDate": clock.now(), "IsParent": False})
+
+    def describe_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+        job = self.jobs.get(params["BackupJobId"])
+        if job is None:
+            return _error("ResourceNotFoundException", "no such backup job")
+        visible = {k: v for k, v in job.items() if k not in ("FinalState", "IdempotencyToken")}
+        return _ok(visible)
+
+    def _job_event(self, job_id: str, state: str) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        job["State"] = state
+        event = load_event(
+            "aws-backup-job-completed" if state == "COMPLETED" else "aws-backup-job-failed"
+        )
+        detail = event["detail"]
+        detail.update(
+            backupJobId=job_id,
+            state=state,
+            resourceArn=job["ResourceArn"],
+            backupVaultName=job["BackupVaultName"],
+            backupVaultArn=job["BackupVaultArn"],
+            iamRoleArn=job["IamRoleArn"],
+            creationDate=_iso(job["CreationDate"]),
+        )
+        event["resources"] = []
+        if state == "COMPLETED":
+            image = "ami-" + uuid.uuid4().hex[:17]
+            job["RecoveryPointArn"] = f"arn:aws:ec2:{self._cloud.region}::image/{image}"
+            event["resources"] = [job["RecoveryPointArn"]]
+            detail["completionDate"] = _iso(self._cloud.clock.now())
+        elif state in ("FAILED", "ABORTED", "EXPIRED", "PARTIAL"):
+            detail["statusMessage"] = f'"Backup job {state.lower()} (simulated)"'
+        else:
+            for key in ("statusMessage", "completionDate", "retryCount"):
+                detail.pop(key, None)
+        return event
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class LocalCloud:
+    """The whole local account. Use as a context manager."""
+
+    def __init__(
+        self,
+        behaviour: Behaviour | None = None,
+        region: str = "us-east-1",
+        stage: str = "dev",
+        clock: VirtualClock | None = None,
+    ) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.region = region
+        self.stage = stage
+        self.clock = clock or VirtualClock()
+        self.backup = BackupEmulator(self)
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.invocations: Counter[str] = Counter()
+        self.emitted: list[dict[str, Any]] = []
+        self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
+        self._sequence = itertools.count()
+        self._saved_env: dict[str, str | None] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalCloud:
+        from moto import mock_aws
+
+        env = FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        env |= stage_environment(self.stage)
+        for key, value in env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        self._mock = mock_aws()
+        self._mock.start()
+        self.session = boto3.session.Session(region_name=self.region)
+        self._register_hooks(self.session.events)
+        self.table_name = env["PREPOST_TABLE_NAME"]
+
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from chalice.test import Client
+
+        from app import app
+        from chalicelib import dependencies
+        from chalicelib.gateways.state_store import create_table
+
+        create_table(self.session.client("dynamodb"), self.table_name)
+        dependencies.configure(session=self.session, clock=self.clock)
+        self.app = app
+        self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
+        self.ec2 = self.session.client("ec2")
+        self.calls.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from chalicelib import dependencies
+
+        dependencies.configure()
+        self._mock.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    @property
+    def store(self) -> Any:
+        from chalicelib.dependencies import services
+
+        return services().store
+
+    def arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{resource}"
+
+    # -- the fleet -------------------------------------------------------------------------
+
+    def launch(
+        self, count: int, tags: dict[str, str] | None = None, state: str = "running"
+    ) -> list[str]:
+        """Launch `count` instances in one reservation; stop them if `state` is stopped."""
+        spec: dict[str, Any] = {"ImageId": AMI, "MinCount": count, "MaxCount": count}
+        if tags:
+            spec["TagSpecifications"] = [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ]
+        ids = [i["InstanceId"] for i in self.ec2.run_instances(**spec)["Instances"]]
+        if state == "stopped":
+            self.ec2.stop_instances(InstanceIds=ids)
+        elif state == "terminated":
+            self.ec2.terminate_instances(InstanceIds=ids)
+        self._queue.clear()  # the fleet's own state changes are not part of a run
+        self.calls.clear()
+        return ids
+
+    def create_vault(self, name: str) -> None:
+        self.backup.vaults.add(name)
+
+    def state_of(self, instance_id: str) -> str:
+        response = self.ec2.describe_instances(InstanceIds=[instance_id])
+        return str(response["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start_event(self, detail: Any, event_id: str | None = None) -> dict[str, Any]:
+        """The seed's start event (default bus, source prepost-backup) carrying `detail`."""
+        event = load_event("start-seed-example")
+        event.update(id=event_id or str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event["detail"] = detail
+        return event
+
+    def run(self, detail: Any, event_id: str | None = None, max_events: int = 200_000) -> str:
+        """Publish a start event, deliver every event until the system is quiet; the run id."""
+        from chalicelib.logic.decisions import run_id_for
+        from chalicelib.models.events import AwsEvent
+
+        event = self.start_event(detail, event_id)
+        self.publish(event)
+        self.drain(max_events)
+        return run_id_for(event["id"], AwsEvent.model_validate(event).time)
+
+    def publish(self, event: dict[str, Any], delay: float = 0) -> None:
+        self.schedule(delay, lambda: event)
+
+    def schedule(self, delay: float, make_event: Any, *args: Any) -> None:
+        """Deliver `make_event(*args)` after `delay` virtual seconds."""
+        heapq.heappush(
+            self._queue, (self.clock.after(delay), next(self._sequence), make_event, args)
+        )
+
+    def drain(self, max_events: int = 200_000) -> int:
+        """Deliver events in virtual-time order until none is left; how many were delivered."""
+        delivered = 0
+        while self._queue:
+            if delivered >= max_events:
+                raise RuntimeError(f"still busy after {max_events} events")
+            due, _, make_event, args = heapq.heappop(self._queue)
+            self.clock.advance_to(due)
+            self.deliver(make_event(*args))
+            delivered += 1
+        return delivered
+
+    def deliver(self, event: dict[str, Any]) -> list[Any]:
+        """Invoke every handler whose pattern matches `event`, as EventBridge would."""
+        results = []
+        for source in self.app.event_sources:
+            pattern = getattr(source, "event_pattern", None)
+            if pattern is not None and matches(pattern, event):
+                self.invocations[source.name] += 1
+                results.append(self._chalice.lambda_.invoke(source.name, event).payload)
+        return results
+
+    # -- the emulation's hooks ---------------------------------------------------------------
+
+    def _register_hooks(self, events: Any) -> None:
+        events.register("provide-client-params.*.*", self._record_call)
+        events.register("before-call.backup.StartBackupJob", self._backup_call)
+        events.register("before-call.backup.DescribeBackupJob", self._backup_call)
+        events.register("after-call.ssm.SendCommand", self._after_send_command)
+        events.register("after-call.ec2.StopInstances", self._after_stop)
+        events.register("after-call.ec2.StartInstances", self._after_start)
+        events.register("after-call.eventbridge.PutEvents", self._after_put_events)
+
+    def _record_call(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
+        context["local_params"] = params
+        self.calls.append((model.service_model.service_name, model.name, dict(params)))
+
+    def _backup_call(self, model: Any, context: Any, **_: Any) -> Any:
+        params = context["local_params"]
+        if model.name == "StartBackupJob":
+            return self.backup.start_backup_job(params)
+        return self.backup.describe_backup_job(params)
+
+    def _after_send_command(self, http_response: Any, parsed: Any, context: Any, **_: Any) -> None:
+        if http_response.status_code >= 300:
+            return
+        params = context["local_params"]
+        phase = params.get("Comment", "").rsplit(" ", 1)[-1]
+        command_id = parsed["Command"]["CommandId"]
+        for instance_id in params.get("InstanceIds", []):
+            final = self.behaviour.script_status.get((instance_id, phase), "Success")
+            self.schedule(1, self._ssm_event, command_id, instance_id, "InProgress")
+            self.schedule(
+                self.behaviour.script_seconds, self._ssm_event, command_id, instance_id, final
+            )
+
+    def _ssm_event(self, command_id: str, instance_id: str, status: str) -> dict[str, Any]:
+        event = load_event("aws-ssm-invocation-success")
+        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event["resources"] = [self.arn("ec2", f"instance/{instance_id}")]
+        event["detail"].update(
+            {"command-id": command_id, "instance-id": instance_id, "status": status}
+        )
+        return event
+
+    def _after_stop(self, http_response: Any, parsed: Any, **_: Any) -> None:
+        for item in parsed.get("StoppingInstances", []):
+            if item["CurrentState"]["Name"] == "stopping":
+                self.schedule(1, self._ec2_event, item["InstanceId"], "stopping")
+                self.schedule(
+                    self.behaviour.stop_seconds, self._ec2_event, item["InstanceId"], "stopped"
+                )
+
+    def _after_start(self, http_response: Any, parsed: Any, **_: Any) -> None:
+        for item in parsed.get("StartingInstances", []):
+            if item["CurrentState"]["Name"] == "pending":
+                self.schedule(1, self._ec2_event, item["InstanceId"], "pending")
+                self.schedule(
+                    self.behaviour.start_seconds, self._ec2_event, item["InstanceId"], "running"
+                )
+
+    def _ec2_event(self, instance_id: str, state: str) -> dict[str, Any]:
+        event = load_event("aws-ec2-state-stopped")
+        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event["resources"] = [self.arn("ec2", f"instance/{instance_id}")]
+        event["detail"].update({"instance-id": instance_id, "state": state})
+        return event
+
+    def _after_put_events(self, http_response: Any, parsed: Any, context: Any, **_: Any) -> None:
+        entries = context["local_params"]["Entries"]
+        for entry, result in zip(entries, parsed.get("Entries", []), strict=False):
+            if result.get("ErrorCode"):
+                continue
+            event = {
+                "version": "0",
+                "id": result.get("EventId") or str(uuid.uuid4()),
+                "detail-type": entry["DetailType"],
+                "source": entry["Source"],
+                "account": ACCOUNT,
+                "time": _iso_s(self.clock.now()),
+                "region": self.region,
+                "resources": entry.get("Resources", []),
+                "detail": json.loads(entry["Detail"]),
+            }
+            self.emitted.append(event)
+            self.publish(event)
+
+
+def _iso_s(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
