@@ -16,6 +16,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from pydantic import BaseModel
 
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks, error_code, translated
@@ -117,6 +118,11 @@ def from_item(item: dict[str, Any]) -> dict[str, Any]:
 
 def _values(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _serializer.serialize(v) for k, v in values.items()}
+
+
+def _dump(record: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
+    """A record as stored: JSON types, and no null fields (smaller items, fewer WCUs)."""
+    return record.model_dump(mode="json", exclude_none=True, exclude=exclude)
 
 
 def _count_name(phase: Phase | str, status: PhaseStatus | str) -> str:
@@ -226,7 +232,7 @@ class StateStore:
 
     def put_run_if_new(self, run: RunRecord, now_epoch: int) -> bool:
         """Write the run header unless the run exists already (a duplicate start)."""
-        attributes = run_key(run.run_id) | run.model_dump(mode="json")
+        attributes = run_key(run.run_id) | _dump(run)
         attributes[TTL_ATTRIBUTE] = self.expiry(now_epoch)
         return self._put(attributes, condition="attribute_not_exists(pk)")
 
@@ -255,12 +261,9 @@ class StateStore:
     ) -> None:
         expires = {TTL_ATTRIBUTE: self.expiry(now_epoch)}
         items = [
-            group_key(g.run_id, g.group_id)
-            | g.model_dump(mode="json", exclude={"counts"})
-            | expires
-            for g in groups
+            group_key(g.run_id, g.group_id) | _dump(g, exclude={"counts"}) | expires for g in groups
         ] + [
-            instance_key(i.run_id, i.group_id, i.instance_id) | i.model_dump(mode="json") | expires
+            instance_key(i.run_id, i.group_id, i.instance_id) | _dump(i) | expires
             for i in instances
         ]
         self._batch_put(items)
@@ -307,7 +310,7 @@ class StateStore:
         return self._update(
             instance_key(run_id, group_id, instance_id),
             "SET phases.#phase = :result",
-            values={":result": result.model_dump(mode="json"), ":expected": str(expected)},
+            values={":result": _dump(result), ":expected": str(expected)},
             names={"#phase": str(phase), "#status": "status"},
             condition="phases.#phase.#status = :expected",
         )
@@ -333,25 +336,35 @@ class StateStore:
         )
 
     def finish_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, result: PhaseResult
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        phase: Phase,
+        status: PhaseStatus,
+        fields: dict[str, str],
     ) -> bool:
-        """Record a terminal result for an IN_PROGRESS instance and count it in its group.
+        """Record a terminal status of an IN_PROGRESS phase and count it in its group.
 
         One transaction, so that the group's barrier counter moves exactly once per
-        instance: a duplicate or stale event fails the condition and changes nothing.
+        instance: a duplicate, stale or late report fails the condition and changes
+        nothing. `fields` (reason, ended_at, ...) are set on the phase result.
         """
+        values = {f":{name}": value for name, value in fields.items()}
+        names = {"#phase": str(phase), "#status": "status"} | {f"#{name}": name for name in fields}
+        sets = ", ".join(
+            ["phases.#phase.#status = :status"]
+            + [f"phases.#phase.#{name} = :{name}" for name in fields]
+        )
         instance = {
             "Update": {
                 "TableName": self._table,
                 "Key": to_item(instance_key(run_id, group_id, instance_id)),
-                "UpdateExpression": "SET phases.#phase = :result",
+                "UpdateExpression": f"SET {sets}",
                 "ConditionExpression": "phases.#phase.#status = :in_progress",
-                "ExpressionAttributeNames": {"#phase": str(phase), "#status": "status"},
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": _values(
-                    {
-                        ":result": result.model_dump(mode="json"),
-                        ":in_progress": str(PhaseStatus.IN_PROGRESS),
-                    }
+                    values | {":status": str(status), ":in_progress": str(PhaseStatus.IN_PROGRESS)}
                 ),
             }
         }
@@ -359,9 +372,7 @@ class StateStore:
             "Update": {
                 "TableName": self._table,
                 "Key": to_item(group_key(run_id, group_id)),
-                "UpdateExpression": (
-                    f"ADD pending :minus_one, {_count_name(phase, result.status)} :one"
-                ),
+                "UpdateExpression": f"ADD pending :minus_one, {_count_name(phase, status)} :one",
                 "ConditionExpression": "phase = :phase AND phase_state = :open",
                 "ExpressionAttributeValues": _values(
                     {
@@ -439,7 +450,7 @@ class StateStore:
 
     def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None:
         """Take the lease on an instance; None if taken, else the current holder."""
-        attributes = lease_key(lease.instance_id) | lease.model_dump(mode="json")
+        attributes = lease_key(lease.instance_id) | _dump(lease)
         attributes[TTL_ATTRIBUTE] = lease.expires_at
         taken = self._conditional(
             "dynamodb:PutItem",

@@ -39,22 +39,16 @@ def finish(
     nothing; it returns False.
     """
     log = observability.logger()
-    instance = services.store.get_instance(run_id, group_id, instance_id)
-    current = instance.phase(phase) if instance else None
-    if current is None or current.status is not PhaseStatus.IN_PROGRESS:
+    fields = {"ended_at": iso(services.clock.now())} | {
+        name: str(value) for name, value in ({"reason": reason} | details).items() if value
+    }
+    if not services.store.finish_phase(run_id, group_id, instance_id, phase, status, fields):
         log.info(
-            "report ignored: phase not in progress",
+            "report ignored: phase not in progress (duplicate, stale or late)",
             instance_id=instance_id,
             phase=phase,
             reported=status,
-            current=current.status if current else None,
         )
-        return False
-    result = current.model_copy(
-        update={"status": status, "reason": reason, "ended_at": iso(services.clock.now())} | details
-    )
-    if not services.store.finish_phase(run_id, group_id, instance_id, phase, result):
-        log.info("report ignored: lost the race", instance_id=instance_id, phase=phase)
         return False
     observability.phase_outcome(phase, status)
     level = log.info if status is PhaseStatus.SUCCEEDED else log.warning

@@ -28,6 +28,7 @@ import boto3
 from botocore.awsrequest import AWSResponse
 
 from prepost.local.clock import VirtualClock
+from prepost.local.moto_speedups import fast_transactions
 from prepost.local.patterns import matches
 from prepost.samples import load_event
 
@@ -46,6 +47,8 @@ class Behaviour:
     """How the simulated fleet and services behave. Durations in virtual seconds."""
 
     script_seconds: float = 30
+    # Script duration per instance id, where it differs from `script_seconds`.
+    script_seconds_by_instance: dict[str, float] = field(default_factory=dict)
     stop_seconds: float = 45
     start_seconds: float = 40
     backup_seconds: float = 2 * 3600
@@ -177,6 +180,8 @@ class LocalCloud:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.invocations: Counter[str] = Counter()
         self.emitted: list[dict[str, Any]] = []
+        # (virtual time, what happened): AWS calls other than the state table, and events.
+        self.timeline: list[tuple[datetime, str]] = []
         self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
         self._sequence = itertools.count()
         self._saved_env: dict[str, str | None] = {}
@@ -193,6 +198,8 @@ class LocalCloud:
             os.environ[key] = value
         self._mock = mock_aws()
         self._mock.start()
+        self._speedups = fast_transactions()
+        self._speedups.__enter__()
         self.session = boto3.session.Session(region_name=self.region)
         self._register_hooks(self.session.events)
         self.table_name = env["PREPOST_TABLE_NAME"]
@@ -217,6 +224,7 @@ class LocalCloud:
         from chalicelib import dependencies
 
         dependencies.configure()
+        self._speedups.__exit__(None, None, None)
         self._mock.stop()
         for key, value in self._saved_env.items():
             if value is None:
@@ -306,6 +314,7 @@ class LocalCloud:
     def deliver(self, event: dict[str, Any]) -> list[Any]:
         """Invoke every handler whose pattern matches `event`, as EventBridge would."""
         results = []
+        self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
             if pattern is not None and matches(pattern, event):
@@ -326,7 +335,10 @@ class LocalCloud:
 
     def _record_call(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
         context["local_params"] = params
-        self.calls.append((model.service_model.service_name, model.name, dict(params)))
+        service = model.service_model.service_name
+        self.calls.append((service, model.name, dict(params)))
+        if service != "dynamodb":
+            self.timeline.append((self.clock.now(), f"call {service}:{model.name}"))
 
     def _backup_call(self, model: Any, context: Any, **_: Any) -> Any:
         params = context["local_params"]
@@ -343,9 +355,10 @@ class LocalCloud:
         for instance_id in params.get("InstanceIds", []):
             final = self.behaviour.script_status.get((instance_id, phase), "Success")
             self.schedule(1, self._ssm_event, command_id, instance_id, "InProgress")
-            self.schedule(
-                self.behaviour.script_seconds, self._ssm_event, command_id, instance_id, final
+            seconds = self.behaviour.script_seconds_by_instance.get(
+                instance_id, self.behaviour.script_seconds
             )
+            self.schedule(seconds, self._ssm_event, command_id, instance_id, final)
 
     def _ssm_event(self, command_id: str, instance_id: str, status: str) -> dict[str, Any]:
         event = load_event("aws-ssm-invocation-success")
@@ -401,3 +414,12 @@ class LocalCloud:
 
 def _iso_s(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _summary(event: dict[str, Any]) -> str:
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        return str(event.get("detail-type"))
+    keys = ("instance-id", "status", "state", "backupJobId", "run_id", "group_id", "phase")
+    facts = " ".join(f"{k}={detail[k]}" for k in keys if k in detail)
+    return f"{event.get('detail-type')} {facts}".strip()

@@ -1,0 +1,43 @@
+"""Shared fixtures. Nothing here may reach real AWS: fake credentials, moto, emulation."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Before anything imports boto3: fake credentials and a region, so a missed mock can
+# never reach a real account.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+)
+os.environ.pop("AWS_PROFILE", None)
+
+from prepost.local.cloud import Behaviour, LocalCloud
+from prepost.samples import load_event
+
+VAULT = "prepost-vault"
+
+
+def seed_input() -> dict[str, Any]:
+    """The seed README's example input, with its placeholders filled in."""
+    return copy.deepcopy(load_event("start-seed-example")["detail"])
+
+
+@pytest.fixture
+def behaviour() -> Behaviour:
+    return Behaviour()
+
+
+@pytest.fixture
+def cloud(behaviour: Behaviour) -> Iterator[LocalCloud]:
+    with LocalCloud(behaviour=behaviour) as local:
+        local.create_vault(VAULT)
+        yield local
