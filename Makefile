@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/prepost demo
 
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

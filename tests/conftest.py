@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -41,3 +44,29 @@ def cloud(behaviour: Behaviour) -> Iterator[LocalCloud]:
     with LocalCloud(behaviour=behaviour) as local:
         local.create_vault(VAULT)
         yield local
+
+
+class LogLines:
+    """The structured log lines the app wrote during a test, parsed."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def records(self, message: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
+        return [r for r in lines if message is None or r.get("message") == message]
+
+
+@pytest.fixture
+def logs(cloud: LocalCloud) -> Iterator[LogLines]:
+    from chalicelib import observability
+
+    captured = LogLines()
+    logger = observability.logger()
+    handler = logging.StreamHandler(captured.stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    try:
+        yield captured
+    finally:
+        logger._logger.removeHandler(handler)

@@ -331,8 +331,9 @@ class StateStore:
     def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None:
         self._update(
             instance_key(run_id, group_id, instance_id),
-            "SET terminated = :yes",
+            "SET #terminated = :yes",
             values={":yes": True},
+            names={"#terminated": "terminated"},  # a DynamoDB reserved word
         )
 
     def finish_phase(
