@@ -27,3 +27,7 @@ class ConditionFailedError(PrePostError):
 
 class EventPublishError(PrePostError):
     """EventBridge refused some entries; raising makes Lambda retry the handler."""
+
+
+class CorrelationPendingError(PrePostError):
+    """A report arrived before its side effect was recorded; raising makes Lambda retry it."""

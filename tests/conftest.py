@@ -44,6 +44,9 @@ def cloud(behaviour: Behaviour) -> Iterator[LocalCloud]:
     with LocalCloud(behaviour=behaviour) as local:
         local.create_vault(VAULT)
         yield local
+        # A handler that still fails after Lambda's retries is a bug unless a test expects it.
+        unexpected = [(h, repr(e)) for h, _, e in local.dead_letters]
+        assert unexpected == [] or getattr(local, "expect_dead_letters", False), unexpected
 
 
 class LogLines:

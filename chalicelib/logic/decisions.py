@@ -122,6 +122,11 @@ def decide_member(
             return MemberDecision(False, f"instance was already {instance.original_state}")
         return ACT
     if phase is Phase.BACKUP:
+        stop = instance.phase(Phase.STOP)
+        if stop.status is PhaseStatus.FAILED and (
+            run_input.on_pre_script_failure is OnPreScriptFailure.ABORT
+        ):
+            return MemberDecision(False, "the stop failed and OnPreScriptFailure is abort")
         return ACT
     if phase is Phase.START:
         if instance.phase(Phase.STOP).status is not PhaseStatus.SUCCEEDED:

@@ -7,7 +7,7 @@ from chalicelib.clock import iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions
 from chalicelib.models.events import DetailType, PhaseCompleted
-from chalicelib.models.state import DONE, RunRecord, RunStatus
+from chalicelib.models.state import DONE, InstanceStatus, RunRecord, RunStatus
 
 
 def group_completed(services: Services, completed: PhaseCompleted) -> None:
@@ -34,6 +34,12 @@ def finalize_run(services: Services, run: RunRecord) -> None:
                 run.run_id, instance.group_id, instance.instance_id, outcome, why
             )
         outcomes.append((instance, outcome))
+        if outcome is InstanceStatus.STUCK_STOPPED:
+            # This run stopped it and could not start it again: someone must act.
+            observability.logger().error(
+                "instance left stopped", instance_id=instance.instance_id, reason=why
+            )
+            observability.count("InstancesStuckStopped")
     status, reason, counts = decisions.run_outcome(outcomes)
     finished_at = iso(services.clock.now())
     if not store.complete_run(run.run_id, status, counts, reason, finished_at):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chalicelib import observability
 from chalicelib.dependencies import Services
+from chalicelib.errors import CorrelationPendingError
 from chalicelib.logic import decisions
 from chalicelib.logic.transitions import finish
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
@@ -18,6 +19,9 @@ def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> 
         return
     command = services.store.get_command(detail.command_id)
     if command is None:
+        if _script_awaiting_its_command_id(services, detail.instance_id):
+            # SendCommand returned but its id is not written yet: retry, do not drop.
+            raise CorrelationPendingError(f"command {detail.command_id} not recorded yet")
         observability.logger().info("not a command of this app", command_id=detail.command_id)
         return
     observability.bind_run(command["run_id"])
@@ -29,6 +33,19 @@ def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> 
         Phase(command["phase"]),
         outcome,
         reason=None if outcome is PhaseStatus.SUCCEEDED else f"SSM status {detail.status}",
+    )
+
+
+def _script_awaiting_its_command_id(services: Services, instance_id: str) -> bool:
+    lease = services.store.get_lease(instance_id)
+    instance = lease and services.store.get_instance(lease.run_id, lease.group_id, instance_id)
+    if not instance:
+        return False
+    return any(
+        instance.phases[phase].status is PhaseStatus.IN_PROGRESS
+        and not instance.phases[phase].command_id
+        for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT)
+        if phase in instance.phases
     )
 
 

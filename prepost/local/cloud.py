@@ -35,6 +35,7 @@ from prepost.samples import load_event
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 AMI = "ami-12c6146b"
+LAMBDA_ASYNC_RETRIES = 2
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -56,6 +57,8 @@ class Behaviour:
     script_status: dict[tuple[str, str], str] = field(default_factory=dict)
     # Final backup job state per instance id; default COMPLETED.
     backup_state: dict[str, str] = field(default_factory=dict)
+    # Error code that EC2 answers to (instance id, "StopInstances" or "StartInstances").
+    power_errors: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def stage_environment(stage: str) -> dict[str, str]:
@@ -180,6 +183,8 @@ class LocalCloud:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.invocations: Counter[str] = Counter()
         self.emitted: list[dict[str, Any]] = []
+        # (handler, event, error) of invocations that failed after Lambda's retries.
+        self.dead_letters: list[tuple[str, dict[str, Any], Exception]] = []
         # (virtual time, what happened): AWS calls other than the state table, and events.
         self.timeline: list[tuple[datetime, str]] = []
         self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
@@ -301,26 +306,46 @@ class LocalCloud:
 
     def drain(self, max_events: int = 200_000) -> int:
         """Deliver events in virtual-time order until none is left; how many were delivered."""
+        delivered = self.step(max_events)
+        if self._queue:
+            raise RuntimeError(f"still busy after {max_events} events")
+        return delivered
+
+    def step(self, count: int) -> int:
+        """Deliver at most `count` events in virtual-time order; how many were delivered."""
         delivered = 0
-        while self._queue:
-            if delivered >= max_events:
-                raise RuntimeError(f"still busy after {max_events} events")
+        while self._queue and delivered < count:
             due, _, make_event, args = heapq.heappop(self._queue)
             self.clock.advance_to(due)
-            self.deliver(make_event(*args))
+            event = make_event(*args)
+            if event is not None:  # a retry delivers itself and returns nothing
+                self.deliver(event)
             delivered += 1
         return delivered
 
-    def deliver(self, event: dict[str, Any]) -> list[Any]:
+    def deliver(self, event: dict[str, Any]) -> None:
         """Invoke every handler whose pattern matches `event`, as EventBridge would."""
-        results = []
         self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
             if pattern is not None and matches(pattern, event):
-                self.invocations[source.name] += 1
-                results.append(self._chalice.lambda_.invoke(source.name, event).payload)
-        return results
+                self.invoke(source.name, event)
+
+    def invoke(self, handler: str, event: dict[str, Any], attempt: int = 0) -> None:
+        """One asynchronous Lambda invocation: a failure is retried twice, a minute apart
+        and then two, as Lambda does, and then kept as a dead letter."""
+        self.invocations[handler] += 1
+        try:
+            self._chalice.lambda_.invoke(handler, event)
+        except Exception as exc:
+            self.timeline.append((self.clock.now(), f"error {handler}: {exc!r}"))
+            if attempt < LAMBDA_ASYNC_RETRIES:
+                self.schedule(60 * (attempt + 1), self._retry, handler, event, attempt + 1)
+            else:
+                self.dead_letters.append((handler, event, exc))
+
+    def _retry(self, handler: str, event: dict[str, Any], attempt: int) -> None:
+        self.invoke(handler, event, attempt)
 
     # -- the emulation's hooks ---------------------------------------------------------------
 
@@ -329,6 +354,8 @@ class LocalCloud:
         events.register("before-call.backup.StartBackupJob", self._backup_call)
         events.register("before-call.backup.DescribeBackupJob", self._backup_call)
         events.register("after-call.ssm.SendCommand", self._after_send_command)
+        events.register("before-call.ec2.StopInstances", self._power_call)
+        events.register("before-call.ec2.StartInstances", self._power_call)
         events.register("after-call.ec2.StopInstances", self._after_stop)
         events.register("after-call.ec2.StartInstances", self._after_start)
         events.register("after-call.eventbridge.PutEvents", self._after_put_events)
@@ -345,6 +372,14 @@ class LocalCloud:
         if model.name == "StartBackupJob":
             return self.backup.start_backup_job(params)
         return self.backup.describe_backup_job(params)
+
+    def _power_call(self, model: Any, context: Any, **_: Any) -> Any:
+        """EC2 refuses the whole call when one of its instances is refused, as AWS does."""
+        for instance_id in context["local_params"].get("InstanceIds", []):
+            code = self.behaviour.power_errors.get((instance_id, model.name))
+            if code:
+                return _error(code, f"{model.name} refused for {instance_id} (simulated)")
+        return None
 
     def _after_send_command(self, http_response: Any, parsed: Any, context: Any, **_: Any) -> None:
         if http_response.status_code >= 300:

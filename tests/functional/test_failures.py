@@ -188,3 +188,63 @@ def test_instance_terminated_during_the_run_does_not_block_it(cloud: LocalCloud)
 def _terminate(cloud: LocalCloud, instance_id: str) -> dict:
     cloud.ec2.terminate_instances(InstanceIds=[instance_id])
     return cloud._ec2_event(instance_id, "terminated")
+
+
+def test_stop_failure_with_continue_backs_up_the_running_instance(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    bad, good = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.power_errors[(bad, "StopInstances")] = "UnsupportedOperation"
+    detail = seed_input() | {"RemoteRunCommandDetails": {}}  # stop is the only freeze
+    run_id = cloud.run(detail)
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.COMPLETED_WITH_ERRORS
+    stop = instances[bad].phase(Phase.STOP)
+    assert stop.status is PhaseStatus.FAILED
+    assert "UnsupportedOperation" in (stop.reason or "")
+    assert instances[bad].phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
+    assert instances[bad].phase(Phase.BACKUP).consistency == "crash-consistent"
+    assert instances[bad].phase(Phase.START).status is PhaseStatus.SKIPPED  # never stopped
+    assert instances[good].phase(Phase.BACKUP).consistency == "app-consistent"
+    assert cloud.state_of(bad) == "running"
+    assert cloud.state_of(good) == "running"
+
+
+def test_stop_failure_with_abort_skips_that_backup_only(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    bad, good = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.power_errors[(bad, "StopInstances")] = "UnsupportedOperation"
+    run_id = cloud.run(seed_input() | {"OnPreScriptFailure": "abort"})
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.COMPLETED_WITH_ERRORS
+    backup = instances[bad].phase(Phase.BACKUP)
+    assert backup.status is PhaseStatus.SKIPPED
+    assert backup.reason == "the stop failed and OnPreScriptFailure is abort"
+    assert instances[bad].phase(Phase.POST_SCRIPT).status is PhaseStatus.SUCCEEDED  # thawed
+    assert instances[good].status is InstanceStatus.SUCCEEDED
+
+
+def test_start_failure_leaves_the_instance_stuck_stopped_and_says_so(
+    behaviour: Behaviour, cloud: LocalCloud, logs
+) -> None:
+    bad, good = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.power_errors[(bad, "StartInstances")] = "InsufficientInstanceCapacity"
+    run_id = cloud.run(seed_input())
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.COMPLETED_WITH_ERRORS
+    stuck = instances[bad]
+    assert stuck.status is InstanceStatus.STUCK_STOPPED
+    assert "InsufficientInstanceCapacity" in (stuck.reason or "")
+    post = stuck.phase(Phase.POST_SCRIPT)
+    assert post.status is PhaseStatus.SKIPPED
+    assert post.reason == "instance is still stopped (start failed); cannot thaw"
+    assert stuck.phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
+    assert cloud.state_of(bad) == "stopped"
+    assert instances[good].status is InstanceStatus.SUCCEEDED
+    [alarm] = logs.records("instance left stopped")
+    assert alarm["level"] == "ERROR"
+    assert alarm["instance_id"] == bad

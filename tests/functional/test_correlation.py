@@ -1,0 +1,53 @@
+"""A report that outruns the record of its side effect is retried, not dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.dependencies import services
+from chalicelib.errors import CorrelationPendingError
+from chalicelib.logic.results import script_invocation_changed
+from chalicelib.models.events import SsmInvocationEvent
+from chalicelib.models.state import Phase, PhaseStatus
+from prepost.local.cloud import Behaviour, LocalCloud
+from prepost.samples import load_event
+from tests.conftest import seed_input
+
+
+def ssm_event(command_id: str, instance_id: str, status: str = "Success") -> SsmInvocationEvent:
+    event = load_event("aws-ssm-invocation-success")
+    event["detail"] |= {"command-id": command_id, "instance-id": instance_id, "status": status}
+    return SsmInvocationEvent.model_validate(event)
+
+
+def test_ssm_report_before_its_command_id_is_recorded_is_retried(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    [instance_id] = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.script_seconds = 3600
+    cloud.publish(cloud.start_event(seed_input()))
+    cloud.step(3)  # start, Run Started, Phase Requested: the script is running
+    lease = services().store.get_lease(instance_id)
+    assert lease is not None
+    store = services().store
+    instance = store.get_instance(lease.run_id, lease.group_id, instance_id)
+    assert instance is not None
+    assert instance.phase(Phase.PRE_SCRIPT).status is PhaseStatus.IN_PROGRESS
+    # As if SendCommand had returned and the report came before the id was written:
+    store.set_phase_result(
+        lease.run_id, lease.group_id, instance_id, Phase.PRE_SCRIPT,
+        instance.phase(Phase.PRE_SCRIPT).model_copy(update={"command_id": None}),
+        expected=PhaseStatus.IN_PROGRESS,
+    )  # fmt: skip
+
+    with pytest.raises(CorrelationPendingError):
+        script_invocation_changed(
+            services(), ssm_event("11111111-2222-3333-4444-555555555555", instance_id)
+        )
+
+
+def test_ssm_report_of_a_foreign_command_is_ignored(cloud: LocalCloud) -> None:
+    [instance_id] = cloud.launch(1)
+    script_invocation_changed(
+        services(), ssm_event("11111111-2222-3333-4444-555555555555", instance_id)
+    )
