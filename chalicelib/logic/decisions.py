@@ -245,10 +245,10 @@ def run_budget_seconds(run_input: RunInput) -> int:
     if run_input.start_stop_ec2_required:
         total += 2 * STOP_START_BUDGET_SECONDS
     backup = run_input.backup_details
-    total += backup.start_window_minutes * 60
+    # The complete window counts from when the job was scheduled, not after the start.
     total += (
         backup.complete_window_minutes * 60
         if backup.complete_window_minutes
-        else DEFAULT_COMPLETE_WINDOW_SECONDS
+        else backup.start_window_minutes * 60 + DEFAULT_COMPLETE_WINDOW_SECONDS
     )
     return total

@@ -54,6 +54,7 @@ def finalize_run(services: Services, run: RunRecord) -> None:
                     "run_id": run.run_id,
                     "status": str(status),
                     "reason": reason,
+                    "errors": [],
                     "counts": counts,
                     "instance_count": run.instance_count,
                     "created_at": run.created_at,

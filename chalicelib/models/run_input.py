@@ -78,10 +78,10 @@ class ScriptDetails(_Input):
     timeout_in_seconds: WholeNumber | None = Field(
         default=None, alias="TimeoutInSeconds", ge=30, le=2_592_000
     )
-    # Additive: the script's execution timeout (AWS-RunRemoteScript executionTimeout).
-    # The seed hard-coded 3600 seconds.
+    # Additive: the script's execution timeout (AWS-RunRemoteScript executionTimeout,
+    # whose allowed values are 1 to 28800). The seed hard-coded 3600 seconds.
     execution_timeout_in_seconds: WholeNumber = Field(
-        default=3600, alias="ExecutionTimeoutInSeconds", ge=1, le=172_800
+        default=3600, alias="ExecutionTimeoutInSeconds", ge=1, le=28_800
     )
     output_s3_bucket_name: str | None = Field(
         default=None, alias="OutputS3BucketName", min_length=3, max_length=63
@@ -148,6 +148,17 @@ class BackupDetails(_Input):
                 "must be an IAM role ARN such as arn:aws:iam::123456789012:role/BackupRole"
             )
         return value
+
+    @field_validator("backup_options")
+    @classmethod
+    def _backup_options(cls, options: dict[str, str]) -> dict[str, str]:
+        # AWS Backup knows one option for EC2: WindowsVSS, "enabled" or "disabled".
+        unknown = sorted(set(options) - {"WindowsVSS"})
+        if unknown:
+            raise ValueError(f"unknown options {unknown}; the only one is WindowsVSS")
+        if options and options["WindowsVSS"] not in ("enabled", "disabled"):
+            raise ValueError("WindowsVSS must be 'enabled' or 'disabled'")
+        return options
 
     @field_validator("recovery_point_tags")
     @classmethod

@@ -55,6 +55,7 @@ def test_seed_example_unchanged_succeeds_with_stop_and_start(cloud: LocalCloud) 
             "run_id": run_id,
             "status": "SUCCEEDED",
             "reason": None,
+            "errors": [],
             "counts": {"SUCCEEDED": 3},
             "instance_count": 3,
             "created_at": run.created_at,
