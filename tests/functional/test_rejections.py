@@ -105,6 +105,12 @@ def test_invalid_input_is_rejected_with_the_field_named_and_nothing_touched(
         run.errors
     )
     assert fleet_calls(cloud) == []  # no EC2, SSM or Backup call at all
+    # Only the run's own record and its completion event are written.
+    assert {(service, op) for service, op, _ in cloud.calls} == {
+        ("dynamodb", "GetItem"),  # is this a redelivered start event?
+        ("dynamodb", "PutItem"),  # the REJECTED record
+        ("events", "PutEvents"),  # PrePostBackup Run Completed
+    }
     [completed] = completed_events(cloud, run_id)
     assert completed["status"] == "REJECTED"
     assert completed["errors"] == run.errors
