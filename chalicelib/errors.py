@@ -7,10 +7,6 @@ class PrePostError(Exception):
     """Base of every error this application raises on purpose."""
 
 
-class PoisonEventError(PrePostError):
-    """An event that can never be processed: logged, counted and acknowledged."""
-
-
 class GatewayError(PrePostError):
     """An AWS call failed. `code` is the AWS error code when there is one."""
 
@@ -19,10 +15,6 @@ class GatewayError(PrePostError):
         self.operation = operation
         self.code = code
         self.message = message
-
-
-class ConditionFailedError(PrePostError):
-    """A conditional write found the item in another state than expected."""
 
 
 class EventPublishError(PrePostError):

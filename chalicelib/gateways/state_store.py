@@ -37,7 +37,6 @@ from chalicelib.models.state import (
 PARTITION_KEY = "pk"
 SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
-UNGROUPED = "-"  # instances skipped at the start belong to no group
 
 KEY_SCHEMA = [
     {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},

@@ -29,7 +29,7 @@ from chalicelib.models.state import (
 from chalicelib.models.targets import TargetInstance
 
 MAX_ERRORS_KEPT = 50
-UNGROUPED = "-"
+UNGROUPED = "-"  # instances skipped at the start belong to no group
 
 
 def start_run(services: Services, raw_event: Any) -> str | None:

@@ -30,11 +30,6 @@ class PhaseStatus(StrEnum):
     SKIPPED = "SKIPPED"
 
 
-TERMINAL_PHASE_STATUSES = frozenset(
-    {PhaseStatus.SUCCEEDED, PhaseStatus.FAILED, PhaseStatus.SKIPPED}
-)
-
-
 class RunStatus(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
