@@ -10,17 +10,20 @@ The flow of a run (per group of instances):
       -> instance_state_changed -> Phase Requested (POST_SCRIPT) -> run_scripts -> aws.ssm
       -> script_invocation_changed -> Phase Completed (DONE) -> finalize_group
       -> Run Completed
+
+Every few minutes `reconcile_runs` looks at the groups that are overdue: it asks AWS for
+what events did not deliver, and times out what is past its deadline.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent
+from chalice.app import Chalice, CloudWatchEvent, Rate
 
 from chalicelib import observability, patterns
 from chalicelib.dependencies import services
-from chalicelib.logic import finalize, phases, results, start_run
+from chalicelib.logic import finalize, phases, reconcile, results, start_run
 from chalicelib.models.events import (
     BackupJobEvent,
     Ec2StateEvent,
@@ -90,3 +93,11 @@ def backup_job_changed(event: CloudWatchEvent) -> None:
 @app.on_cw_event(patterns.GROUP_DONE)
 def finalize_group(event: CloudWatchEvent) -> None:
     finalize.group_completed(services(), PhaseCompletedEvent.model_validate(event.to_dict()).detail)
+
+
+# -- what events did not deliver, the reconciler asks AWS for; it enforces deadlines ---------
+
+
+@app.schedule(Rate(patterns.RECONCILE_EVERY_MINUTES, unit=Rate.MINUTES))
+def reconcile_runs(event: CloudWatchEvent) -> None:
+    reconcile.reconcile(services())

@@ -7,6 +7,8 @@ from typing import Any
 from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.state import DONE
 
+RECONCILE_EVERY_MINUTES = 5
+
 START_RUN: dict[str, Any] = {
     "source": [APP_SOURCE],
     "detail-type": [DetailType.START_REQUESTED],

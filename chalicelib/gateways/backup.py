@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.gateways.aws import translated
 from chalicelib.models.run_input import BackupDetails
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    state: str
+    status_message: str | None
+    recovery_point_arn: str | None
 
 
 class BackupGateway:
@@ -37,3 +45,13 @@ class BackupGateway:
         with translated("backup:StartBackupJob"):
             response = self._client.start_backup_job(**request)
         return str(response["BackupJobId"])
+
+    def describe_job(self, backup_job_id: str) -> BackupJob:
+        """What AWS Backup says of a job now."""
+        with translated("backup:DescribeBackupJob"):
+            response = self._client.describe_backup_job(BackupJobId=backup_job_id)
+        return BackupJob(
+            state=str(response["State"]),
+            status_message=response.get("StatusMessage"),
+            recovery_point_arn=response.get("RecoveryPointArn"),
+        )

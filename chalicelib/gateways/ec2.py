@@ -50,6 +50,10 @@ class Ec2Gateway:
                         )
         return found
 
+    def states(self, instance_ids: list[str]) -> dict[str, str]:
+        """The EC2 state of each instance that still exists."""
+        return {t.instance_id: t.state for t in self.instances_by_ids(instance_ids)}
+
     def instance_arn(self, account: str, instance_id: str) -> str:
         return f"arn:{self.partition}:ec2:{self.region}:{account}:instance/{instance_id}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import translated
 from chalicelib.models.run_input import ScriptDetails
 
@@ -42,3 +43,16 @@ class SsmGateway:
         with translated("ssm:SendCommand"):
             response = self._client.send_command(**request)
         return str(response["Command"]["CommandId"])
+
+    def invocation(self, command_id: str, instance_id: str) -> tuple[str, str] | None:
+        """(Status, StatusDetails) of one instance's invocation; None if SSM has none yet."""
+        try:
+            with translated("ssm:GetCommandInvocation"):
+                response = self._client.get_command_invocation(
+                    CommandId=command_id, InstanceId=instance_id
+                )
+        except GatewayError as exc:
+            if exc.code == "InvocationDoesNotExist":
+                return None
+            raise
+        return str(response["Status"]), str(response.get("StatusDetails") or "")

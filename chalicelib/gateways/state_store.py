@@ -42,9 +42,28 @@ KEY_SCHEMA = [
     {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
     {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
 ]
+# The sparse index of groups that need the reconciler's attention by a time: only the
+# groups of active runs carry `due_pk`, so a query reads overdue groups and nothing else.
+DUE_INDEX = "due"
+DUE_PARTITION = "due_pk"
+DUE_AT = "due_at"
+DUE_VALUE = "DUE"
+
 ATTRIBUTE_DEFINITIONS = [
     {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
     {"AttributeName": SORT_KEY, "AttributeType": "S"},
+    {"AttributeName": DUE_PARTITION, "AttributeType": "S"},
+    {"AttributeName": DUE_AT, "AttributeType": "N"},
+]
+GLOBAL_SECONDARY_INDEXES = [
+    {
+        "IndexName": DUE_INDEX,
+        "KeySchema": [
+            {"AttributeName": DUE_PARTITION, "KeyType": "HASH"},
+            {"AttributeName": DUE_AT, "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    }
 ]
 
 
@@ -54,6 +73,7 @@ def table_definition(table_name: str) -> dict[str, Any]:
         "TableName": table_name,
         "KeySchema": KEY_SCHEMA,
         "AttributeDefinitions": ATTRIBUTE_DEFINITIONS,
+        "GlobalSecondaryIndexes": GLOBAL_SECONDARY_INDEXES,
         "BillingMode": "PAY_PER_REQUEST",
     }
 
@@ -260,7 +280,11 @@ class StateStore:
     ) -> None:
         expires = {TTL_ATTRIBUTE: self.expiry(now_epoch)}
         items = [
-            group_key(g.run_id, g.group_id) | _dump(g, exclude={"counts"}) | expires for g in groups
+            group_key(g.run_id, g.group_id)
+            | _dump(g, exclude={"counts", "finalized"})
+            | expires
+            | _due(g.due_at)
+            for g in groups
         ] + [
             instance_key(i.run_id, i.group_id, i.instance_id) | _dump(i) | expires
             for i in instances
@@ -280,21 +304,59 @@ class StateStore:
         return [InstanceRecord.model_validate(i) for i in self._query(f"RUN#{run_id}", prefix)]
 
     def open_phase(
-        self, run_id: str, group_id: str, phase: Phase, pending: int, skipped: int
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        pending: int,
+        skipped: int,
+        deadline: int,
+        due_at: int,
     ) -> bool:
-        """REQUESTED -> OPEN for `phase`, with the number of members to wait for."""
+        """REQUESTED -> OPEN for `phase`, with the number of members to wait for, the
+        phase's deadline and when the reconciler should look first."""
         return self._update(
             group_key(run_id, group_id),
-            f"SET phase_state = :open, pending = :pending, {_count_name(phase, 'SKIPPED')} = :sk",
+            f"SET phase_state = :open, pending = :pending, {_count_name(phase, 'SKIPPED')} = :sk,"
+            " deadline = :deadline, due_at = :due",
             values={
                 ":open": str(GroupPhaseState.OPEN),
                 ":requested": str(GroupPhaseState.REQUESTED),
                 ":pending": pending,
                 ":sk": skipped,
                 ":phase": str(phase),
+                ":deadline": deadline,
+                ":due": due_at,
             },
             condition="phase = :phase AND phase_state = :requested",
         )
+
+    def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None:
+        """Ask the reconciler to look at a group again at `due_at`, if it is still in `phase`."""
+        self._update(
+            group_key(run_id, group_id),
+            "SET due_at = :due",
+            values={":due": due_at, ":phase": phase},
+            condition="phase = :phase AND attribute_exists(due_pk)",
+        )
+
+    def due_groups(self, now_epoch: int) -> list[tuple[str, str]]:
+        """(run id, group id) of every group of an active run that is due by now."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "due_pk = :due AND due_at <= :now",
+            "ExpressionAttributeValues": _values({":due": DUE_VALUE, ":now": now_epoch}),
+        }
+        due: list[tuple[str, str]] = []
+        with translated("dynamodb:Query"):
+            while True:
+                response = self._client.query(**request)
+                for item in map(from_item, response.get("Items", [])):
+                    due.append((item[PARTITION_KEY][4:], item[SORT_KEY][6:]))
+                if "LastEvaluatedKey" not in response:
+                    return due
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def set_phase_result(
         self,
@@ -342,7 +404,7 @@ class StateStore:
         instance_id: str,
         phase: Phase,
         status: PhaseStatus,
-        fields: dict[str, str],
+        fields: dict[str, Any],
     ) -> bool:
         """Record a terminal status of an IN_PROGRESS phase and count it in its group.
 
@@ -387,7 +449,13 @@ class StateStore:
         return self._transact("dynamodb:TransactWriteItems", [instance, group])
 
     def advance_group(
-        self, run_id: str, group_id: str, from_phase: Phase, to_phase: Phase | None, aborted: bool
+        self,
+        run_id: str,
+        group_id: str,
+        from_phase: Phase,
+        to_phase: Phase | None,
+        aborted: bool,
+        due_at: int,
     ) -> bool:
         """Close `from_phase` of a group whose members are all terminal; enter the next.
 
@@ -396,8 +464,10 @@ class StateStore:
         """
         return self._update(
             group_key(run_id, group_id),
-            "SET phase = :to, phase_state = :state, aborted = :aborted, pending = :zero",
+            "SET phase = :to, phase_state = :state, aborted = :aborted, pending = :zero,"
+            " due_at = :due REMOVE deadline",
             values={
+                ":due": due_at,
                 ":to": str(to_phase) if to_phase else DONE,
                 ":state": str(GroupPhaseState.REQUESTED if to_phase else GroupPhaseState.DONE),
                 ":aborted": aborted,
@@ -414,7 +484,7 @@ class StateStore:
             "Update": {
                 "TableName": self._table,
                 "Key": to_item(group_key(run_id, group_id)),
-                "UpdateExpression": "SET finalized = :yes",
+                "UpdateExpression": "SET finalized = :yes REMOVE due_pk, due_at",
                 "ConditionExpression": "phase_state = :done AND attribute_not_exists(finalized)",
                 "ExpressionAttributeValues": _values(
                     {":yes": True, ":done": str(GroupPhaseState.DONE)}
@@ -505,6 +575,10 @@ class StateStore:
 
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
         return self._get(job_key(backup_job_id))
+
+
+def _due(due_at: int | None) -> dict[str, Any]:
+    return {DUE_PARTITION: DUE_VALUE, DUE_AT: due_at} if due_at is not None else {}
 
 
 def _group(item: dict[str, Any]) -> GroupRecord:

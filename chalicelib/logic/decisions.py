@@ -129,7 +129,9 @@ def decide_member(
             return MemberDecision(False, "the stop failed and OnPreScriptFailure is abort")
         return ACT
     if phase is Phase.START:
-        if instance.phase(Phase.STOP).status is not PhaseStatus.SUCCEEDED:
+        stop = instance.phase(Phase.STOP)
+        # A stop that timed out was sent: the instance may be stopped by now.
+        if stop.status is not PhaseStatus.SUCCEEDED and not stop.timed_out:
             return MemberDecision(False, "this run did not stop the instance")
         return ACT
     # POST_SCRIPT: always thaw where the pre-script was sent.
@@ -218,7 +220,10 @@ def run_outcome(
     backed_up = sum(
         1 for record, _ in outcomes if record.phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
     )
+    timed_out = any(result.timed_out for record, _ in outcomes for result in record.phases.values())
     if backed_up == 0:
+        if timed_out:
+            return RunStatus.TIMED_OUT, "no instance was backed up; a phase timed out", counts
         return RunStatus.FAILED, "no instance was backed up", counts
     clean = all(
         status is InstanceStatus.SUCCEEDED
@@ -233,22 +238,41 @@ def run_outcome(
 STOP_START_BUDGET_SECONDS = 15 * 60
 DEFAULT_COMPLETE_WINDOW_SECONDS = 8 * 3600
 DEFAULT_DELIVERY_TIMEOUT_SECONDS = 3600
+SCRIPT_MARGIN_SECONDS = 5 * 60
+# A requested phase, or a finished group, that no handler picked up by then is picked up by
+# the reconciler (its event was lost, or its handler failed after Lambda's retries).
+REQUEST_GRACE_SECONDS = 5 * 60
+# How often the reconciler asks AWS about members whose report has not come.
+POLL_SECONDS = {
+    Phase.PRE_SCRIPT: 10 * 60,
+    Phase.STOP: 10 * 60,
+    Phase.BACKUP: 30 * 60,
+    Phase.START: 10 * 60,
+    Phase.POST_SCRIPT: 10 * 60,
+}
+
+
+def phase_budget_seconds(phase: Phase, run_input: RunInput) -> int:
+    """How long a phase may take before its unfinished members are timed out."""
+    if phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
+        script = run_input.pre_script if phase is Phase.PRE_SCRIPT else run_input.post_script
+        if script is None:
+            return 0
+        # SSM's own limit: the delivery timeout plus the execution timeout.
+        delivery = script.timeout_in_seconds or DEFAULT_DELIVERY_TIMEOUT_SECONDS
+        return delivery + script.execution_timeout_in_seconds + SCRIPT_MARGIN_SECONDS
+    if phase in (Phase.STOP, Phase.START):
+        return STOP_START_BUDGET_SECONDS
+    backup = run_input.backup_details
+    # The complete window counts from when the job was scheduled, not after the start.
+    if backup.complete_window_minutes:
+        return backup.complete_window_minutes * 60
+    return backup.start_window_minutes * 60 + DEFAULT_COMPLETE_WINDOW_SECONDS
 
 
 def run_budget_seconds(run_input: RunInput) -> int:
-    """How long a run may take at most, phase by phase; bounds its instance leases."""
-    total = 0
-    for script in (run_input.pre_script, run_input.post_script):
-        if script is not None:
-            delivery = script.timeout_in_seconds or DEFAULT_DELIVERY_TIMEOUT_SECONDS
-            total += delivery + script.execution_timeout_in_seconds
-    if run_input.start_stop_ec2_required:
-        total += 2 * STOP_START_BUDGET_SECONDS
-    backup = run_input.backup_details
-    # The complete window counts from when the job was scheduled, not after the start.
-    total += (
-        backup.complete_window_minutes * 60
-        if backup.complete_window_minutes
-        else backup.start_window_minutes * 60 + DEFAULT_COMPLETE_WINDOW_SECONDS
+    """How long a run may take at most: its phases' budgets and the reconciler's delays."""
+    return sum(
+        phase_budget_seconds(phase, run_input) + REQUEST_GRACE_SECONDS + POLL_SECONDS[phase]
+        for phase in plan(run_input)
     )
-    return total

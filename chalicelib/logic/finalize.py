@@ -15,9 +15,14 @@ def group_completed(services: Services, completed: PhaseCompleted) -> None:
     if completed.next_phase != DONE:
         return
     observability.bind_run(completed.run_id)
-    if not services.store.finish_group(completed.run_id, completed.group_id):
+    close_group(services, completed.run_id, completed.group_id)
+
+
+def close_group(services: Services, run_id: str, group_id: str) -> None:
+    """A group went through its last phase (reported by its event or the reconciler)."""
+    if not services.store.finish_group(run_id, group_id):
         return
-    run = services.store.get_run(completed.run_id)
+    run = services.store.get_run(run_id)
     if run is not None and run.groups_pending <= 0:
         finalize_run(services, run)
 

@@ -33,22 +33,23 @@ Executor = Callable[[Services, RunRecord, RunInput, PhaseRequest, list[InstanceR
 
 def run_scripts(services: Services, request: PhaseRequest) -> None:
     """PRE_SCRIPT and POST_SCRIPT: AWS-RunRemoteScript by explicit ids, 50 per command."""
-    _enter_phase(services, request, _send_scripts)
+    enter_phase(services, request)
 
 
 def stop_instances(services: Services, request: PhaseRequest) -> None:
-    _enter_phase(services, request, _stop)
+    enter_phase(services, request)
 
 
 def start_backups(services: Services, request: PhaseRequest) -> None:
-    _enter_phase(services, request, _start_backups)
+    enter_phase(services, request)
 
 
 def start_instances(services: Services, request: PhaseRequest) -> None:
-    _enter_phase(services, request, _start)
+    enter_phase(services, request)
 
 
-def _enter_phase(services: Services, request: PhaseRequest, execute: Executor) -> None:
+def enter_phase(services: Services, request: PhaseRequest) -> None:
+    """A group enters the requested phase (from its event, or from the reconciler)."""
     log = observability.logger()
     observability.bind_run(request.run_id)
     store = services.store
@@ -70,9 +71,13 @@ def _enter_phase(services: Services, request: PhaseRequest, execute: Executor) -
     ]
     actors = [m for m, choice in choices if choice.act]
     skipped = [(m, choice.reason) for m, choice in choices if not choice.act]
+    now_epoch = services.now_epoch()
+    deadline = now_epoch + decisions.phase_budget_seconds(request.phase, run_input)
+    due_at = min(deadline, now_epoch + decisions.POLL_SECONDS[request.phase])
     if not store.open_phase(
-        request.run_id, request.group_id, request.phase, len(actors), len(skipped)
-    ):
+        request.run_id, request.group_id, request.phase, len(actors), len(skipped),
+        deadline, due_at,
+    ):  # fmt: skip
         log.info("phase request ignored: already opened", **request.model_dump(mode="json"))
         return
     now = iso(services.clock.now())
@@ -97,7 +102,7 @@ def _enter_phase(services: Services, request: PhaseRequest, execute: Executor) -
         skipped=len(skipped),
     )
     if actors:
-        execute(services, run, run_input, request, actors)
+        EXECUTORS[request.phase](services, run, run_input, request, actors)
     else:
         reopened = store.get_group(request.run_id, request.group_id)
         if reopened:
@@ -220,3 +225,12 @@ def _start_backups(
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
+
+
+EXECUTORS: dict[Phase, Executor] = {
+    Phase.PRE_SCRIPT: _send_scripts,
+    Phase.STOP: _stop,
+    Phase.BACKUP: _start_backups,
+    Phase.START: _start,
+    Phase.POST_SCRIPT: _send_scripts,
+}

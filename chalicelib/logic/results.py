@@ -1,4 +1,8 @@
-"""Reports from AWS (SSM, EC2, Backup events) become phase results of one instance."""
+"""What AWS reports (by event, or when the reconciler asks) becomes an instance's result.
+
+The event handlers and the reconciler both go through the `record_*` functions, so a
+report means the same thing whichever way it arrives.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,69 @@ from chalicelib.errors import CorrelationPendingError
 from chalicelib.logic import decisions
 from chalicelib.logic.transitions import finish
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
-from chalicelib.models.state import Phase, PhaseStatus
+from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
+
+InstanceKey = tuple[str, str, str]  # run id, group id, instance id
+
+
+def record_script_status(
+    services: Services, key: InstanceKey, phase: Phase, status: str, details: str = ""
+) -> None:
+    """One instance's script reached `status`. Only `Success` counts as success."""
+    outcome = decisions.ssm_outcome(status)
+    if outcome is None:
+        return
+    reason = None
+    if outcome is not PhaseStatus.SUCCEEDED:
+        reason = f"SSM status {status}" + (f" ({details})" if details and details != status else "")
+    finish(services, *key, phase, outcome, reason=reason)
+
+
+def record_power_state(services: Services, key: InstanceKey, state: str) -> None:
+    """An instance is now `state`: a stop or start finished, or the instance is gone."""
+    if state == "stopped":
+        finish(services, *key, Phase.STOP, PhaseStatus.SUCCEEDED)
+    elif state == "running":
+        finish(services, *key, Phase.START, PhaseStatus.SUCCEEDED)
+    elif state in decisions.GONE_STATES:
+        instance = services.store.get_instance(*key)
+        if instance is None:
+            return
+        services.store.mark_terminated(*key)
+        observability.logger().warning("instance terminated during the run", instance_id=key[2])
+        for phase, result in instance.phases.items():
+            if result.status is PhaseStatus.IN_PROGRESS:
+                reason = f"instance {state} during the phase"
+                finish(services, *key, phase, PhaseStatus.FAILED, reason=reason)
+
+
+def record_backup_state(
+    services: Services,
+    key: InstanceKey,
+    state: str,
+    message: str | None,
+    recovery_point_arn: str | None,
+) -> None:
+    """A backup job reached `state`. Only `COMPLETED` counts as success."""
+    outcome = decisions.backup_outcome(state)
+    if outcome is None:
+        return
+    reason = None
+    if outcome is not PhaseStatus.SUCCEEDED:
+        text = (message or "").strip('"')
+        reason = f"backup job {state}" + (f": {text}" if text else "")
+        recovery_point_arn = None
+    finish(
+        services, *key, Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn
+    )
+
+
+# -- the events -------------------------------------------------------------------------------
 
 
 def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> None:
-    """One instance's script reached a status. Only `Success` counts as success."""
     detail = event.detail
-    outcome = decisions.ssm_outcome(detail.status)
-    if outcome is None:
+    if decisions.ssm_outcome(detail.status) is None:
         return
     command = services.store.get_command(detail.command_id)
     if command is None:
@@ -25,83 +84,44 @@ def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> 
         observability.logger().info("not a command of this app", command_id=detail.command_id)
         return
     observability.bind_run(command["run_id"])
-    finish(
-        services,
-        command["run_id"],
-        command["group_id"],
-        detail.instance_id,
-        Phase(command["phase"]),
-        outcome,
-        reason=None if outcome is PhaseStatus.SUCCEEDED else f"SSM status {detail.status}",
-    )
-
-
-def _script_awaiting_its_command_id(services: Services, instance_id: str) -> bool:
-    lease = services.store.get_lease(instance_id)
-    instance = lease and services.store.get_instance(lease.run_id, lease.group_id, instance_id)
-    if not instance:
-        return False
-    return any(
-        instance.phases[phase].status is PhaseStatus.IN_PROGRESS
-        and not instance.phases[phase].command_id
-        for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT)
-        if phase in instance.phases
-    )
+    key = (command["run_id"], command["group_id"], detail.instance_id)
+    record_script_status(services, key, Phase(command["phase"]), detail.status)
 
 
 def instance_state_changed(services: Services, event: Ec2StateEvent) -> None:
-    """An instance stopped, started or went away."""
     detail = event.detail
     lease = services.store.get_lease(detail.instance_id)
     if lease is None:
         return  # not an instance of any run
     observability.bind_run(lease.run_id)
-    key = (lease.run_id, lease.group_id, detail.instance_id)
-    if detail.state == "stopped":
-        finish(services, *key, Phase.STOP, PhaseStatus.SUCCEEDED)
-    elif detail.state == "running":
-        finish(services, *key, Phase.START, PhaseStatus.SUCCEEDED)
-    elif detail.state in decisions.GONE_STATES:
-        instance = services.store.get_instance(*key)
-        if instance is None:
-            return
-        services.store.mark_terminated(*key)
-        observability.logger().warning("instance terminated during the run", instance_id=key[2])
-        for phase, result in instance.phases.items():
-            if result.status is PhaseStatus.IN_PROGRESS:
-                finish(
-                    services, *key, phase, PhaseStatus.FAILED,
-                    reason=f"instance {detail.state} during the phase",
-                )  # fmt: skip
+    record_power_state(services, (lease.run_id, lease.group_id, detail.instance_id), detail.state)
 
 
 def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
-    """A backup job reached a state. Only `COMPLETED` counts as success."""
     detail = event.detail
-    outcome = decisions.backup_outcome(detail.state)
-    if outcome is None:
+    if decisions.backup_outcome(detail.state) is None:
         return
     job = services.store.get_job(detail.backup_job_id)
     if job is None:
         observability.logger().info("not a job of this app", backup_job_id=detail.backup_job_id)
         return
     observability.bind_run(job["run_id"])
-    succeeded = outcome is PhaseStatus.SUCCEEDED
-    # The recovery point ARN of a completed job is the event's resource (AWS's sample).
-    recovery_point = detail.recovery_point_arn or (
-        event.resources[0] if succeeded and event.resources else None
-    )
-    reason = None
-    if not succeeded:
-        message = (detail.status_message or "").strip('"')
-        reason = f"backup job {detail.state}" + (f": {message}" if message else "")
-    finish(
-        services,
-        job["run_id"],
-        job["group_id"],
-        job["instance_id"],
-        Phase.BACKUP,
-        outcome,
-        reason=reason,
-        recovery_point_arn=recovery_point,
-    )
+    # The recovery point of a completed job is the event's resource (AWS's sample).
+    recovery_point = detail.recovery_point_arn or (event.resources[0] if event.resources else None)
+    key = (job["run_id"], job["group_id"], job["instance_id"])
+    record_backup_state(services, key, detail.state, detail.status_message, recovery_point)
+
+
+def _script_awaiting_its_command_id(services: Services, instance_id: str) -> bool:
+    lease = services.store.get_lease(instance_id)
+    if lease is None:
+        return False
+    instance = services.store.get_instance(lease.run_id, lease.group_id, instance_id)
+    if instance is None:
+        return False
+    return any(_awaits_command_id(instance, p) for p in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT))
+
+
+def _awaits_command_id(instance: InstanceRecord, phase: Phase) -> bool:
+    result = instance.phases.get(phase)
+    return result is not None and result.status is PhaseStatus.IN_PROGRESS and not result.command_id

@@ -172,6 +172,7 @@ def _begin(services: Services, run_id: str, envelope: AwsEvent, run_input: RunIn
             size=size,
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
+            due_at=now_epoch + decisions.REQUEST_GRACE_SECONDS,
         )
         for group_id, size in sizes.items()
     ]

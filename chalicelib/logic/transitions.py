@@ -40,7 +40,7 @@ def finish(
     """
     log = observability.logger()
     fields = {"ended_at": iso(services.clock.now())} | {
-        name: str(value) for name, value in ({"reason": reason} | details).items() if value
+        name: value for name, value in ({"reason": reason} | details).items() if value is not None
     }
     if not services.store.finish_phase(run_id, group_id, instance_id, phase, status, fields):
         log.info(
@@ -73,7 +73,10 @@ def close_phase(services: Services, group: GroupRecord) -> None:
         phase is Phase.PRE_SCRIPT
         and decisions.aborts_group(run_input, group.count(phase, PhaseStatus.FAILED))
     )
-    if not services.store.advance_group(group.run_id, group.group_id, phase, following, aborted):
+    due_at = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    if not services.store.advance_group(
+        group.run_id, group.group_id, phase, following, aborted, due_at
+    ):
         return
     completed = PhaseCompleted(
         run_id=group.run_id,

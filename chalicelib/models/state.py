@@ -75,6 +75,7 @@ class PhaseResult(_Record):
     backup_job_id: str | None = None  # backup
     recovery_point_arn: str | None = None  # backup
     consistency: Consistency | None = None  # backup
+    timed_out: bool | None = None  # no result by the phase's deadline
 
 
 class InstanceRecord(_Record):
@@ -103,6 +104,9 @@ class GroupRecord(_Record):
     phase_state: GroupPhaseState
     pending: int = 0
     aborted: bool = False
+    deadline: int | None = None  # epoch seconds by which the current phase must be over
+    due_at: int | None = None  # epoch seconds when the reconciler looks next
+    finalized: bool = False
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
 
     def count(self, phase: Phase, status: PhaseStatus) -> int:

@@ -19,6 +19,7 @@ import os
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,14 @@ ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 AMI = "ami-12c6146b"
 LAMBDA_ASYNC_RETRIES = 2
+# StatusDetails values whose API Status is another word (GetCommandInvocation).
+SSM_STATUS_DETAILS = {
+    "Undeliverable": "Failed",
+    "Delivery Timed Out": "TimedOut",
+    "Execution Timed Out": "Failed",
+    "Terminated": "Failed",
+    "Access Denied": "Failed",
+}
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -59,6 +68,13 @@ class Behaviour:
     backup_state: dict[str, str] = field(default_factory=dict)
     # Error code that EC2 answers to (instance id, "StopInstances" or "StartInstances").
     power_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Events that AWS never delivers (AWS Backup documents its events as best effort).
+    lose_event: Callable[[dict[str, Any]], bool] | None = None
+    # Virtual seconds between runs of the scheduled reconciler; None: it never runs.
+    reconcile_every: float | None = 300
+
+
+HANG = "Hang"  # a script status that never ends: the invocation stays InProgress
 
 
 def stage_environment(stage: str) -> dict[str, str]:
@@ -190,6 +206,9 @@ class LocalCloud:
         self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
         self._sequence = itertools.count()
         self._saved_env: dict[str, str | None] = {}
+        self._ticking = False
+        # (command id, instance id) -> (final status, when it ends)
+        self.invocations_ssm: dict[tuple[str, str], tuple[str, datetime]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -297,6 +316,24 @@ class LocalCloud:
 
     def publish(self, event: dict[str, Any], delay: float = 0) -> None:
         self.schedule(delay, lambda: event)
+        self._keep_ticking()
+
+    def _keep_ticking(self) -> None:
+        every = self.behaviour.reconcile_every
+        if every is not None and not self._ticking:
+            self._ticking = True
+            self.schedule(every, self._tick)
+
+    def _tick(self) -> None:
+        """The scheduled reconciler; it keeps running while something is left to do."""
+        event = load_event("aws-scheduled-event")
+        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        self.timeline.append((self.clock.now(), "tick reconcile_runs"))
+        self.invoke("reconcile_runs", event)
+        self._ticking = False
+        far_future = int(self.clock.after(10 * 365 * 86400).timestamp())
+        if self._queue or self.store.due_groups(far_future):
+            self._keep_ticking()
 
     def schedule(self, delay: float, make_event: Any, *args: Any) -> None:
         """Deliver `make_event(*args)` after `delay` virtual seconds."""
@@ -325,6 +362,10 @@ class LocalCloud:
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Invoke every handler whose pattern matches `event`, as EventBridge would."""
+        lose = self.behaviour.lose_event
+        if lose is not None and lose(event):
+            self.timeline.append((self.clock.now(), f"lost {event['source']} {_summary(event)}"))
+            return
         self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
@@ -354,6 +395,7 @@ class LocalCloud:
         events.register("before-call.backup.StartBackupJob", self._backup_call)
         events.register("before-call.backup.DescribeBackupJob", self._backup_call)
         events.register("after-call.ssm.SendCommand", self._after_send_command)
+        events.register("before-call.ssm.GetCommandInvocation", self._get_command_invocation)
         events.register("before-call.ec2.StopInstances", self._power_call)
         events.register("before-call.ec2.StartInstances", self._power_call)
         events.register("after-call.ec2.StopInstances", self._after_stop)
@@ -393,7 +435,31 @@ class LocalCloud:
             seconds = self.behaviour.script_seconds_by_instance.get(
                 instance_id, self.behaviour.script_seconds
             )
-            self.schedule(seconds, self._ssm_event, command_id, instance_id, final)
+            self.invocations_ssm[(command_id, instance_id)] = (final, self.clock.after(seconds))
+            if final != HANG:
+                self.schedule(seconds, self._ssm_event, command_id, instance_id, final)
+
+    def _get_command_invocation(self, context: Any, **_: Any) -> Any:
+        """Real statuses, which moto lacks (it always answers Success)."""
+        params = context["local_params"]
+        known = self.invocations_ssm.get((params["CommandId"], params["InstanceId"]))
+        if known is None:
+            return _error("InvocationDoesNotExist", "no such invocation")
+        final, ends = known
+        status = "InProgress" if final == HANG or self.clock.now() < ends else final
+        if status in SSM_STATUS_DETAILS:  # detail-only names: Status and StatusDetails differ
+            status, details = SSM_STATUS_DETAILS[status], status
+        else:
+            details = {"InProgress": "In Progress"}.get(status, status)
+        return _ok(
+            {
+                "CommandId": params["CommandId"],
+                "InstanceId": params["InstanceId"],
+                "DocumentName": "AWS-RunRemoteScript",
+                "Status": status,
+                "StatusDetails": details,
+            }
+        )
 
     def _ssm_event(self, command_id: str, instance_id: str, status: str) -> dict[str, Any]:
         event = load_event("aws-ssm-invocation-success")

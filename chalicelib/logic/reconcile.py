@@ -1,0 +1,112 @@
+"""The reconciler: what events did not deliver, it asks AWS for; past a deadline, it times out.
+
+Runs on a schedule. It reads only the groups that are due (a sparse index), so its cost
+grows with overdue work, not with the fleet. Every answer goes through the same code an
+event would (`results.record_*`, `phases.enter_phase`, `finalize.group_completed`).
+"""
+
+from __future__ import annotations
+
+from chalicelib import observability
+from chalicelib.dependencies import Services
+from chalicelib.errors import GatewayError
+from chalicelib.logic import decisions, finalize, phases, results
+from chalicelib.logic.transitions import finish
+from chalicelib.models.events import PhaseRequest
+from chalicelib.models.state import (
+    GroupPhaseState,
+    GroupRecord,
+    InstanceRecord,
+    Phase,
+    PhaseStatus,
+)
+
+
+def reconcile(services: Services) -> int:
+    """Look at every group that is due; how many were looked at."""
+    log = observability.logger()
+    due = services.store.due_groups(services.now_epoch())
+    for run_id, group_id in due:
+        observability.bind_run(run_id)
+        try:
+            _reconcile_group(services, run_id, group_id)
+        except GatewayError as exc:  # one group's trouble must not starve the others
+            log.exception("reconciling a group failed", group_id=group_id, error=str(exc))
+            observability.count("ReconcileErrors")
+    if due:
+        observability.count("GroupsReconciled", len(due))
+    return len(due)
+
+
+def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
+    store, now = services.store, services.now_epoch()
+    group = store.get_group(run_id, group_id)
+    if group is None or group.finalized:
+        return
+    observability.logger().info(
+        "reconciling group", group_id=group_id, phase=group.phase, state=group.phase_state
+    )
+    if group.phase_state is GroupPhaseState.DONE:
+        # Its Phase Completed (DONE) event was lost, or its handler kept failing.
+        finalize.close_group(services, run_id, group_id)
+        return
+    phase = Phase(group.phase)
+    if group.phase_state is GroupPhaseState.REQUESTED:
+        # Its Phase Requested event was lost, or its handler kept failing.
+        store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
+        phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
+        return
+    waiting = [
+        member
+        for member in store.list_instances(run_id, group_id)
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS
+    ]
+    for member in waiting:
+        _ask_aws(services, member, phase)
+    deadline = group.deadline or now
+    if now >= deadline:
+        _time_out(services, group, phase)
+    else:
+        store.rearm(
+            run_id, group_id, group.phase, min(deadline, now + decisions.POLL_SECONDS[phase])
+        )
+
+
+def _ask_aws(services: Services, member: InstanceRecord, phase: Phase) -> None:
+    """Feed what AWS says now about one member into the transition an event would make."""
+    key = (member.run_id, member.group_id, member.instance_id)
+    result = member.phase(phase)
+    if phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
+        if result.command_id:
+            invocation = services.ssm.invocation(result.command_id, member.instance_id)
+            if invocation is not None:
+                results.record_script_status(services, key, phase, *invocation)
+    elif phase in (Phase.STOP, Phase.START):
+        state = services.ec2.states([member.instance_id]).get(member.instance_id, "terminated")
+        results.record_power_state(services, key, state)
+    elif result.backup_job_id:
+        job = services.backup.describe_job(result.backup_job_id)
+        results.record_backup_state(
+            services, key, job.state, job.status_message, job.recovery_point_arn
+        )
+
+
+def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:
+    """Past the deadline: whoever has not reported fails, and the group moves on, so the
+    run's compensation (start what it stopped, thaw what it froze) follows as usual."""
+    for member in services.store.list_instances(group.run_id, group.group_id):
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS:
+            observability.logger().error(
+                "phase timed out", instance_id=member.instance_id, phase=phase
+            )
+            observability.phase_outcome(phase, "TIMED_OUT")
+            finish(
+                services,
+                member.run_id,
+                member.group_id,
+                member.instance_id,
+                phase,
+                PhaseStatus.FAILED,
+                reason=f"{phase} timed out: no result by its deadline",
+                timed_out=True,
+            )
