@@ -30,6 +30,7 @@ from chalicelib.models.events import (
     PhaseCompletedEvent,
     PhaseRequestEvent,
     SsmInvocationEvent,
+    parse,
 )
 
 app = Chalice(app_name="prepost-backup", configure_logs=False)
@@ -49,22 +50,22 @@ def start_run_handler(event: CloudWatchEvent) -> Any:
 
 @app.on_cw_event(patterns.phase_requested("PRE_SCRIPT", "POST_SCRIPT"))
 def run_scripts(event: CloudWatchEvent) -> None:
-    phases.run_scripts(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+    phases.run_scripts(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
 @app.on_cw_event(patterns.phase_requested("STOP"))
 def stop_instances(event: CloudWatchEvent) -> None:
-    phases.stop_instances(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+    phases.stop_instances(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
 @app.on_cw_event(patterns.phase_requested("BACKUP"))
 def start_backups(event: CloudWatchEvent) -> None:
-    phases.start_backups(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+    phases.start_backups(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
 @app.on_cw_event(patterns.phase_requested("START"))
 def start_instances(event: CloudWatchEvent) -> None:
-    phases.start_instances(services(), PhaseRequestEvent.model_validate(event.to_dict()).detail)
+    phases.start_instances(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
 # -- AWS reports what happened ----------------------------------------------------------------
@@ -72,19 +73,17 @@ def start_instances(event: CloudWatchEvent) -> None:
 
 @app.on_cw_event(patterns.SSM_INVOCATION)
 def script_invocation_changed(event: CloudWatchEvent) -> None:
-    results.script_invocation_changed(
-        services(), SsmInvocationEvent.model_validate(event.to_dict())
-    )
+    results.script_invocation_changed(services(), parse(SsmInvocationEvent, event.to_dict()))
 
 
 @app.on_cw_event(patterns.EC2_STATE)
 def instance_state_changed(event: CloudWatchEvent) -> None:
-    results.instance_state_changed(services(), Ec2StateEvent.model_validate(event.to_dict()))
+    results.instance_state_changed(services(), parse(Ec2StateEvent, event.to_dict()))
 
 
 @app.on_cw_event(patterns.BACKUP_JOB)
 def backup_job_changed(event: CloudWatchEvent) -> None:
-    results.backup_job_changed(services(), BackupJobEvent.model_validate(event.to_dict()))
+    results.backup_job_changed(services(), parse(BackupJobEvent, event.to_dict()))
 
 
 # -- a group is done; after the last one, the run is ------------------------------------------
@@ -92,7 +91,7 @@ def backup_job_changed(event: CloudWatchEvent) -> None:
 
 @app.on_cw_event(patterns.GROUP_DONE)
 def finalize_group(event: CloudWatchEvent) -> None:
-    finalize.group_completed(services(), PhaseCompletedEvent.model_validate(event.to_dict()).detail)
+    finalize.group_completed(services(), parse(PhaseCompletedEvent, event.to_dict()).detail)
 
 
 # -- what events did not deliver, the reconciler asks AWS for; it enforces deadlines ---------

@@ -7,6 +7,10 @@ class PrePostError(Exception):
     """Base of every error this application raises on purpose."""
 
 
+class PoisonEventError(PrePostError):
+    """An event that can never be processed: logged with its id, counted, acknowledged."""
+
+
 class GatewayError(PrePostError):
     """An AWS call failed. `code` is the AWS error code when there is one."""
 

@@ -14,6 +14,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from chalicelib.errors import PoisonEventError
+
 SERVICE = "prepost-backup"
 NAMESPACE = "PrePostBackup"
 
@@ -58,6 +60,11 @@ def middleware(event: Any, get_response: Callable[[Any], Any]) -> Any:
     )
     try:
         return get_response(event)
+    except PoisonEventError as exc:
+        # Retrying cannot help: acknowledge it, and make it visible.
+        log.error("poison event dropped", event_id=raw.get("id"), error=str(exc))
+        count("PoisonEvents")
+        return None
     finally:
         if metrics().metric_set:  # flushing nothing only prints a warning
             metrics().flush_metrics()

@@ -6,11 +6,12 @@ numbers as strings, some omit `version`) and strictly about meaning.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from chalicelib.errors import PoisonEventError
 from chalicelib.models.state import Phase
 
 APP_SOURCE = "prepost-backup"
@@ -105,3 +106,14 @@ class PhaseCompleted(_Detail):
 
 class PhaseCompletedEvent(AwsEvent):
     detail: PhaseCompleted
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse(model: type[Model], raw: Any) -> Model:
+    """`raw` as `model`; an event that does not fit is poison, never retried."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise PoisonEventError(f"not a {model.__name__}: {exc.error_count()} errors") from exc

@@ -170,3 +170,23 @@ def test_rejection_is_logged_and_counted(
     assert rejected["correlation_id"] == run_id
     assert rejected["errors"] == ["detail: must be a JSON object holding the run input"]
     assert '"RunsRejected":[1.0]' in capsys.readouterr().out
+
+
+POISON = {
+    "run_scripts": {"run_id": "r", "phase": "NOT_A_PHASE", "group_id": "g"},
+    "script_invocation_changed": {"command-id": "c", "status": "Success"},  # no instance-id
+    "instance_state_changed": {"state": "stopped"},  # no instance-id
+    "backup_job_changed": {"state": "COMPLETED"},  # no backupJobId
+    "finalize_group": {"run_id": "r", "next_phase": "DONE"},
+}
+
+
+@pytest.mark.parametrize(("handler", "detail"), POISON.items(), ids=POISON.keys())
+def test_every_handler_acknowledges_poison(
+    cloud: LocalCloud, handler: str, detail: dict[str, Any], logs: LogLines
+) -> None:
+    event = envelope(detail=detail)
+    assert cloud._chalice.lambda_.invoke(handler, event).payload is None
+    [dropped] = logs.records("poison event dropped")
+    assert dropped["event_id"] == event["id"]
+    assert fleet_calls(cloud) == []
