@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from chalicelib.errors import GatewayError
-from chalicelib.gateways.aws import translated
+from chalicelib.gateways.aws import each_page, translated
 from chalicelib.models.run_input import ScriptDetails
 
 DOCUMENT = "AWS-RunRemoteScript"
 MAX_INSTANCES_PER_COMMAND = 50
+ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class SsmGateway:
@@ -56,3 +58,21 @@ class SsmGateway:
                 return None
             raise
         return str(response["Status"]), str(response.get("StatusDetails") or "")
+
+    def find_command(self, instance_id: str, comment: str, sent_after: datetime) -> str | None:
+        """The id of a command with this comment already sent to the instance, if any.
+
+        A handler that died between SendCommand and recording its id finds it again here
+        instead of sending the script a second time.
+        """
+        with translated("ssm:ListCommands"):
+            for page in each_page(
+                self._client,
+                "list_commands",
+                InstanceId=instance_id,
+                Filters=[{"key": "InvokedAfter", "value": sent_after.strftime(ISO_SECONDS)}],
+            ):
+                for command in page.get("Commands", []):
+                    if command.get("Comment") == comment[:100]:
+                        return str(command["CommandId"])
+        return None

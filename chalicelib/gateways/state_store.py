@@ -249,11 +249,43 @@ class StateStore:
         item = self._get(run_key(run_id))
         return RunRecord.model_validate(item) if item else None
 
-    def put_run_if_new(self, run: RunRecord, now_epoch: int) -> bool:
+    def put_run_if_new(self, run: RunRecord, now_epoch: int, due_at: int | None = None) -> bool:
         """Write the run header unless the run exists already (a duplicate start)."""
-        attributes = run_key(run.run_id) | _dump(run)
+        attributes = run_key(run.run_id) | _dump(run) | _due(due_at)
         attributes[TTL_ATTRIBUTE] = self.expiry(now_epoch)
         return self._put(attributes, condition="attribute_not_exists(pk)")
+
+    def activate_run(self, run: RunRecord, due_at: int) -> bool:
+        """STARTING -> RUNNING, with its plan and groups; looked at again by `due_at`."""
+        return self._update(
+            run_key(run.run_id),
+            "SET #status = :running, #plan = :plan, groups_total = :groups,"
+            " groups_pending = :groups, instance_count = :count, due_at = :due",
+            values={
+                ":running": str(RunStatus.RUNNING),
+                ":starting": str(RunStatus.STARTING),
+                ":plan": [str(p) for p in run.plan],
+                ":groups": run.groups_total,
+                ":count": run.instance_count,
+                ":due": due_at,
+            },
+            names={"#status": "status", "#plan": "plan"},
+            condition="#status = :starting",
+        )
+
+    def reclaim_start(self, run_id: str, now_epoch: int, until: int) -> bool:
+        """Take over a start whose handler died (its claim ran out)."""
+        return self._update(
+            run_key(run_id),
+            "SET due_at = :until",
+            values={
+                ":until": until,
+                ":now": now_epoch,
+                ":starting": str(RunStatus.STARTING),
+            },
+            names={"#status": "status"},
+            condition="#status = :starting AND due_at <= :now",
+        )
 
     def complete_run(
         self, run_id: str, status: RunStatus, counts: dict[str, int], reason: str | None, at: str
@@ -261,7 +293,8 @@ class StateStore:
         """Move a RUNNING run to its final status; False if it was not RUNNING."""
         return self._update(
             run_key(run_id),
-            "SET #status = :status, #counts = :counts, finished_at = :at, #reason = :reason",
+            "SET #status = :status, #counts = :counts, finished_at = :at, #reason = :reason"
+            " REMOVE due_pk, due_at",
             values={
                 ":status": str(status),
                 ":counts": counts,
@@ -312,14 +345,17 @@ class StateStore:
         skipped: int,
         deadline: int,
         due_at: int,
+        claim_until: int,
     ) -> bool:
         """REQUESTED -> OPEN for `phase`, with the number of members to wait for, the
-        phase's deadline and when the reconciler should look first."""
+        phase's deadline, when the reconciler should look first, and the caller's claim on
+        making the side effects."""
         return self._update(
             group_key(run_id, group_id),
             f"SET phase_state = :open, pending = :pending, {_count_name(phase, 'SKIPPED')} = :sk,"
-            " deadline = :deadline, due_at = :due",
+            " deadline = :deadline, due_at = :due, claim_until = :claim",
             values={
+                ":claim": claim_until,
                 ":open": str(GroupPhaseState.OPEN),
                 ":requested": str(GroupPhaseState.REQUESTED),
                 ":pending": pending,
@@ -331,6 +367,22 @@ class StateStore:
             condition="phase = :phase AND phase_state = :requested",
         )
 
+    def claim_phase(
+        self, run_id: str, group_id: str, phase: Phase, now_epoch: int, until: int
+    ) -> bool:
+        """Take over making an OPEN phase's side effects, if nobody holds the claim now."""
+        return self._update(
+            group_key(run_id, group_id),
+            "SET claim_until = :until",
+            values={
+                ":until": until,
+                ":now": now_epoch,
+                ":phase": str(phase),
+                ":open": str(GroupPhaseState.OPEN),
+            },
+            condition="phase = :phase AND phase_state = :open AND claim_until <= :now",
+        )
+
     def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None:
         """Ask the reconciler to look at a group again at `due_at`, if it is still in `phase`."""
         self._update(
@@ -340,8 +392,18 @@ class StateStore:
             condition="phase = :phase AND attribute_exists(due_pk)",
         )
 
-    def due_groups(self, now_epoch: int) -> list[tuple[str, str]]:
-        """(run id, group id) of every group of an active run that is due by now."""
+    def rearm_run(self, run_id: str, due_at: int) -> None:
+        """Ask the reconciler to look at a run header again at `due_at`."""
+        self._update(
+            run_key(run_id),
+            "SET due_at = :due",
+            values={":due": due_at},
+            condition="attribute_exists(due_pk)",
+        )
+
+    def due_items(self, now_epoch: int) -> list[tuple[str, str]]:
+        """(run id, group id) of every group of an active run that is due by now; the
+        group id is empty for a run header (a run still starting, or not yet finalized)."""
         request: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": DUE_INDEX,
@@ -353,7 +415,9 @@ class StateStore:
             while True:
                 response = self._client.query(**request)
                 for item in map(from_item, response.get("Items", [])):
-                    due.append((item[PARTITION_KEY][4:], item[SORT_KEY][6:]))
+                    sort_key = item[SORT_KEY]
+                    group_id = sort_key.removeprefix("GROUP#") if sort_key != "RUN" else ""
+                    due.append((item[PARTITION_KEY].removeprefix("RUN#"), group_id))
                 if "LastEvaluatedKey" not in response:
                     return due
                 request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
@@ -377,7 +441,7 @@ class StateStore:
         )
 
     def annotate_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool
     ) -> None:
         """Record ids learnt from a side effect (command id, backup job id) on the phase."""
         names = {"#phase": str(phase)} | {f"#{k}": k for k in fields}

@@ -130,8 +130,9 @@ def decide_member(
         return ACT
     if phase is Phase.START:
         stop = instance.phase(Phase.STOP)
-        # A stop that timed out was sent: the instance may be stopped by now.
-        if stop.status is not PhaseStatus.SUCCEEDED and not stop.timed_out:
+        # A stop that was sent but did not report (timed out, cancelled) may still have
+        # stopped the instance: start it to be sure.
+        if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent:
             return MemberDecision(False, "this run did not stop the instance")
         return ACT
     # POST_SCRIPT: always thaw where the pre-script was sent.

@@ -20,10 +20,10 @@ def group_completed(services: Services, completed: PhaseCompleted) -> None:
 
 def close_group(services: Services, run_id: str, group_id: str) -> None:
     """A group went through its last phase (reported by its event or the reconciler)."""
-    if not services.store.finish_group(run_id, group_id):
-        return
+    services.store.finish_group(run_id, group_id)  # once; a repeat changes nothing
     run = services.store.get_run(run_id)
-    if run is not None and run.groups_pending <= 0:
+    # Checked even after a repeat: the handler that counted the group out may have died.
+    if run is not None and run.status is RunStatus.RUNNING and run.groups_pending <= 0:
         finalize_run(services, run)
 
 
@@ -47,10 +47,10 @@ def finalize_run(services: Services, run: RunRecord) -> None:
             observability.count("InstancesStuckStopped")
     status, reason, counts = decisions.run_outcome(outcomes)
     finished_at = iso(services.clock.now())
+    for instance in instances:  # before the run is complete, so a crash cannot keep them
+        store.release_lease(instance.instance_id, run.run_id)
     if not store.complete_run(run.run_id, status, counts, reason, finished_at):
         return
-    for instance in instances:
-        store.release_lease(instance.instance_id, run.run_id)
     services.events.emit(
         [
             (

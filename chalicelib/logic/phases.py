@@ -1,13 +1,18 @@
 """A group enters a phase: decide per member, then make the phase's side effect.
 
-One entry point per phase handler; they share `enter_phase`, which guards against
-duplicate requests, records skips with their reasons and marks the members it acts on
-IN_PROGRESS before any call is made, so that no report can arrive before its intent.
+Crash safety: the handler that opens a phase holds a claim on making its side effects.
+Each member is marked IN_PROGRESS before any call (so no report can arrive before its
+intent) and `sent` after the call is recorded. A retry after a crash, or the reconciler,
+finds members IN_PROGRESS and not `sent`, takes the claim over once it has run out, and
+makes their side effects again without repeating one that happened: a script already sent
+is found by its comment, a backup job by its idempotency token, and a stop or start is
+simply asked again (EC2 answers with the state the instance is in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from chalicelib import observability
 from chalicelib.clock import iso
@@ -21,6 +26,7 @@ from chalicelib.models.events import PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
+    GroupRecord,
     InstanceRecord,
     Phase,
     PhaseResult,
@@ -28,7 +34,17 @@ from chalicelib.models.state import (
     RunRecord,
 )
 
-Executor = Callable[[Services, RunRecord, RunInput, PhaseRequest, list[InstanceRecord]], None]
+# Longer than any phase handler may run (their Lambda timeout), shorter than a reconciler
+# poll: a duplicate request meanwhile is ignored, a retry after a crash takes over.
+EXECUTION_CLAIM_SECONDS = 300
+# Errors after which the side effect is tried again later rather than failed at once.
+RETRY_LATER = {
+    Phase.BACKUP: frozenset({"LimitExceededException", "ServiceUnavailableException"}),
+    Phase.START: frozenset({"InsufficientInstanceCapacity", "InstanceLimitExceeded"}),
+}
+
+# (services, run, its input, the group, the members to act on, whether this is a resumption)
+Executor = Callable[[Services, RunRecord, RunInput, GroupRecord, list[InstanceRecord], bool], None]
 
 
 def run_scripts(services: Services, request: PhaseRequest) -> None:
@@ -54,17 +70,15 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     observability.bind_run(request.run_id)
     store = services.store
     group = store.get_group(request.run_id, request.group_id)
-    if (
-        group is None
-        or group.phase != request.phase
-        or group.phase_state is not GroupPhaseState.REQUESTED
-    ):
+    if group is None or group.phase != request.phase:
         log.info("phase request ignored: group is elsewhere", **request.model_dump(mode="json"))
         return
-    run = store.get_run(request.run_id)
-    if run is None:
-        raise LookupError(f"run {request.run_id} has a group but no header")
-    run_input = RunInput.model_validate_json(run.input_json)
+    if group.phase_state is GroupPhaseState.OPEN:
+        resume_phase(services, group)  # a retry after a crash, or a duplicate
+        return
+    if group.phase_state is not GroupPhaseState.REQUESTED:
+        return
+    run, run_input = _run(services, request.run_id)
     members = store.list_instances(request.run_id, request.group_id)
     choices = [
         (m, decisions.decide_member(request.phase, m, group.aborted, run_input)) for m in members
@@ -73,10 +87,11 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     skipped = [(m, choice.reason) for m, choice in choices if not choice.act]
     now_epoch = services.now_epoch()
     deadline = now_epoch + decisions.phase_budget_seconds(request.phase, run_input)
-    due_at = min(deadline, now_epoch + decisions.POLL_SECONDS[request.phase])
     if not store.open_phase(
         request.run_id, request.group_id, request.phase, len(actors), len(skipped),
-        deadline, due_at,
+        deadline=deadline,
+        due_at=min(deadline, now_epoch + decisions.POLL_SECONDS[request.phase]),
+        claim_until=now_epoch + EXECUTION_CLAIM_SECONDS,
     ):  # fmt: skip
         log.info("phase request ignored: already opened", **request.model_dump(mode="json"))
         return
@@ -101,71 +116,166 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         acting=len(actors),
         skipped=len(skipped),
     )
+    opened = store.get_group(request.run_id, request.group_id)
+    if opened is None:
+        return
     if actors:
-        EXECUTORS[request.phase](services, run, run_input, request, actors)
+        EXECUTORS[request.phase](services, run, run_input, opened, actors, False)
     else:
-        reopened = store.get_group(request.run_id, request.group_id)
-        if reopened:
-            close_phase(services, reopened)
+        close_phase(services, opened)
 
 
-def _fail(services: Services, request: PhaseRequest, instance_id: str, error: Exception) -> None:
+def resume_phase(services: Services, group: GroupRecord) -> None:
+    """Make the side effects of members that never got them (their handler died, or the
+    call is to be retried), once nobody else holds the claim."""
+    phase = Phase(group.phase)
+    now_epoch = services.now_epoch()
+    unsent = [
+        member
+        for member in services.store.list_instances(group.run_id, group.group_id)
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS and not member.phase(phase).sent
+    ]
+    if not unsent:
+        return
+    if not services.store.claim_phase(
+        group.run_id, group.group_id, phase, now_epoch, now_epoch + EXECUTION_CLAIM_SECONDS
+    ):
+        observability.logger().info("phase is being executed elsewhere", group_id=group.group_id)
+        return
+    observability.logger().warning(
+        "resuming side effects", phase=phase, group_id=group.group_id, members=len(unsent)
+    )
+    run, run_input = _run(services, group.run_id)
+    EXECUTORS[phase](services, run, run_input, group, unsent, True)
+
+
+def _run(services: Services, run_id: str) -> tuple[RunRecord, RunInput]:
+    run = services.store.get_run(run_id)
+    if run is None:
+        raise LookupError(f"run {run_id} has a group but no header")
+    return run, RunInput.model_validate_json(run.input_json)
+
+
+def _fail(
+    services: Services, group: GroupRecord, phase: Phase, instance_id: str, error: Exception
+) -> None:
     finish(
-        services, request.run_id, request.group_id, instance_id, request.phase,
-        PhaseStatus.FAILED, reason=str(error),
+        services, group.run_id, group.group_id, instance_id, phase, PhaseStatus.FAILED,
+        reason=str(error),
     )  # fmt: skip
+
+
+def _mark_sent(
+    services: Services, group: GroupRecord, phase: Phase, instance_id: str, **ids: str
+) -> None:
+    services.store.annotate_phase(
+        group.run_id, group.group_id, instance_id, phase, sent=True, **ids
+    )
+
+
+def _retry_later(
+    services: Services,
+    group: GroupRecord,
+    phase: Phase,
+    member: InstanceRecord,
+    error: GatewayError,
+) -> bool:
+    """Whether `error` is one to try again later (the reconciler will, until the deadline)."""
+    if error.code not in RETRY_LATER.get(phase, frozenset()):
+        return False
+    services.store.annotate_phase(
+        group.run_id, group.group_id, member.instance_id, phase, last_error=str(error)
+    )
+    observability.logger().warning(
+        "side effect refused for now; will retry", instance_id=member.instance_id, phase=phase,
+        error=error.code,
+    )  # fmt: skip
+    observability.count(f"{phase}_RETRIED")
+    return True
 
 
 def _send_scripts(
     services: Services,
     run: RunRecord,
     run_input: RunInput,
-    request: PhaseRequest,
-    actors: list[InstanceRecord],
+    group: GroupRecord,
+    members: list[InstanceRecord],
+    resuming: bool,
 ) -> None:
-    script = run_input.pre_script if request.phase is Phase.PRE_SCRIPT else run_input.post_script
+    phase = Phase(group.phase)
+    script = run_input.pre_script if phase is Phase.PRE_SCRIPT else run_input.post_script
     if script is None:
-        raise ValueError(f"{request.phase} is in the plan but the input has no script for it")
+        raise ValueError(f"{phase} is in the plan but the input has no script for it")
     prefix = "/".join(
-        part for part in (script.output_s3_key_prefix, run.run_id, request.phase.lower()) if part
+        part for part in (script.output_s3_key_prefix, run.run_id, phase.lower()) if part
     )
-    comment = f"prepost-backup {run.run_id} {request.phase}"
-    for batch in chunks(actors, MAX_INSTANCES_PER_COMMAND):
+    comment = f"prepost-backup {run.run_id} {phase}"
+    unsent = []
+    for member in members:
+        started = member.phase(phase).started_at
+        if resuming and started:  # a script sent by a handler that died is adopted
+            found = services.ssm.find_command(member.instance_id, comment, _parse_iso(started))
+            if found:
+                _record_command(services, run, group, phase, found, [member.instance_id])
+                continue
+        unsent.append(member)
+    for batch in chunks(unsent, MAX_INSTANCES_PER_COMMAND):
         ids = [member.instance_id for member in batch]
         try:
             command_id = services.ssm.send_script(ids, script, prefix, comment)
         except GatewayError as exc:
+            if len(ids) == 1:
+                _fail(services, group, phase, ids[0], exc)
+                continue
+            # One bad instance fails the whole command: send one by one so it fails alone.
             for instance_id in ids:
-                _fail(services, request, instance_id, exc)
+                try:
+                    single = services.ssm.send_script([instance_id], script, prefix, comment)
+                except GatewayError as single_exc:
+                    _fail(services, group, phase, instance_id, single_exc)
+                else:
+                    _record_command(services, run, group, phase, single, [instance_id])
             continue
-        services.store.put_command(
-            command_id, run.run_id, request.group_id, request.phase, services.now_epoch()
-        )
-        for instance_id in ids:
-            services.store.annotate_phase(
-                run.run_id, request.group_id, instance_id, request.phase, command_id=command_id
-            )
-        observability.logger().info(
-            "script sent", phase=request.phase, command_id=command_id, instances=len(ids)
-        )
+        _record_command(services, run, group, phase, command_id, ids)
+
+
+def _record_command(
+    services: Services,
+    run: RunRecord,
+    group: GroupRecord,
+    phase: Phase,
+    command_id: str,
+    instance_ids: list[str],
+) -> None:
+    services.store.put_command(command_id, run.run_id, group.group_id, phase, services.now_epoch())
+    for instance_id in instance_ids:
+        _mark_sent(services, group, phase, instance_id, command_id=command_id)
+    observability.logger().info(
+        "script sent", phase=phase, command_id=command_id, instances=len(instance_ids)
+    )
 
 
 def _change_power(
     services: Services,
-    request: PhaseRequest,
-    actors: list[InstanceRecord],
+    group: GroupRecord,
+    members: list[InstanceRecord],
     call: Callable[[list[str]], dict[str, str | GatewayError]],
     arrived: str,
 ) -> None:
     """Stop or start; an instance already in the wanted state finishes at once (no event
     will come for it), the others finish on their state-change event."""
-    outcome = call([member.instance_id for member in actors])
+    phase = Phase(group.phase)
+    by_id = {member.instance_id: member for member in members}
+    outcome = call(list(by_id))
     for instance_id, state in outcome.items():
         if isinstance(state, GatewayError):
-            _fail(services, request, instance_id, state)
-        elif state == arrived:
+            if not _retry_later(services, group, phase, by_id[instance_id], state):
+                _fail(services, group, phase, instance_id, state)
+            continue
+        _mark_sent(services, group, phase, instance_id)
+        if state == arrived:
             finish(
-                services, request.run_id, request.group_id, instance_id, request.phase,
+                services, group.run_id, group.group_id, instance_id, phase,
                 PhaseStatus.SUCCEEDED,
             )  # fmt: skip
 
@@ -174,37 +284,41 @@ def _stop(
     services: Services,
     run: RunRecord,
     run_input: RunInput,
-    request: PhaseRequest,
-    actors: list[InstanceRecord],
+    group: GroupRecord,
+    members: list[InstanceRecord],
+    resuming: bool,
 ) -> None:
-    _change_power(services, request, actors, services.ec2.stop, "stopped")
+    _change_power(services, group, members, services.ec2.stop, "stopped")
 
 
 def _start(
     services: Services,
     run: RunRecord,
     run_input: RunInput,
-    request: PhaseRequest,
-    actors: list[InstanceRecord],
+    group: GroupRecord,
+    members: list[InstanceRecord],
+    resuming: bool,
 ) -> None:
-    _change_power(services, request, actors, services.ec2.start, "running")
+    _change_power(services, group, members, services.ec2.start, "running")
 
 
 def _start_backups(
     services: Services,
     run: RunRecord,
     run_input: RunInput,
-    request: PhaseRequest,
-    actors: list[InstanceRecord],
+    group: GroupRecord,
+    members: list[InstanceRecord],
+    resuming: bool,
 ) -> None:
     details = run_input.backup_details
-    for member in actors:
+    for member in members:
         label = decisions.consistency(member, run_input)
         tags = details.recovery_point_tags | {
             "prepost:run-id": run.run_id,
             "prepost:consistency": str(label),
         }
         try:
+            # The token makes a repeated call (a resumption) return the same job.
             job_id = services.backup.start_backup_job(
                 member.arn or "",
                 details,
@@ -212,19 +326,24 @@ def _start_backups(
                 tags,
             )
         except GatewayError as exc:
-            _fail(services, request, member.instance_id, exc)
+            if not _retry_later(services, group, Phase.BACKUP, member, exc):
+                _fail(services, group, Phase.BACKUP, member.instance_id, exc)
             continue
         services.store.put_job(
-            job_id, run.run_id, request.group_id, member.instance_id, services.now_epoch()
+            job_id, run.run_id, group.group_id, member.instance_id, services.now_epoch()
         )
-        services.store.annotate_phase(
-            run.run_id, request.group_id, member.instance_id, Phase.BACKUP,
+        _mark_sent(
+            services, group, Phase.BACKUP, member.instance_id,
             backup_job_id=job_id, consistency=str(label),
         )  # fmt: skip
         observability.logger().info(
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 EXECUTORS: dict[Phase, Executor] = {

@@ -10,8 +10,8 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
-from chalicelib.logic import decisions, finalize, phases, results
-from chalicelib.logic.transitions import finish
+from chalicelib.logic import decisions, finalize, phases, results, start_run
+from chalicelib.logic.transitions import close_phase, finish
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -19,23 +19,41 @@ from chalicelib.models.state import (
     InstanceRecord,
     Phase,
     PhaseStatus,
+    RunStatus,
 )
 
 
 def reconcile(services: Services) -> int:
     """Look at every group that is due; how many were looked at."""
     log = observability.logger()
-    due = services.store.due_groups(services.now_epoch())
+    due = services.store.due_items(services.now_epoch())
     for run_id, group_id in due:
         observability.bind_run(run_id)
         try:
-            _reconcile_group(services, run_id, group_id)
+            if group_id:
+                _reconcile_group(services, run_id, group_id)
+            else:
+                _reconcile_run(services, run_id)
         except GatewayError as exc:  # one group's trouble must not starve the others
             log.exception("reconciling a group failed", group_id=group_id, error=str(exc))
             observability.count("ReconcileErrors")
     if due:
         observability.count("GroupsReconciled", len(due))
     return len(due)
+
+
+def _reconcile_run(services: Services, run_id: str) -> None:
+    """A run header is due: a start that never finished, or a run never finalized."""
+    run = services.store.get_run(run_id)
+    if run is None:
+        return
+    if run.status is RunStatus.STARTING:
+        start_run.resume_start(services, run)
+    elif run.status is RunStatus.RUNNING and run.groups_pending <= 0:
+        finalize.finalize_run(services, run)
+    elif run.status is RunStatus.RUNNING:
+        observability.logger().error("run past its budget", groups_pending=run.groups_pending)
+        services.store.rearm_run(run_id, services.now_epoch() + decisions.REQUEST_GRACE_SECONDS)
 
 
 def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
@@ -56,17 +74,21 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
         phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
         return
+    phases.resume_phase(services, group)  # members whose side effect was never made
     waiting = [
         member
         for member in store.list_instances(run_id, group_id)
-        if member.phase(phase).status is PhaseStatus.IN_PROGRESS
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS and member.phase(phase).sent
     ]
     for member in waiting:
         _ask_aws(services, member, phase)
     deadline = group.deadline or now
     if now >= deadline:
         _time_out(services, group, phase)
-    else:
+    current = store.get_group(run_id, group_id)
+    if current and current.phase == group.phase and current.pending <= 0:
+        close_phase(services, current)  # its last member finished but it never moved on
+    elif now < deadline:
         store.rearm(
             run_id, group_id, group.phase, min(deadline, now + decisions.POLL_SECONDS[phase])
         )
@@ -107,6 +129,11 @@ def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:
                 member.instance_id,
                 phase,
                 PhaseStatus.FAILED,
-                reason=f"{phase} timed out: no result by its deadline",
+                reason=f"{phase} timed out: no result by its deadline"
+                + (
+                    f" (last error: {member.phase(phase).last_error})"
+                    if member.phase(phase).last_error
+                    else ""
+                ),
                 timed_out=True,
             )

@@ -29,6 +29,8 @@ from chalicelib.models.state import (
 from chalicelib.models.targets import TargetInstance
 
 MAX_ERRORS_KEPT = 50
+# Longer than the start handler may run: a redelivered start event meanwhile is ignored.
+START_CLAIM_SECONDS = 300
 UNGROUPED = "-"  # instances skipped at the start belong to no group
 
 
@@ -45,8 +47,12 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         return None
     run_id = decisions.run_id_for(envelope.id, envelope.time)
     observability.bind_run(run_id)
-    if services.store.get_run(run_id) is not None:
-        log.info("duplicate start event ignored", event_id=envelope.id)
+    existing = services.store.get_run(run_id)
+    if existing is not None:
+        if existing.status is RunStatus.STARTING:
+            resume_start(services, existing)  # its handler may have died half-way
+        else:
+            log.info("duplicate start event ignored", event_id=envelope.id)
         return run_id
     detail = envelope.detail
     if not isinstance(detail, dict):
@@ -57,8 +63,30 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     except ValidationError as exc:
         _reject(services, run_id, envelope, validation_messages(exc))
         return run_id
-    _begin(services, run_id, envelope, run_input)
+    now, now_epoch = services.clock.now(), services.now_epoch()
+    run = RunRecord(
+        run_id=run_id,
+        status=RunStatus.STARTING,
+        created_at=iso(now),
+        event_id=envelope.id,
+        input_json=json.dumps(envelope.detail),
+    )
+    # The header first: it claims the start, so a concurrent duplicate stops right here.
+    if not services.store.put_run_if_new(run, now_epoch, due_at=now_epoch + START_CLAIM_SECONDS):
+        log.info("duplicate start event ignored", event_id=envelope.id)
+        return run_id
+    _begin(services, run, run_input)
     return run_id
+
+
+def resume_start(services: Services, run: RunRecord) -> None:
+    """Finish a start whose handler died (from its redelivery, or the reconciler)."""
+    now_epoch = services.now_epoch()
+    if not services.store.reclaim_start(run.run_id, now_epoch, now_epoch + START_CLAIM_SECONDS):
+        observability.logger().info("run is being started elsewhere")
+        return
+    observability.logger().warning("resuming the start of a run")
+    _begin(services, run, RunInput.model_validate_json(run.input_json))
 
 
 def _reject(services: Services, run_id: str, envelope: AwsEvent, errors: list[str]) -> None:
@@ -115,9 +143,10 @@ def _resolve(
     return requested, {target.instance_id: target for target in found}
 
 
-def _begin(services: Services, run_id: str, envelope: AwsEvent, run_input: RunInput) -> None:
+def _begin(services: Services, run: RunRecord, run_input: RunInput) -> None:
+    """Resolve the targets once, lease them, write groups and instances, then go."""
     store, log = services.store, observability.logger()
-    now, now_epoch = services.clock.now(), services.now_epoch()
+    run_id, now_epoch = run.run_id, services.now_epoch()
     requested, found = _resolve(services, run_input)
     lease_until = (
         now_epoch + decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds
@@ -177,19 +206,19 @@ def _begin(services: Services, run_id: str, envelope: AwsEvent, run_input: RunIn
         for group_id, size in sizes.items()
     ]
     store.put_groups_and_instances(group_records, members + skipped, now_epoch)
-    run = RunRecord(
-        run_id=run_id,
-        status=RunStatus.RUNNING,
-        created_at=iso(now),
-        event_id=envelope.id,
-        input_json=json.dumps(envelope.detail),
-        plan=phases,
-        groups_total=len(group_records),
-        groups_pending=len(group_records),
-        instance_count=len(requested),
+    run = run.model_copy(
+        update={
+            "status": RunStatus.RUNNING,
+            "plan": phases,
+            "groups_total": len(group_records),
+            "groups_pending": len(group_records),
+            "instance_count": len(requested),
+        }
     )
-    if not store.put_run_if_new(run, now_epoch):
-        log.info("duplicate start event ignored", event_id=envelope.id)
+    # Looked at by the reconciler after the longest the run may take, as a last resort.
+    due_at = now_epoch + decisions.run_budget_seconds(run_input)
+    if not store.activate_run(run, due_at):
+        log.info("run already started elsewhere")
         return
     log.info(
         "run started",

@@ -31,6 +31,7 @@ class PhaseStatus(StrEnum):
 
 
 class RunStatus(StrEnum):
+    STARTING = "STARTING"  # claimed by a start handler; targets and groups being written
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
@@ -76,6 +77,8 @@ class PhaseResult(_Record):
     recovery_point_arn: str | None = None  # backup
     consistency: Consistency | None = None  # backup
     timed_out: bool | None = None  # no result by the phase's deadline
+    sent: bool | None = None  # the side effect was made and recorded
+    last_error: str | None = None  # why the side effect has not been made yet (retried)
 
 
 class InstanceRecord(_Record):
@@ -106,6 +109,7 @@ class GroupRecord(_Record):
     aborted: bool = False
     deadline: int | None = None  # epoch seconds by which the current phase must be over
     due_at: int | None = None  # epoch seconds when the reconciler looks next
+    claim_until: int | None = None  # a handler is making the phase's side effects until then
     finalized: bool = False
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
 

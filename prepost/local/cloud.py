@@ -332,7 +332,7 @@ class LocalCloud:
         self.invoke("reconcile_runs", event)
         self._ticking = False
         far_future = int(self.clock.after(10 * 365 * 86400).timestamp())
-        if self._queue or self.store.due_groups(far_future):
+        if self._queue or self.store.due_items(far_future):
             self._keep_ticking()
 
     def schedule(self, delay: float, make_event: Any, *args: Any) -> None:

@@ -52,7 +52,7 @@ def test_lost_events_the_reconciler_finishes_the_run_with_the_same_result(
         assert cloud.state_of(instance_id) == "running"
     assert len(calls(cloud, "backup", "StartBackupJob")) == 3
     assert any("tick reconcile_runs" in what for _, what in cloud.timeline)
-    assert cloud.store.due_groups(2**40) == []  # nothing left for the reconciler
+    assert cloud.store.due_items(2**40) == []  # nothing left for the reconciler
 
 
 def test_lost_ssm_failure_is_read_with_its_details(behaviour: Behaviour, cloud: LocalCloud) -> None:
