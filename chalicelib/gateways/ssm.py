@@ -76,3 +76,14 @@ class SsmGateway:
                     if command.get("Comment") == comment[:100]:
                         return str(command["CommandId"])
         return None
+
+    def comment_of(self, command_id: str) -> str | None:
+        """The comment a command was sent with; None if SSM does not know it (yet)."""
+        try:
+            with translated("ssm:ListCommands"):
+                commands = self._client.list_commands(CommandId=command_id).get("Commands", [])
+        except GatewayError as exc:
+            if exc.code == "InvalidCommandId":
+                return None
+            raise
+        return str(commands[0].get("Comment", "")) if commands else None

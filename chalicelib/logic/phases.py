@@ -209,14 +209,14 @@ def _send_scripts(
     prefix = "/".join(
         part for part in (script.output_s3_key_prefix, run.run_id, phase.lower()) if part
     )
-    comment = f"prepost-backup {run.run_id} {phase}"
+    comment = script_comment(run.run_id, phase)
     unsent = []
     for member in members:
         started = member.phase(phase).started_at
         if resuming and started:  # a script sent by a handler that died is adopted
             found = services.ssm.find_command(member.instance_id, comment, _parse_iso(started))
             if found:
-                _record_command(services, run, group, phase, found, [member.instance_id])
+                _record_command(services, run.run_id, group, phase, found, [member.instance_id])
                 continue
         unsent.append(member)
     for batch in chunks(unsent, MAX_INSTANCES_PER_COMMAND):
@@ -234,20 +234,48 @@ def _send_scripts(
                 except GatewayError as single_exc:
                     _fail(services, group, phase, instance_id, single_exc)
                 else:
-                    _record_command(services, run, group, phase, single, [instance_id])
+                    _record_command(services, run.run_id, group, phase, single, [instance_id])
             continue
-        _record_command(services, run, group, phase, command_id, ids)
+        _record_command(services, run.run_id, group, phase, command_id, ids)
+
+
+def script_comment(run_id: str, phase: Phase) -> str:
+    """The comment of this run's script commands: how a lost command id is found again."""
+    return f"prepost-backup {run_id} {phase}"
+
+
+def adopt_command(
+    services: Services, command_id: str, instance_id: str
+) -> tuple[str, str, Phase] | None:
+    """A report names a command whose id was never recorded (its sender died): if it is
+    the script this instance's run is waiting for, record it now; (run, group, phase)."""
+    lease = services.store.get_lease(instance_id)
+    if lease is None:
+        return None
+    instance = services.store.get_instance(lease.run_id, lease.group_id, instance_id)
+    if instance is None:
+        return None
+    for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
+        result = instance.phases.get(phase)
+        if result is None or result.status is not PhaseStatus.IN_PROGRESS or result.command_id:
+            continue
+        if services.ssm.comment_of(command_id) == script_comment(lease.run_id, phase):
+            group = services.store.get_group(lease.run_id, lease.group_id)
+            if group is not None:
+                _record_command(services, lease.run_id, group, phase, command_id, [instance_id])
+                return lease.run_id, lease.group_id, phase
+    return None
 
 
 def _record_command(
     services: Services,
-    run: RunRecord,
+    run_id: str,
     group: GroupRecord,
     phase: Phase,
     command_id: str,
     instance_ids: list[str],
 ) -> None:
-    services.store.put_command(command_id, run.run_id, group.group_id, phase, services.now_epoch())
+    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
     for instance_id in instance_ids:
         _mark_sent(services, group, phase, instance_id, command_id=command_id)
     observability.logger().info(

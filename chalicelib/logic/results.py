@@ -9,7 +9,7 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import CorrelationPendingError
-from chalicelib.logic import decisions
+from chalicelib.logic import decisions, phases
 from chalicelib.logic.transitions import finish
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
 from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
@@ -77,15 +77,19 @@ def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> 
     if decisions.ssm_outcome(detail.status) is None:
         return
     command = services.store.get_command(detail.command_id)
-    if command is None:
-        if _script_awaiting_its_command_id(services, detail.instance_id):
-            # SendCommand returned but its id is not written yet: retry, do not drop.
-            raise CorrelationPendingError(f"command {detail.command_id} not recorded yet")
-        observability.logger().info("not a command of this app", command_id=detail.command_id)
-        return
-    observability.bind_run(command["run_id"])
-    key = (command["run_id"], command["group_id"], detail.instance_id)
-    record_script_status(services, key, Phase(command["phase"]), detail.status)
+    if command is not None:
+        run_id, group_id, phase = command["run_id"], command["group_id"], Phase(command["phase"])
+    else:
+        adopted = phases.adopt_command(services, detail.command_id, detail.instance_id)
+        if adopted is None:
+            if _script_awaiting_its_command_id(services, detail.instance_id):
+                # SSM does not list the command yet: retry rather than drop the report.
+                raise CorrelationPendingError(f"command {detail.command_id} not recorded yet")
+            observability.logger().info("not a command of this app", command_id=detail.command_id)
+            return
+        run_id, group_id, phase = adopted
+    observability.bind_run(run_id)
+    record_script_status(services, (run_id, group_id, detail.instance_id), phase, detail.status)
 
 
 def instance_state_changed(services: Services, event: Ec2StateEvent) -> None:

@@ -72,6 +72,15 @@ class Behaviour:
     lose_event: Callable[[dict[str, Any]], bool] | None = None
     # Virtual seconds between runs of the scheduled reconciler; None: it never runs.
     reconcile_every: float | None = 300
+    # How many times EventBridge delivers an event (at least once: 1 is the minimum).
+    copies: Callable[[dict[str, Any]], int] | None = None
+    # The handler dies right after this AWS call succeeds, this many times
+    # (e.g. {"SendCommand": 1}): the call's effect happened, its record did not.
+    crash_after: dict[str, int] = field(default_factory=dict)
+
+
+class SimulatedCrash(Exception):  # noqa: N818 - it is not an error of the code under test
+    """The Lambda function died (timeout, out of memory) right after an AWS call."""
 
 
 HANG = "Hang"  # a script status that never ends: the invocation stays InProgress
@@ -105,11 +114,16 @@ class BackupEmulator:
         self.vaults: set[str] = set()
         self.jobs: dict[str, dict[str, Any]] = {}
         self._by_token: dict[str, str] = {}
+        # Error codes to answer StartBackupJob with, in turn, per instance id.
+        self.refuse: dict[str, list[str]] = {}
 
     def start_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
         vault = params["BackupVaultName"]
         if vault not in self.vaults:
             return _error("ResourceNotFoundException", f"Backup vault {vault} does not exist")
+        refusals = self.refuse.get(params["ResourceArn"].rsplit("/", 1)[-1])
+        if refusals:
+            return _error(refusals.pop(0), "refused (simulated)")
         token = params.get("IdempotencyToken")
         if token and token in self._by_token:  # AWS: same token, same job
             job = self.jobs[self._by_token[token]]
@@ -367,10 +381,12 @@ class LocalCloud:
             self.timeline.append((self.clock.now(), f"lost {event['source']} {_summary(event)}"))
             return
         self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
+        copies = self.behaviour.copies(event) if self.behaviour.copies else 1
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
             if pattern is not None and matches(pattern, event):
-                self.invoke(source.name, event)
+                for _ in range(max(1, copies)):
+                    self.invoke(source.name, event)
 
     def invoke(self, handler: str, event: dict[str, Any], attempt: int = 0) -> None:
         """One asynchronous Lambda invocation: a failure is retried twice, a minute apart
@@ -394,13 +410,24 @@ class LocalCloud:
         events.register("provide-client-params.*.*", self._record_call)
         events.register("before-call.backup.StartBackupJob", self._backup_call)
         events.register("before-call.backup.DescribeBackupJob", self._backup_call)
-        events.register("after-call.ssm.SendCommand", self._after_send_command)
         events.register("before-call.ssm.GetCommandInvocation", self._get_command_invocation)
         events.register("before-call.ec2.StopInstances", self._power_call)
         events.register("before-call.ec2.StartInstances", self._power_call)
-        events.register("after-call.ec2.StopInstances", self._after_stop)
-        events.register("after-call.ec2.StartInstances", self._after_start)
-        events.register("after-call.eventbridge.PutEvents", self._after_put_events)
+        # One after-call hook, so that the emulation always reacts before a simulated crash.
+        events.register("after-call.*.*", self._after_call)
+
+    def _after_call(
+        self, http_response: Any, parsed: Any, model: Any, context: Any, **_: Any
+    ) -> None:
+        react = {
+            "SendCommand": self._after_send_command,
+            "StopInstances": self._after_stop,
+            "StartInstances": self._after_start,
+            "PutEvents": self._after_put_events,
+        }.get(model.name)
+        if react is not None:
+            react(http_response=http_response, parsed=parsed, context=context)
+        self._maybe_crash(http_response=http_response, model=model)
 
     def _record_call(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
         context["local_params"] = params
@@ -408,6 +435,13 @@ class LocalCloud:
         self.calls.append((service, model.name, dict(params)))
         if service != "dynamodb":
             self.timeline.append((self.clock.now(), f"call {service}:{model.name}"))
+
+    def _maybe_crash(self, http_response: Any, model: Any, **_: Any) -> None:
+        left = self.behaviour.crash_after.get(model.name, 0)
+        if left and http_response.status_code < 300:
+            self.behaviour.crash_after[model.name] = left - 1
+            self.timeline.append((self.clock.now(), f"crash after {model.name}"))
+            raise SimulatedCrash(f"the function died right after {model.name}")
 
     def _backup_call(self, model: Any, context: Any, **_: Any) -> Any:
         params = context["local_params"]

@@ -51,3 +51,35 @@ def test_ssm_report_of_a_foreign_command_is_ignored(cloud: LocalCloud) -> None:
     script_invocation_changed(
         services(), ssm_event("11111111-2222-3333-4444-555555555555", instance_id)
     )
+
+
+def test_ssm_report_for_a_command_whose_record_was_lost_is_adopted(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    [instance_id] = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.script_seconds = 3600
+    cloud.publish(cloud.start_event(seed_input()))
+    cloud.step(3)  # the pre-script was sent
+    store = services().store
+    lease = store.get_lease(instance_id)
+    assert lease is not None
+    sent = store.get_instance(lease.run_id, lease.group_id, instance_id)
+    assert sent is not None
+    command_id = sent.phase(Phase.PRE_SCRIPT).command_id
+    assert command_id
+    # As if the handler had died between SendCommand and recording the command:
+    store.set_phase_result(
+        lease.run_id, lease.group_id, instance_id, Phase.PRE_SCRIPT,
+        sent.phase(Phase.PRE_SCRIPT).model_copy(update={"command_id": None, "sent": None}),
+        expected=PhaseStatus.IN_PROGRESS,
+    )  # fmt: skip
+    cloud.session.client("dynamodb").delete_item(
+        TableName=cloud.table_name, Key={"pk": {"S": f"CMD#{command_id}"}, "sk": {"S": "CMD"}}
+    )
+
+    script_invocation_changed(services(), ssm_event(command_id, instance_id))
+
+    done = store.get_instance(lease.run_id, lease.group_id, instance_id)
+    assert done is not None
+    assert done.phase(Phase.PRE_SCRIPT).status is PhaseStatus.SUCCEEDED
+    assert done.phase(Phase.PRE_SCRIPT).command_id == command_id
