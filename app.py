@@ -23,9 +23,10 @@ from chalice.app import Chalice, CloudWatchEvent, Rate
 
 from chalicelib import observability, patterns
 from chalicelib.dependencies import services
-from chalicelib.logic import finalize, phases, reconcile, results, start_run
+from chalicelib.logic import cancel, finalize, phases, reconcile, results, start_run
 from chalicelib.models.events import (
     BackupJobEvent,
+    CancelRequestEvent,
     Ec2StateEvent,
     PhaseCompletedEvent,
     PhaseRequestEvent,
@@ -43,6 +44,11 @@ app.register_middleware(observability.middleware, "all")
 @app.on_cw_event(patterns.START_RUN)
 def start_run_handler(event: CloudWatchEvent) -> Any:
     return start_run.start_run(services(), event.to_dict())
+
+
+@app.on_cw_event(patterns.CANCEL_RUN)
+def cancel_run(event: CloudWatchEvent) -> None:
+    cancel.cancel_run(services(), parse(CancelRequestEvent, event.to_dict()).detail)
 
 
 # -- a group enters a phase: one handler per side effect -------------------------------------

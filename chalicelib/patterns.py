@@ -36,6 +36,11 @@ BACKUP_JOB: dict[str, Any] = {
     "detail": {"state": ["COMPLETED", "FAILED", "ABORTED", "EXPIRED", "PARTIAL"]},
 }
 
+CANCEL_RUN: dict[str, Any] = {
+    "source": [APP_SOURCE],
+    "detail-type": [DetailType.CANCEL_REQUESTED],
+}
+
 GROUP_DONE: dict[str, Any] = {
     "source": [APP_SOURCE],
     "detail-type": [DetailType.PHASE_COMPLETED],

@@ -392,6 +392,41 @@ class StateStore:
             condition="phase = :phase AND attribute_exists(due_pk)",
         )
 
+    def cancel_run(self, run_id: str) -> bool:
+        """Mark a RUNNING run cancelled; False if it is not running."""
+        return self._update(
+            run_key(run_id),
+            "SET cancelled = :yes",
+            values={":yes": True, ":running": str(RunStatus.RUNNING)},
+            names={"#status": "status"},
+            condition="#status = :running",
+        )
+
+    def cancel_group(self, run_id: str, group_id: str) -> None:
+        self._update(group_key(run_id, group_id), "SET cancelled = :yes", values={":yes": True})
+
+    def list_groups(self, run_id: str) -> list[GroupRecord]:
+        return [_group(item) for item in self._query(f"RUN#{run_id}", "GROUP#")]
+
+    def annotate_late_report(
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, status: str, text: str
+    ) -> None:
+        """A report for a phase that already ended otherwise: keep it, change nothing else."""
+        self._update(
+            instance_key(run_id, group_id, instance_id),
+            "SET phases.#phase.late_report = :text",
+            values={
+                ":text": text,
+                ":reported": status,
+                ":in_progress": str(PhaseStatus.IN_PROGRESS),
+            },
+            names={"#phase": str(phase), "#status": "status"},
+            condition=(
+                "attribute_exists(phases.#phase) AND phases.#phase.#status <> :reported"
+                " AND phases.#phase.#status <> :in_progress"
+            ),
+        )
+
     def rearm_run(self, run_id: str, due_at: int) -> None:
         """Ask the reconciler to look at a run header again at `due_at`."""
         self._update(

@@ -102,13 +102,22 @@ class MemberDecision:
 ACT = MemberDecision(act=True)
 
 
+FORWARD_PHASES = frozenset({Phase.PRE_SCRIPT, Phase.STOP, Phase.BACKUP})
+
+
 def decide_member(
-    phase: Phase, instance: InstanceRecord, aborted: bool, run_input: RunInput
+    phase: Phase,
+    instance: InstanceRecord,
+    aborted: bool,
+    run_input: RunInput,
+    cancelled: bool = False,
 ) -> MemberDecision:
     """Whether `phase` acts on one member of a group, or why it skips it."""
     was_running = instance.original_state in RUNNING_STATES
     if instance.terminated:
         return MemberDecision(False, "instance was terminated during the run")
+    if cancelled and phase in FORWARD_PHASES:
+        return MemberDecision(False, "run cancelled")
     if phase is Phase.PRE_SCRIPT:
         if not was_running:
             return MemberDecision(False, "instance was not running; SSM cannot reach it")
@@ -212,7 +221,7 @@ def instance_outcome(
 
 
 def run_outcome(
-    outcomes: list[tuple[InstanceRecord, InstanceStatus]],
+    outcomes: list[tuple[InstanceRecord, InstanceStatus]], cancelled: bool = False
 ) -> tuple[RunStatus, str | None, dict[str, int]]:
     """The run's final status from its instances' final statuses."""
     counts = dict(Counter(str(status) for _, status in outcomes))
@@ -221,6 +230,8 @@ def run_outcome(
     backed_up = sum(
         1 for record, _ in outcomes if record.phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
     )
+    if cancelled:
+        return RunStatus.CANCELLED, "cancelled on request", counts
     timed_out = any(result.timed_out for record, _ in outcomes for result in record.phases.values())
     if backed_up == 0:
         if timed_out:

@@ -45,7 +45,7 @@ def finalize_run(services: Services, run: RunRecord) -> None:
                 "instance left stopped", instance_id=instance.instance_id, reason=why
             )
             observability.count("InstancesStuckStopped")
-    status, reason, counts = decisions.run_outcome(outcomes)
+    status, reason, counts = decisions.run_outcome(outcomes, cancelled=run.cancelled)
     finished_at = iso(services.clock.now())
     for instance in instances:  # before the run is complete, so a crash cannot keep them
         store.release_lease(instance.instance_id, run.run_id)

@@ -81,7 +81,8 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     run, run_input = _run(services, request.run_id)
     members = store.list_instances(request.run_id, request.group_id)
     choices = [
-        (m, decisions.decide_member(request.phase, m, group.aborted, run_input)) for m in members
+        (m, decisions.decide_member(request.phase, m, group.aborted, run_input, group.cancelled))
+        for m in members
     ]
     actors = [m for m, choice in choices if choice.act]
     skipped = [(m, choice.reason) for m, choice in choices if not choice.act]

@@ -49,6 +49,12 @@ def finish(
             phase=phase,
             reported=status,
         )
+        # A late report that disagrees (a backup completing after its phase timed out or
+        # was cancelled) is kept on the record; the outcome does not change.
+        services.store.annotate_late_report(
+            run_id, group_id, instance_id, phase, str(status),
+            f"{status} at {fields['ended_at']}" + (f": {reason}" if reason else ""),
+        )  # fmt: skip
         return False
     observability.phase_outcome(phase, status)
     level = log.info if status is PhaseStatus.SUCCEEDED else log.warning

@@ -25,6 +25,7 @@ class DetailType:
     PHASE_REQUESTED = "PrePostBackup Phase Requested"
     PHASE_COMPLETED = "PrePostBackup Phase Completed"
     RUN_COMPLETED = "PrePostBackup Run Completed"
+    CANCEL_REQUESTED = "PrePostBackup Cancel Requested"  # received
 
 
 def _as_str(value: Any) -> Any:
@@ -117,3 +118,14 @@ def parse(model: type[Model], raw: Any) -> Model:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise PoisonEventError(f"not a {model.__name__}: {exc.error_count()} errors") from exc
+
+
+class CancelRequest(_Detail):
+    """Detail of `PrePostBackup Cancel Requested`."""
+
+    run_id: str
+    reason: str | None = None
+
+
+class CancelRequestEvent(AwsEvent):
+    detail: CancelRequest

@@ -79,6 +79,7 @@ class PhaseResult(_Record):
     timed_out: bool | None = None  # no result by the phase's deadline
     sent: bool | None = None  # the side effect was made and recorded
     last_error: str | None = None  # why the side effect has not been made yet (retried)
+    late_report: str | None = None  # a report that came after the phase had ended otherwise
 
 
 class InstanceRecord(_Record):
@@ -110,6 +111,7 @@ class GroupRecord(_Record):
     deadline: int | None = None  # epoch seconds by which the current phase must be over
     due_at: int | None = None  # epoch seconds when the reconciler looks next
     claim_until: int | None = None  # a handler is making the phase's side effects until then
+    cancelled: bool = False  # no more forward side effects; only the compensation
     finalized: bool = False
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
 
@@ -131,6 +133,7 @@ class RunRecord(_Record):
     groups_pending: int = 0
     instance_count: int = 0
     counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
+    cancelled: bool = False
 
 
 class Lease(_Record):
