@@ -37,10 +37,15 @@ class Services:
 _injected: dict[str, Any] = {}
 
 
-def configure(session: Any | None = None, clock: Clock | None = None) -> None:
-    """Use this boto3 session and clock from now on (operator tooling and tests)."""
+def configure(
+    session: Any | None = None, clock: Clock | None = None, store: Any | None = None
+) -> None:
+    """Use this boto3 session, clock and state store from now on (operator tooling and
+    tests: local mode's emulated AWS, virtual time, an in-memory store for big runs)."""
     _injected.clear()
-    _injected.update({k: v for k, v in (("session", session), ("clock", clock)) if v})
+    _injected.update(
+        {k: v for k, v in (("session", session), ("clock", clock), ("store", store)) if v}
+    )
     get_settings.cache_clear()
     services.cache_clear()
 
@@ -53,7 +58,8 @@ def services() -> Services:
     return Services(
         settings=settings,
         clock=_injected.get("clock") or SystemClock(),
-        store=StateStore(
+        store=_injected.get("store")
+        or StateStore(
             aws.client(session, "dynamodb"),
             settings.table_name,
             retention_seconds=settings.record_retention_days * 86_400,

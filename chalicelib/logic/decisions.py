@@ -151,9 +151,8 @@ def decide_member(
             return MemberDecision(False, "no pre-script was sent to this instance")
     elif not was_running:
         return MemberDecision(False, "instance was not running; SSM cannot reach it")
-    stop, start = instance.phase(Phase.STOP), instance.phase(Phase.START)
-    if stop.status is PhaseStatus.SUCCEEDED and start.status is not PhaseStatus.SUCCEEDED:
-        return MemberDecision(False, "instance is still stopped (start failed); cannot thaw")
+    # Sent even to an instance left stopped: SSM delivers it if the instance is started
+    # within the delivery timeout, and otherwise reports it Undeliverable, not hidden.
     return ACT
 
 

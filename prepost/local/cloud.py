@@ -29,6 +29,8 @@ import boto3
 from botocore.awsrequest import AWSResponse
 
 from prepost.local.clock import VirtualClock
+from prepost.local.fast_dynamodb import FastDynamoDB
+from prepost.local.memory_store import InMemoryStateStore
 from prepost.local.moto_speedups import fast_transactions
 from prepost.local.patterns import matches
 from prepost.samples import load_event
@@ -204,7 +206,10 @@ class LocalCloud:
         region: str = "us-east-1",
         stage: str = "dev",
         clock: VirtualClock | None = None,
+        store: str = "dynamodb",
     ) -> None:
+        """`store`: "dynamodb" (moto's) or "memory" (same semantics, for big runs)."""
+        self._store_kind = store
         self.behaviour = behaviour or Behaviour()
         self.region = region
         self.stage = stage
@@ -240,6 +245,7 @@ class LocalCloud:
         self._speedups.__enter__()
         self.session = boto3.session.Session(region_name=self.region)
         self._register_hooks(self.session.events)
+        FastDynamoDB(ACCOUNT, self.region).register(self.session.events)
         self.table_name = env["PREPOST_TABLE_NAME"]
 
         if str(ROOT) not in sys.path:
@@ -251,10 +257,13 @@ class LocalCloud:
         from chalicelib.gateways.state_store import create_table
 
         create_table(self.session.client("dynamodb"), self.table_name)
-        dependencies.configure(session=self.session, clock=self.clock)
+        memory = InMemoryStateStore() if self._store_kind == "memory" else None
+        dependencies.configure(session=self.session, clock=self.clock, store=memory)
         self.app = app
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
-        self.ec2 = self.session.client("ec2")
+        # The emulation's own look-ups go through a session without the hooks, so that
+        # they are not taken for the app's calls.
+        self.ec2 = boto3.session.Session(region_name=self.region).client("ec2")
         self.calls.clear()
         return self
 
@@ -464,7 +473,11 @@ class LocalCloud:
         phase = params.get("Comment", "").rsplit(" ", 1)[-1]
         command_id = parsed["Command"]["CommandId"]
         for instance_id in params.get("InstanceIds", []):
-            final = self.behaviour.script_status.get((instance_id, phase), "Success")
+            # SSM cannot reach an instance that is not running.
+            reachable = self.state_of(instance_id) == "running"
+            final = self.behaviour.script_status.get(
+                (instance_id, phase), "Success" if reachable else "Undeliverable"
+            )
             self.schedule(1, self._ssm_event, command_id, instance_id, "InProgress")
             seconds = self.behaviour.script_seconds_by_instance.get(
                 instance_id, self.behaviour.script_seconds

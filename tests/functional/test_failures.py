@@ -239,9 +239,10 @@ def test_start_failure_leaves_the_instance_stuck_stopped_and_says_so(
     stuck = instances[bad]
     assert stuck.status is InstanceStatus.STUCK_STOPPED
     assert "InsufficientInstanceCapacity" in (stuck.reason or "")
-    post = stuck.phase(Phase.POST_SCRIPT)
-    assert post.status is PhaseStatus.SKIPPED
-    assert post.reason == "instance is still stopped (start failed); cannot thaw"
+    post = stuck.phase(Phase.POST_SCRIPT)  # the thaw is still sent, and reported
+    assert post.status is PhaseStatus.FAILED
+    assert post.reason == "SSM status Undeliverable"
+    assert bad in script_targets(cloud, Phase.POST_SCRIPT)
     assert stuck.phase(Phase.BACKUP).status is PhaseStatus.SUCCEEDED
     assert cloud.state_of(bad) == "stopped"
     assert instances[good].status is InstanceStatus.SUCCEEDED
