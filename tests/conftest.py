@@ -73,3 +73,13 @@ def logs(cloud: LocalCloud) -> Iterator[LogLines]:
         yield captured
     finally:
         logger._logger.removeHandler(handler)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Lines that tests ask to be shown after the run (`record_property("summary", ...)`),
+    also from xdist workers."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "summary":
+                    terminalreporter.write_line(str(value))

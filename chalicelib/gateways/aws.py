@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import boto3
@@ -21,7 +22,9 @@ def new_session(region: str) -> Any:
     return boto3.session.Session(region_name=region)
 
 
+@cache
 def client(session: Any, service: str) -> Any:
+    """A client of `service` from `session`; built once (clients are thread-safe)."""
     return session.client(service, config=CLIENT_CONFIG)
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -51,6 +52,9 @@ FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
+    # moto would build its catalogue of ~7,800 public AMIs for every new account: the
+    # simulated fleet needs none of them.
+    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
 }
 
 
@@ -76,6 +80,8 @@ class Behaviour:
     reconcile_every: float | None = 300
     # How many times EventBridge delivers an event (at least once: 1 is the minimum).
     copies: Callable[[dict[str, Any]], int] | None = None
+    # Virtual seconds by which an event is late (so events arrive out of order).
+    delay: Callable[[dict[str, Any]], float] | None = None
     # The handler dies right after this AWS call succeeds, this many times
     # (e.g. {"SendCommand": 1}): the call's effect happened, its record did not.
     crash_after: dict[str, int] = field(default_factory=dict)
@@ -226,6 +232,7 @@ class LocalCloud:
         self._sequence = itertools.count()
         self._saved_env: dict[str, str | None] = {}
         self._ticking = False
+        self._delayed: set[str] = set()
         # (command id, instance id) -> (final status, when it ends)
         self.invocations_ssm: dict[tuple[str, str], tuple[str, datetime]] = {}
 
@@ -243,9 +250,8 @@ class LocalCloud:
         self._mock.start()
         self._speedups = fast_transactions()
         self._speedups.__enter__()
-        self.session = boto3.session.Session(region_name=self.region)
-        self._register_hooks(self.session.events)
-        FastDynamoDB(ACCOUNT, self.region).register(self.session.events)
+        self.session = _hooked_session(self.region)
+        LocalCloud.active = self
         self.table_name = env["PREPOST_TABLE_NAME"]
 
         if str(ROOT) not in sys.path:
@@ -263,13 +269,14 @@ class LocalCloud:
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
         # The emulation's own look-ups go through a session without the hooks, so that
         # they are not taken for the app's calls.
-        self.ec2 = boto3.session.Session(region_name=self.region).client("ec2")
+        self.ec2 = _plain_ec2(self.region)
         self.calls.clear()
         return self
 
     def __exit__(self, *exc: object) -> None:
         from chalicelib import dependencies
 
+        LocalCloud.active = None
         dependencies.configure()
         self._speedups.__exit__(None, None, None)
         self._mock.stop()
@@ -315,8 +322,15 @@ class LocalCloud:
         self.backup.vaults.add(name)
 
     def state_of(self, instance_id: str) -> str:
-        response = self.ec2.describe_instances(InstanceIds=[instance_id])
-        return str(response["Reservations"][0]["Instances"][0]["State"]["Name"])
+        return self.states_of([instance_id])[instance_id]
+
+    def states_of(self, instance_ids: list[str]) -> dict[str, str]:
+        """The EC2 state of each instance, read from the emulated EC2 itself (the app's
+        own DescribeInstances calls go through the API as usual)."""
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][self.region]
+        return {i: str(backend.get_instance(i).state) for i in instance_ids}
 
     # -- running ---------------------------------------------------------------------------
 
@@ -349,10 +363,12 @@ class LocalCloud:
 
     def _tick(self) -> None:
         """The scheduled reconciler; it keeps running while something is left to do."""
-        event = load_event("aws-scheduled-event")
-        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
-        self.timeline.append((self.clock.now(), "tick reconcile_runs"))
-        self.invoke("reconcile_runs", event)
+        # A tick with nothing due only reads the index; skipping it saves the invocation.
+        if self.store.due_items(int(self.clock.now().timestamp())):
+            event = load_event("aws-scheduled-event")
+            event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+            self.timeline.append((self.clock.now(), "tick reconcile_runs"))
+            self.invoke("reconcile_runs", event)
         self._ticking = False
         far_future = int(self.clock.after(10 * 365 * 86400).timestamp())
         if self._queue or self.store.due_items(far_future):
@@ -385,6 +401,12 @@ class LocalCloud:
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Invoke every handler whose pattern matches `event`, as EventBridge would."""
+        delay = self.behaviour.delay(event) if self.behaviour.delay else 0
+        if delay > 0 and event["id"] not in self._delayed:
+            self._delayed.add(event["id"])
+            self.timeline.append((self.clock.now(), f"late {event['source']} {_summary(event)}"))
+            self.schedule(delay, lambda: event)
+            return
         lose = self.behaviour.lose_event
         if lose is not None and lose(event):
             self.timeline.append((self.clock.now(), f"lost {event['source']} {_summary(event)}"))
@@ -415,15 +437,18 @@ class LocalCloud:
 
     # -- the emulation's hooks ---------------------------------------------------------------
 
-    def _register_hooks(self, events: Any) -> None:
-        events.register("provide-client-params.*.*", self._record_call)
-        events.register("before-call.backup.StartBackupJob", self._backup_call)
-        events.register("before-call.backup.DescribeBackupJob", self._backup_call)
-        events.register("before-call.ssm.GetCommandInvocation", self._get_command_invocation)
-        events.register("before-call.ec2.StopInstances", self._power_call)
-        events.register("before-call.ec2.StartInstances", self._power_call)
+    # The hooks, on the session that the app's clients come from (see `_hooked_session`).
+    HOOKS = (
+        ("provide-client-params.*.*", "_record_call"),
+        ("before-call.backup.StartBackupJob", "_backup_call"),
+        ("before-call.backup.DescribeBackupJob", "_backup_call"),
+        ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
+        ("before-call.ec2.StopInstances", "_power_call"),
+        ("before-call.ec2.StartInstances", "_power_call"),
         # One after-call hook, so that the emulation always reacts before a simulated crash.
-        events.register("after-call.*.*", self._after_call)
+        ("after-call.*.*", "_after_call"),
+    )
+    active: LocalCloud | None = None
 
     def _after_call(
         self, http_response: Any, parsed: Any, model: Any, context: Any, **_: Any
@@ -472,9 +497,10 @@ class LocalCloud:
         params = context["local_params"]
         phase = params.get("Comment", "").rsplit(" ", 1)[-1]
         command_id = parsed["Command"]["CommandId"]
-        for instance_id in params.get("InstanceIds", []):
+        states = self.states_of(params["InstanceIds"])
+        for instance_id in params["InstanceIds"]:
             # SSM cannot reach an instance that is not running.
-            reachable = self.state_of(instance_id) == "running"
+            reachable = states.get(instance_id) == "running"
             final = self.behaviour.script_status.get(
                 (instance_id, phase), "Success" if reachable else "Undeliverable"
             )
@@ -571,3 +597,33 @@ def _summary(event: dict[str, Any]) -> str:
     keys = ("instance-id", "status", "state", "backupJobId", "run_id", "group_id", "phase")
     facts = " ".join(f"{k}={detail[k]}" for k in keys if k in detail)
     return f"{event.get('detail-type')} {facts}".strip()
+
+
+# Building boto3 clients costs a tenth of a second each. Local clouds of one process share
+# one session per region, whose hooks act for the cloud that is active, so the app's cached
+# clients (`chalicelib.gateways.aws.client`) are built once.
+_SESSIONS: dict[str, boto3.session.Session] = {}
+
+
+def _hooked_session(region: str) -> boto3.session.Session:
+    if region not in _SESSIONS:
+        session = boto3.session.Session(region_name=region)
+        for event, method in LocalCloud.HOOKS:
+            session.events.register(event, _for_active_cloud(method))
+        FastDynamoDB(ACCOUNT, region).register(session.events)
+        _SESSIONS[region] = session
+    return _SESSIONS[region]
+
+
+def _for_active_cloud(method: str) -> Callable[..., Any]:
+    def hook(**kwargs: Any) -> Any:
+        cloud = LocalCloud.active
+        return getattr(cloud, method)(**kwargs) if cloud is not None else None
+
+    return hook
+
+
+@functools.cache
+def _plain_ec2(region: str) -> Any:
+    """An EC2 client without the hooks, for the emulation's own fleet operations."""
+    return boto3.session.Session(region_name=region).client("ec2")
