@@ -18,9 +18,11 @@ import itertools
 import json
 import os
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -80,6 +82,8 @@ class Behaviour:
     reconcile_every: float | None = 300
     # How many times EventBridge delivers an event (at least once: 1 is the minimum).
     copies: Callable[[dict[str, Any]], int] | None = None
+    # Deliver the copies of an event at the same moment, from threads.
+    concurrent_copies: bool = False
     # Virtual seconds by which an event is late (so events arrive out of order).
     delay: Callable[[dict[str, Any]], float] | None = None
     # The handler dies right after this AWS call succeeds, this many times
@@ -229,6 +233,7 @@ class LocalCloud:
         # (virtual time, what happened): AWS calls other than the state table, and events.
         self.timeline: list[tuple[datetime, str]] = []
         self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
+        self._queue_lock = threading.Lock()
         self._sequence = itertools.count()
         self._saved_env: dict[str, str | None] = {}
         self._ticking = False
@@ -376,9 +381,10 @@ class LocalCloud:
 
     def schedule(self, delay: float, make_event: Any, *args: Any) -> None:
         """Deliver `make_event(*args)` after `delay` virtual seconds."""
-        heapq.heappush(
-            self._queue, (self.clock.after(delay), next(self._sequence), make_event, args)
-        )
+        with self._queue_lock:  # handlers may run in threads
+            heapq.heappush(
+                self._queue, (self.clock.after(delay), next(self._sequence), make_event, args)
+            )
 
     def drain(self, max_events: int = 200_000) -> int:
         """Deliver events in virtual-time order until none is left; how many were delivered."""
@@ -412,11 +418,16 @@ class LocalCloud:
             self.timeline.append((self.clock.now(), f"lost {event['source']} {_summary(event)}"))
             return
         self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
-        copies = self.behaviour.copies(event) if self.behaviour.copies else 1
+        copies = max(1, self.behaviour.copies(event) if self.behaviour.copies else 1)
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
-            if pattern is not None and matches(pattern, event):
-                for _ in range(max(1, copies)):
+            if pattern is None or not matches(pattern, event):
+                continue
+            if copies > 1 and self.behaviour.concurrent_copies:
+                with ThreadPoolExecutor(max_workers=copies) as pool:
+                    list(pool.map(self.invoke, [source.name] * copies, [event] * copies))
+            else:
+                for _ in range(copies):
                     self.invoke(source.name, event)
 
     def invoke(self, handler: str, event: dict[str, Any], attempt: int = 0) -> None:

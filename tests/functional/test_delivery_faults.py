@@ -78,6 +78,24 @@ def test_duplicates_cause_exactly_one_side_effect(
     assert len(completed) == 1
 
 
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_concurrent_duplicates_cause_exactly_one_side_effect(
+    behaviour: Behaviour, cloud: LocalCloud, kind: Callable[[Event], bool]
+) -> None:
+    ids = cloud.launch(3, tags={"backup-job": "true"})
+    behaviour.copies = lambda event: 5 if kind(event) else 1
+    behaviour.concurrent_copies = True  # five handlers at the same moment, in threads
+    run_id = cloud.run(seed_input())
+
+    assert_clean_success(cloud, run_id, ids)
+    assert side_effects(cloud) == {
+        "SendCommand": 2,
+        "StopInstances": 1,
+        "StartBackupJob": 3,
+        "StartInstances": 1,
+    }
+
+
 @pytest.mark.parametrize(
     "operation",
     ["DescribeInstances", "SendCommand", "StopInstances", "StartBackupJob", "StartInstances",
