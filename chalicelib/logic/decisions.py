@@ -253,6 +253,8 @@ SCRIPT_MARGIN_SECONDS = 5 * 60
 # A requested phase, or a finished group, that no handler picked up by then is picked up by
 # the reconciler (its event was lost, or its handler failed after Lambda's retries).
 REQUEST_GRACE_SECONDS = 5 * 60
+# How soon a side effect that AWS refused for now (throttling, capacity) is tried again.
+RETRY_SECONDS = 5 * 60
 # How often the reconciler asks AWS about members whose report has not come.
 POLL_SECONDS = {
     Phase.PRE_SCRIPT: 10 * 60,

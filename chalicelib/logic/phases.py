@@ -12,7 +12,7 @@ simply asked again (EC2 answers with the state the instance is in).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from chalicelib import observability
 from chalicelib.clock import iso
@@ -340,7 +340,16 @@ def _start_backups(
     resuming: bool,
 ) -> None:
     details = run_input.backup_details
+    window = timedelta(minutes=details.start_window_minutes)
     for member in members:
+        started = member.phase(Phase.BACKUP).started_at
+        if resuming and started and services.clock.now() > _parse_iso(started) + window:
+            last_error = member.phase(Phase.BACKUP).last_error
+            reason = "no backup job could be started within the start window" + (
+                f" (last error: {last_error})" if last_error else ""
+            )
+            _fail(services, group, Phase.BACKUP, member.instance_id, RuntimeError(reason))
+            continue
         label = decisions.consistency(member, run_input)
         tags = details.recovery_point_tags | {
             "prepost:run-id": run.run_id,

@@ -89,9 +89,13 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
     if current and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # its last member finished but it never moved on
     elif now < deadline:
-        store.rearm(
-            run_id, group_id, group.phase, min(deadline, now + decisions.POLL_SECONDS[phase])
+        # Side effects refused for now (throttled, no capacity) are retried on the next pass.
+        unsent = any(
+            m.phase(phase).status is PhaseStatus.IN_PROGRESS and not m.phase(phase).sent
+            for m in store.list_instances(run_id, group_id)
         )
+        wait = decisions.RETRY_SECONDS if unsent else decisions.POLL_SECONDS[phase]
+        store.rearm(run_id, group_id, group.phase, min(deadline, now + wait))
 
 
 def _ask_aws(services: Services, member: InstanceRecord, phase: Phase) -> None:

@@ -171,3 +171,25 @@ def test_capacity_failures_on_start_are_retried_then_reported_stuck(
     assert len(attempts) >= 2  # retried before the deadline
     assert instances[fine].status is InstanceStatus.SUCCEEDED
     assert logs.records("instance left stopped")[0]["instance_id"] == stuck
+
+
+def test_backup_throttled_past_its_start_window_fails_with_the_reason(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    throttled, fine = cloud.launch(2, tags={"backup-job": "true"})
+    cloud.backup.refuse[throttled] = ["LimitExceededException"] * 50
+    run_id = cloud.run(seed_input())  # StartWindowMinutes: 60
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.COMPLETED_WITH_ERRORS
+    backup = instances[throttled].phase(Phase.BACKUP)
+    assert backup.status is PhaseStatus.FAILED
+    assert backup.reason is not None
+    assert backup.reason.startswith("no backup job could be started within the start window")
+    assert "LimitExceededException" in backup.reason
+    attempts = [
+        p for p in calls(cloud, "backup", "StartBackupJob") if throttled in p["ResourceArn"]
+    ]
+    assert 5 <= len(attempts) <= 20  # retried every few minutes for an hour, then given up
+    assert instances[throttled].phase(Phase.POST_SCRIPT).status is PhaseStatus.SUCCEEDED
+    assert instances[fine].status is InstanceStatus.SUCCEEDED
