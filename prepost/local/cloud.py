@@ -76,6 +76,8 @@ class Behaviour:
     backup_state: dict[str, str] = field(default_factory=dict)
     # Error code that EC2 answers to (instance id, "StopInstances" or "StartInstances").
     power_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Error code that SSM answers a SendCommand naming this instance id with.
+    send_command_errors: dict[str, str] = field(default_factory=dict)
     # Events that AWS never delivers (AWS Backup documents its events as best effort).
     lose_event: Callable[[dict[str, Any]], bool] | None = None
     # Virtual seconds between runs of the scheduled reconciler; None: it never runs.
@@ -454,6 +456,7 @@ class LocalCloud:
         ("before-call.backup.StartBackupJob", "_backup_call"),
         ("before-call.backup.DescribeBackupJob", "_backup_call"),
         ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
+        ("before-call.ssm.SendCommand", "_send_command_call"),
         ("before-call.ec2.StopInstances", "_power_call"),
         ("before-call.ec2.StartInstances", "_power_call"),
         # One after-call hook, so that the emulation always reacts before a simulated crash.
@@ -493,6 +496,14 @@ class LocalCloud:
         if model.name == "StartBackupJob":
             return self.backup.start_backup_job(params)
         return self.backup.describe_backup_job(params)
+
+    def _send_command_call(self, context: Any, **_: Any) -> Any:
+        """SSM refuses the whole command when one of its instances is refused."""
+        for instance_id in context["local_params"].get("InstanceIds", []):
+            code = self.behaviour.send_command_errors.get(instance_id)
+            if code:
+                return _error(code, f"SendCommand refused for {instance_id} (simulated)")
+        return None
 
     def _power_call(self, model: Any, context: Any, **_: Any) -> Any:
         """EC2 refuses the whole call when one of its instances is refused, as AWS does."""

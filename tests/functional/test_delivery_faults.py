@@ -193,3 +193,35 @@ def test_backup_throttled_past_its_start_window_fails_with_the_reason(
     assert 5 <= len(attempts) <= 20  # retried every few minutes for an hour, then given up
     assert instances[throttled].phase(Phase.POST_SCRIPT).status is PhaseStatus.SUCCEEDED
     assert instances[fine].status is InstanceStatus.SUCCEEDED
+
+
+def test_a_command_refused_for_one_instance_fails_that_instance_only(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    bad, *good = cloud.launch(3, tags={"backup-job": "true"})
+    behaviour.send_command_errors[bad] = "InvalidInstanceId"
+    run_id = cloud.run(seed_input())
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.COMPLETED_WITH_ERRORS
+    assert "InvalidInstanceId" in (instances[bad].phase(Phase.PRE_SCRIPT).reason or "")
+    for instance_id in good:
+        assert instances[instance_id].status is InstanceStatus.SUCCEEDED
+
+
+def test_the_lease_of_a_lost_run_expires(cloud: LocalCloud) -> None:
+    from chalicelib.models.state import Lease
+
+    [instance_id] = cloud.launch(1, tags={"backup-job": "true"})
+    now = int(cloud.clock.now().timestamp())
+    lost = Lease(instance_id=instance_id, run_id="lost-run", group_id="run", expires_at=now + 60)
+    assert cloud.store.acquire_lease(lost, now) is None
+    taken = Lease(instance_id=instance_id, run_id="other", group_id="run", expires_at=now + 600)
+    assert cloud.store.acquire_lease(taken, now).run_id == "lost-run"  # still held
+
+    cloud.publish(cloud.start_event(seed_input()), delay=120)  # after the lease ran out
+    cloud.drain()
+    [completed] = [
+        e["detail"] for e in cloud.emitted if e["detail-type"] == "PrePostBackup Run Completed"
+    ]
+    assert completed["status"] == "SUCCEEDED"
