@@ -17,7 +17,6 @@ import heapq
 import itertools
 import json
 import os
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -25,12 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.awsrequest import AWSResponse
 
+from prepost.local import ROOT
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
 from prepost.local.memory_store import InMemoryStateStore
@@ -38,7 +37,6 @@ from prepost.local.moto_speedups import fast_transactions
 from prepost.local.patterns import matches
 from prepost.samples import load_event
 
-ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 AMI = "ami-12c6146b"
 LAMBDA_ASYNC_RETRIES = 2
@@ -261,8 +259,6 @@ class LocalCloud:
         LocalCloud.active = self
         self.table_name = env["PREPOST_TABLE_NAME"]
 
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
         from chalice.test import Client
 
         from app import app

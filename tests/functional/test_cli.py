@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -28,3 +31,13 @@ def test_demo_json_shape() -> None:
         assert instance["status"] == "SUCCEEDED"
         assert list(instance["phases"]) == ["PRE_SCRIPT", "STOP", "BACKUP", "START", "POST_SCRIPT"]
         assert instance["phases"]["BACKUP"]["recovery_point_arn"].startswith("arn:aws:ec2:")
+
+
+def test_the_installed_command_runs_from_any_directory(tmp_path: Path) -> None:
+    command = Path(sys.executable).parent / "prepost"
+    result = subprocess.run(
+        [str(command), "demo", "--instances", "1", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["status"] == "SUCCEEDED"
