@@ -21,7 +21,7 @@ from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
 from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
 from chalicelib.logic import decisions
-from chalicelib.logic.transitions import close_phase, finish
+from chalicelib.logic.transitions import close_phase, finish, leased_instance
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
@@ -250,21 +250,18 @@ def adopt_command(
 ) -> tuple[str, str, Phase] | None:
     """A report names a command whose id was never recorded (its sender died): if it is
     the script this instance's run is waiting for, record it now; (run, group, phase)."""
-    lease = services.store.get_lease(instance_id)
-    if lease is None:
-        return None
-    instance = services.store.get_instance(lease.run_id, lease.group_id, instance_id)
+    instance = leased_instance(services, instance_id)
     if instance is None:
         return None
     for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
         result = instance.phases.get(phase)
         if result is None or result.status is not PhaseStatus.IN_PROGRESS or result.command_id:
             continue
-        if services.ssm.comment_of(command_id) == script_comment(lease.run_id, phase):
-            group = services.store.get_group(lease.run_id, lease.group_id)
+        if services.ssm.comment_of(command_id) == script_comment(instance.run_id, phase):
+            group = services.store.get_group(instance.run_id, instance.group_id)
             if group is not None:
-                _record_command(services, lease.run_id, group, phase, command_id, [instance_id])
-                return lease.run_id, lease.group_id, phase
+                _record_command(services, instance.run_id, group, phase, command_id, [instance_id])
+                return instance.run_id, instance.group_id, phase
     return None
 
 

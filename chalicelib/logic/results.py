@@ -10,7 +10,7 @@ from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import CorrelationPendingError
 from chalicelib.logic import decisions, phases
-from chalicelib.logic.transitions import finish
+from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
 from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
 
@@ -117,10 +117,7 @@ def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
 
 
 def _script_awaiting_its_command_id(services: Services, instance_id: str) -> bool:
-    lease = services.store.get_lease(instance_id)
-    if lease is None:
-        return False
-    instance = services.store.get_instance(lease.run_id, lease.group_id, instance_id)
+    instance = leased_instance(services, instance_id)
     if instance is None:
         return False
     return any(_awaits_command_id(instance, p) for p in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT))

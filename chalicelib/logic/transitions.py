@@ -17,6 +17,7 @@ from chalicelib.models.state import (
     DONE,
     GroupPhaseState,
     GroupRecord,
+    InstanceRecord,
     Phase,
     PhaseStatus,
     RunRecord,
@@ -102,3 +103,11 @@ def close_phase(services: Services, group: GroupRecord) -> None:
 
 def phase_request(run: RunRecord, group_id: str, phase: Phase) -> dict[str, Any]:
     return PhaseRequest(run_id=run.run_id, group_id=group_id, phase=phase).model_dump(mode="json")
+
+
+def leased_instance(services: Services, instance_id: str) -> InstanceRecord | None:
+    """The record of an instance in the run that holds its lease, if a run holds it."""
+    lease = services.store.get_lease(instance_id)
+    if lease is None:
+        return None
+    return services.store.get_instance(lease.run_id, lease.group_id, instance_id)

@@ -58,42 +58,34 @@ KINDS: dict[str, Callable[[Event], bool]] = {
 }
 
 
-@pytest.mark.parametrize("times", [2, 5])
+EXPECTED_SIDE_EFFECTS = {
+    "SendCommand": 2,
+    "StopInstances": 1,
+    "StartBackupJob": 3,
+    "StartInstances": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("times", "concurrent"), [(2, False), (5, False), (5, True)], ids=["x2", "x5", "x5-threads"]
+)
 @pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
 def test_duplicates_cause_exactly_one_side_effect(
-    behaviour: Behaviour, cloud: LocalCloud, kind: Callable[[Event], bool], times: int
+    behaviour: Behaviour,
+    cloud: LocalCloud,
+    kind: Callable[[Event], bool],
+    times: int,
+    concurrent: bool,
 ) -> None:
     ids = cloud.launch(3, tags={"backup-job": "true"})
     behaviour.copies = lambda event: times if kind(event) else 1
+    behaviour.concurrent_copies = concurrent  # copies at the same moment, from threads
     run_id = cloud.run(seed_input())
 
     assert_clean_success(cloud, run_id, ids)
-    assert side_effects(cloud) == {
-        "SendCommand": 2,
-        "StopInstances": 1,
-        "StartBackupJob": 3,
-        "StartInstances": 1,
-    }
+    assert side_effects(cloud) == EXPECTED_SIDE_EFFECTS
     completed = [e for e in cloud.emitted if e["detail-type"].endswith("Run Completed")]
     assert len(completed) == 1
-
-
-@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
-def test_concurrent_duplicates_cause_exactly_one_side_effect(
-    behaviour: Behaviour, cloud: LocalCloud, kind: Callable[[Event], bool]
-) -> None:
-    ids = cloud.launch(3, tags={"backup-job": "true"})
-    behaviour.copies = lambda event: 5 if kind(event) else 1
-    behaviour.concurrent_copies = True  # five handlers at the same moment, in threads
-    run_id = cloud.run(seed_input())
-
-    assert_clean_success(cloud, run_id, ids)
-    assert side_effects(cloud) == {
-        "SendCommand": 2,
-        "StopInstances": 1,
-        "StartBackupJob": 3,
-        "StartInstances": 1,
-    }
 
 
 @pytest.mark.parametrize(
