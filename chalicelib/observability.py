@@ -68,6 +68,9 @@ def middleware(event: Any, get_response: Callable[[Any], Any]) -> Any:
     finally:
         if metrics().metric_set:  # flushing nothing only prints a warning
             metrics().flush_metrics()
+            # When metrics are disabled Powertools keeps them, and they would pile up
+            # until its 100-value auto-flush prints them anyway.
+            metrics().clear_metrics()
         log.remove_keys(["event_id", "detail_type", "source", "function_name"])
         log.set_correlation_id(None)
 

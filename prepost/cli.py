@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
+from collections import Counter
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 app = typer.Typer(help="prepost-backup operator tooling.", no_args_is_help=True)
@@ -25,6 +25,8 @@ STATUS_STYLE = {
     "IN_PROGRESS": "cyan",
     "PENDING": "dim",
 }
+SHORT = {"SUCCEEDED": "ok", "SKIPPED": "skipped", "IN_PROGRESS": "running"}
+MAX_ROWS = 20  # larger fleets are shown per group, and at most this many groups
 
 
 @app.callback()
@@ -32,7 +34,122 @@ def _commands() -> None:
     """prepost-backup operator tooling."""
 
 
-SHORT = {"SUCCEEDED": "ok", "SKIPPED": "skipped", "IN_PROGRESS": "running"}
+@app.command()
+def demo() -> None:
+    """Back up a simulated fleet of five with the seed README's example input, locally."""
+    _simulate(
+        "seed-example", instances=5, seed=0, input_file=None, as_json=False,
+        show_timeline=True, store="dynamodb",
+    )  # fmt: skip
+
+
+ScenarioArgument = Annotated[
+    str, typer.Argument(help="A scenario name in events/scenarios/, or a file.")
+]
+InputOption = Annotated[Path | None, typer.Option("--input", help="A run input JSON file.")]
+StoreOption = Annotated[
+    str, typer.Option(help="dynamodb (moto's) or memory (faster, for big fleets).")
+]
+
+
+@app.command()
+def simulate(
+    scenario: ScenarioArgument = "seed-example",
+    input_file: InputOption = None,
+    instances: Annotated[int | None, typer.Option(min=1, max=5000, help="Fleet size.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the scenario's random faults.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    show_timeline: Annotated[bool, typer.Option("--timeline", help="Print the timeline.")] = False,
+    store: StoreOption = "dynamodb",
+) -> None:
+    """Run a scenario on a simulated fleet, locally; exit code 0 only if it SUCCEEDED."""
+    _simulate(scenario, instances, seed, input_file, as_json, show_timeline, store)
+
+
+def _simulate(
+    scenario_name: str,
+    instances: int | None,
+    seed: int,
+    input_file: Path | None,
+    as_json: bool,
+    show_timeline: bool,
+    store: str,
+) -> None:
+    from prepost.local.scenario import Scenario
+    from prepost.local.simulate import simulate as run
+
+    if store not in ("dynamodb", "memory"):
+        raise typer.BadParameter("dynamodb or memory", param_hint="--store")
+    try:
+        scenario = Scenario.load(scenario_name)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    run_input = None
+    if input_file is not None:
+        try:
+            run_input = json.loads(input_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            console.print(f"[red]cannot read {input_file}: {exc}[/]")
+            raise typer.Exit(2) from exc
+    if as_json:
+        result = run(scenario, instances, seed, run_input, store)
+        print(json.dumps(result.report, indent=2))
+    else:
+        console.print(f"[bold]{scenario.description}[/]")
+        with _LiveView() as view:
+            result = run(scenario, instances, seed, run_input, store, progress=view.update)
+        if show_timeline:
+            _print_timeline(result.timeline)
+        _print_report(result.report)
+    raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
+
+
+class _LiveView:
+    """A bar for the run and a row per group: the phase it is in."""
+
+    def __init__(self) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} group phases"),
+            console=console,
+        )
+        self._task = self._bar.add_task("run", total=None)
+        self._groups = Table(show_header=True, header_style="bold", box=None)
+        self._live = Live(Group(self._bar, self._groups), console=console, transient=True)
+
+    def __enter__(self) -> _LiveView:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def update(self, cloud: Any, run_id: str | None) -> None:
+        if run_id is None:
+            return
+        run = cloud.store.get_run(run_id)
+        groups = cloud.store.list_groups(run_id)
+        if run is None or not run.plan or not groups:
+            return
+        order = [str(p) for p in run.plan] + ["DONE"]
+        done = sum(order.index(g.phase) for g in groups)
+        self._bar.update(
+            self._task,
+            total=len(groups) * len(run.plan),
+            completed=done,
+            description=f"run {run_id} [{cloud.clock.elapsed()} simulated]",
+        )
+        table = Table(show_header=True, header_style="bold", box=None)
+        table.add_column("group")
+        table.add_column("members", justify="right")
+        table.add_column("phase")
+        for group in groups[:MAX_ROWS]:
+            table.add_row(group.label, str(group.size), f"{group.phase} {group.phase_state}")
+        if len(groups) > MAX_ROWS:
+            table.add_row(f"... {len(groups) - MAX_ROWS} more groups", "", "")
+        self._live.update(Group(self._bar, table))
 
 
 def _style(status: str, short: bool = False) -> str:
@@ -40,106 +157,62 @@ def _style(status: str, short: bool = False) -> str:
     return f"[{STATUS_STYLE.get(status, 'red')}]{text}[/]"
 
 
-@app.command()
-def demo(
-    instances: Annotated[int, typer.Option(min=1, max=500, help="Fleet size.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-) -> None:
-    """Back up a simulated fleet with the seed README's example input, locally."""
-    from prepost.local.cloud import LocalCloud
-    from prepost.samples import load_event
-
-    with LocalCloud() as cloud, _quiet():
-        detail = load_event("start-seed-example")["detail"]
-        cloud.create_vault(detail["BackupDetails"]["BackupVaultName"])
-        cloud.launch(instances, tags={detail["TargetEC2TagKey"]: detail["TargetEC2TagValue"]})
-        run_id = cloud.run(detail)
-        report = _report(cloud, run_id)
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_report(report)
-    raise typer.Exit(0 if report["status"] == "SUCCEEDED" else 1)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No app logs or metrics on the terminal while a local run prints its own account."""
-    from chalicelib import observability
-
-    logger, metrics_flag = observability.logger(), os.environ.get("POWERTOOLS_METRICS_DISABLED")
-    level = logger.log_level
-    logger.setLevel("ERROR")
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if metrics_flag is None:
-            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
-        else:
-            os.environ["POWERTOOLS_METRICS_DISABLED"] = metrics_flag
-
-
-def _report(cloud: Any, run_id: str) -> dict[str, Any]:
-    run = cloud.store.get_run(run_id)
-    instances = sorted(cloud.store.list_instances(run_id), key=lambda i: i.instance_id)
-    return {
-        "run_id": run_id,
-        "status": str(run.status),
-        "reason": run.reason,
-        "counts": run.counts,
-        "virtual_duration_seconds": int(cloud.clock.elapsed().total_seconds()),
-        "lambda_invocations": sum(cloud.invocations.values()),
-        "instances": [
-            {
-                "instance_id": i.instance_id,
-                "status": str(i.status),
-                "reason": i.reason,
-                "phases": {
-                    str(phase): {
-                        "status": str(result.status),
-                        "reason": result.reason,
-                        **({"consistency": str(result.consistency)} if result.consistency else {}),
-                        **(
-                            {"recovery_point_arn": result.recovery_point_arn}
-                            if result.recovery_point_arn
-                            else {}
-                        ),
-                    }
-                    for phase, result in i.phases.items()
-                },
-            }
-            for i in instances
-        ],
-    }
+def _print_timeline(lines: list[tuple[str, str]]) -> None:
+    table = Table(title="timeline (virtual time)", show_header=False, box=None)
+    table.add_column(style="cyan")
+    table.add_column()
+    for stamp, what in lines:
+        table.add_row(stamp, what)
+    console.print(table)
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    phases = list(report["instances"][0]["phases"]) if report["instances"] else []
-    table = Table(title=f"run {report['run_id']}")
-    table.add_column("instance")
-    for phase in phases:
-        table.add_column(phase.lower().replace("_", "-"))
-    table.add_column("consistency")
-    table.add_column("result")
-    for instance in report["instances"]:
-        backup = instance["phases"].get("BACKUP", {})
-        table.add_row(
-            instance["instance_id"],
-            *[_style(instance["phases"][p]["status"], short=True) for p in phases],
-            backup.get("consistency", "-"),
-            _style(instance["status"]),
-        )
+    instances = report["instances"]
+    phases = list(instances[0]["phases"]) if instances else []
+    if len(instances) <= MAX_ROWS:
+        table = Table(title=f"run {report['run_id']}")
+        table.add_column("instance")
+        for phase in phases:
+            table.add_column(phase.lower().replace("_", "-"))
+        table.add_column("consistency")
+        table.add_column("result")
+        for instance in instances:
+            table.add_row(
+                instance["instance_id"],
+                *[_style(instance["phases"][p]["status"], short=True) for p in phases],
+                instance["phases"].get("BACKUP", {}).get("consistency", "-"),
+                _style(instance["status"]),
+            )
+    else:  # a large fleet: one row per group
+        table = Table(title=f"run {report['run_id']} ({len(instances)} instances)")
+        table.add_column("group")
+        table.add_column("instances", justify="right")
+        table.add_column("results")
+        by_group: dict[str, Counter[str]] = {}
+        for instance in instances:
+            by_group.setdefault(instance["group"], Counter())[instance["status"]] += 1
+        for group, counts in sorted(by_group.items()):
+            results = ", ".join(f"{_style(s)} {n}" for s, n in sorted(counts.items()))
+            table.add_row(group, str(sum(counts.values())), results)
     console.print(table)
-    duration = timedelta(seconds=report["virtual_duration_seconds"])
+    troubled = [i for i in instances if i["status"] != "SUCCEEDED" and i["reason"]]
+    for instance in troubled[:MAX_ROWS]:
+        console.print(f"  {instance['instance_id']}: {instance['reason']}", style="dim")
+    if len(troubled) > MAX_ROWS:
+        console.print(f"  ... and {len(troubled) - MAX_ROWS} more (--json for all)", style="dim")
     console.print(
-        f"run status: {_style(report['status'])}  "
-        f"({len(report['instances'])} instances, {duration} of simulated time, "
+        f"run status: {_style(report['status'])}  ({len(instances)} instances, "
+        f"{_duration(report['virtual_duration_seconds'])} of simulated time, "
         f"{report['lambda_invocations']} Lambda invocations)"
     )
     if report["reason"]:
         console.print(f"reason: {report['reason']}")
+    for error in report.get("errors", []):
+        console.print(f"  {error}", style="red")
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The `prepost` command, through typer's test runner."""
+"""The `prepost` command, through typer's test runner and as installed."""
 
 from __future__ import annotations
 
@@ -10,33 +10,69 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from prepost.cli import app
+from tests.conftest import seed_input
 
 runner = CliRunner()
 
 
-def test_demo_backs_up_three_instances_and_exits_zero() -> None:
+def test_demo_backs_up_five_instances_prints_a_timeline_and_exits_zero() -> None:
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
+    assert "timeline (virtual time)" in result.output
+    assert "+02:0" in result.output  # the backup took two simulated hours
     assert "run status: SUCCEEDED" in result.output
-    assert result.output.count("app-consistent") == 3
+    assert result.output.count("app-consistent") == 5
 
 
-def test_demo_json_shape() -> None:
-    result = runner.invoke(app, ["demo", "--instances", "2", "--json"])
+def test_simulate_json_shape() -> None:
+    result = runner.invoke(app, ["simulate", "seed-example", "--instances", "2", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["status"] == "SUCCEEDED"
+    assert report["run_id"]
     assert len(report["instances"]) == 2
     for instance in report["instances"]:
+        assert instance["instance_id"].startswith("i-")
         assert instance["status"] == "SUCCEEDED"
         assert list(instance["phases"]) == ["PRE_SCRIPT", "STOP", "BACKUP", "START", "POST_SCRIPT"]
-        assert instance["phases"]["BACKUP"]["recovery_point_arn"].startswith("arn:aws:ec2:")
+        assert all({"status", "reason"} <= set(p) for p in instance["phases"].values())
+
+
+def test_simulate_exits_one_when_the_run_did_not_succeed() -> None:
+    result = runner.invoke(app, ["simulate", "backup-fails"])
+    assert result.exit_code == 1
+    assert "COMPLETED_WITH_ERRORS" in result.output
+    assert "backup job FAILED" in result.output
+
+
+def test_simulate_with_an_input_file(tmp_path: Path) -> None:
+    no_stop = tmp_path / "input.json"
+    no_stop.write_text(json.dumps(seed_input() | {"StartStopEC2Required": False}))
+    result = runner.invoke(app, ["simulate", "--input", str(no_stop), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "STOP" not in json.loads(result.output)["instances"][0]["phases"]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(seed_input() | {"StartStopEC2Required": "sometimes"}))
+    result = runner.invoke(app, ["simulate", "--input", str(bad)])
+    assert result.exit_code == 1
+    assert "REJECTED" in result.output
+    assert "StartStopEC2Required" in result.output
+
+
+def test_simulate_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", "no-such-scenario"])
+    assert result.exit_code == 2
+    assert "no scenario 'no-such-scenario'" in result.output
+    result = runner.invoke(app, ["simulate", "--input", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2
+    assert "cannot read" in result.output
 
 
 def test_the_installed_command_runs_from_any_directory(tmp_path: Path) -> None:
     command = Path(sys.executable).parent / "prepost"
     result = subprocess.run(
-        [str(command), "demo", "--instances", "1", "--json"],
+        [str(command), "simulate", "--instances", "1", "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,154 @@
+"""Run a scenario on the local cloud and report what happened, in virtual time."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prepost.local.cloud import LocalCloud
+from prepost.local.scenario import Scenario
+
+Progress = Callable[[LocalCloud, str | None], None]
+
+
+@dataclass
+class Simulation:
+    report: dict[str, Any]
+    timeline: list[tuple[str, str]] = field(default_factory=list)  # (+HH:MM:SS, what)
+    expected: dict[str, str] = field(default_factory=dict)  # instance id -> status
+
+
+def simulate(
+    scenario: Scenario,
+    instances: int | None = None,
+    seed: int = 0,
+    run_input: dict[str, Any] | None = None,
+    store: str = "dynamodb",
+    progress: Progress | None = None,
+) -> Simulation:
+    """Run `scenario` (its fleet resized to `instances`) and report the run."""
+    if instances is not None:
+        scenario = scenario.model_copy(
+            update={"fleet": scenario.fleet.model_copy(update={"count": instances})}
+        )
+    with LocalCloud(behaviour=scenario.behaviour(seed), store=store) as cloud, _quiet():
+        ids = scenario.prepare(cloud)
+        detail = run_input if run_input is not None else scenario.run_input()
+        event = cloud.start_event(detail)
+        cloud.publish(event)
+        run_id: str | None = None
+        while cloud.step(25):
+            run_id = run_id or _run_id(cloud)
+            if progress is not None:
+                progress(cloud, run_id)
+        run_id = run_id or _run_id(cloud)
+        if run_id is None:
+            raise RuntimeError("the run did not start; see the start handler's logs")
+        return Simulation(
+            report=report(cloud, run_id),
+            timeline=timeline(cloud),
+            expected=scenario.expected(ids),
+        )
+
+
+def _run_id(cloud: LocalCloud) -> str | None:
+    for event in cloud.emitted:
+        if event["detail-type"] in ("PrePostBackup Run Started", "PrePostBackup Run Completed"):
+            return str(event["detail"]["run_id"])
+    return None
+
+
+def report(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
+    """One JSON document: the run and, per instance, each phase's status and reason."""
+    run = cloud.store.get_run(run_id)
+    instances = sorted(cloud.store.list_instances(run_id), key=lambda i: i.instance_id)
+    return {
+        "run_id": run_id,
+        "status": str(run.status),
+        "reason": run.reason,
+        "errors": run.errors,
+        "counts": dict(sorted(run.counts.items())),
+        "virtual_duration_seconds": _seconds_between(run.created_at, run.finished_at),
+        "lambda_invocations": sum(cloud.invocations.values()),
+        "instances": [
+            {
+                "instance_id": i.instance_id,
+                "group": i.group_label or i.group_id,
+                "status": str(i.status),
+                "reason": i.reason,
+                "phases": {
+                    str(phase): {
+                        "status": str(result.status),
+                        "reason": result.reason,
+                        **({"consistency": str(result.consistency)} if result.consistency else {}),
+                        **(
+                            {"recovery_point_arn": result.recovery_point_arn}
+                            if result.recovery_point_arn
+                            else {}
+                        ),
+                    }
+                    for phase, result in i.phases.items()
+                },
+            }
+            for i in instances
+        ],
+    }
+
+
+def timeline(cloud: LocalCloud) -> list[tuple[str, str]]:
+    """What happened, condensed: the app's events and its side effects, in virtual time."""
+    lines: list[tuple[str, str, int]] = []
+    for when, what in cloud.timeline:
+        if what.startswith("event prepost-backup"):
+            text = what.removeprefix("event prepost-backup ").replace("PrePostBackup ", "")
+        elif what.startswith("call ") and not what.split(":")[1].startswith(
+            ("Describe", "Get", "List", "RunInstances", "PutEvents")
+        ):
+            text = what.removeprefix("call ")
+        elif what.startswith(("lost", "crash", "error", "late")):
+            text = what
+        else:
+            continue
+        text = re.sub(r" ?run_id=\S+", "", text)
+        stamp = _elapsed(cloud.clock.started, when)
+        if lines and lines[-1][:2] == (stamp, text):
+            lines[-1] = (stamp, text, lines[-1][2] + 1)
+            continue
+        lines.append((stamp, text, 1))
+    return [(stamp, text + (f" x{n}" if n > 1 else "")) for stamp, text, n in lines]
+
+
+def _seconds_between(start: str, end: str | None) -> int:
+    def parse(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+    return int((parse(end) - parse(start)).total_seconds()) if end else 0
+
+
+def _elapsed(start: datetime, moment: datetime) -> str:
+    seconds = int((moment - start).total_seconds())
+    return f"+{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No app logs or metrics on the terminal while a local run prints its own account."""
+    from chalicelib import observability
+
+    logger, metrics_flag = observability.logger(), os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    level = logger.log_level
+    logger.setLevel("ERROR")
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if metrics_flag is None:
+            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+        else:
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = metrics_flag

@@ -1,0 +1,36 @@
+"""Every shipped scenario runs, on a small fleet, to the outcome it promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from prepost.local.scenario import SCENARIOS_DIR, Scenario
+from prepost.local.simulate import simulate
+
+NAMES = sorted(path.stem for path in SCENARIOS_DIR.glob("*.json"))
+SMALL_FLEET = 16  # enough for two members in each of eight consistency groups
+
+
+def test_the_scenarios_the_issue_asks_for_are_shipped() -> None:
+    assert set(NAMES) >= {
+        "seed-example", "pre-script-fails-continue", "pre-script-fails-abort", "backup-fails",
+        "lost-backup-events", "start-capacity", "consistency-groups-200",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scenario_ends_as_it_says(name: str) -> None:
+    scenario = Scenario.load(name)
+    assert scenario.expect is not None, "a shipped scenario states its expected outcome"
+    result = simulate(scenario, instances=min(scenario.fleet.count, SMALL_FLEET))
+
+    assert result.report["status"] == scenario.expect.run
+    statuses = {i["instance_id"]: i["status"] for i in result.report["instances"]}
+    assert result.expected
+    for instance_id, expected in result.expected.items():
+        assert statuses[instance_id] == expected, instance_id
+
+
+def test_unknown_scenario_names_the_known_ones() -> None:
+    with pytest.raises(FileNotFoundError, match="seed-example"):
+        Scenario.load("no-such-scenario")
