@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from prepost.local.scenario import SCENARIOS_DIR, Scenario
@@ -34,3 +37,12 @@ def test_scenario_ends_as_it_says(name: str) -> None:
 def test_unknown_scenario_names_the_known_ones() -> None:
     with pytest.raises(FileNotFoundError, match="seed-example"):
         Scenario.load("no-such-scenario")
+
+
+def test_the_readme_example_scenario_is_valid() -> None:
+    readme = (SCENARIOS_DIR.parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"fleet"' in b]
+    assert blocks
+    for block in blocks:
+        example = Scenario.model_validate(json.loads(block))
+        assert simulate(example, instances=4).report["status"] == example.expect.run
