@@ -152,6 +152,118 @@ class _LiveView:
         self._live.update(Group(self._bar, table))
 
 
+TableOption = Annotated[
+    str | None, typer.Option("--table", help="The state table (default: $PREPOST_TABLE_NAME).")
+]
+BusOption = Annotated[str, typer.Option("--bus", help="The event bus of the deployment.")]
+
+
+@app.command()
+def start(
+    input_file: Annotated[Path, typer.Option("--input", help="The run input JSON file.")],
+    bus: BusOption = "default",
+) -> None:
+    """Start a run on AWS: put the start event (the input is checked first)."""
+    from prepost.operator import start as put_start
+
+    event_id, run_id = _operator(put_start, input_file, bus)
+    console.print(f"start event {event_id} put; run id [bold]{run_id}[/]")
+    console.print(f"follow it with: prepost status {run_id}")
+
+
+@app.command()
+def status(
+    run_id: str,
+    table: TableOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Show a run on AWS: its status and, per instance, each phase."""
+    from prepost.operator import status as read_status
+    from prepost.operator import table_name
+
+    run, instances = _operator(lambda: read_status(run_id, table_name(table)))
+    report = {
+        "run_id": run.run_id,
+        "status": str(run.status),
+        "reason": run.reason,
+        "errors": run.errors,
+        "counts": dict(sorted(run.counts.items())),
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "instances": [
+            {
+                "instance_id": i.instance_id,
+                "group": i.group_label or i.group_id,
+                "status": str(i.status),
+                "reason": i.reason,
+                "phases": {
+                    str(p): r.model_dump(mode="json", exclude_none=True)
+                    for p, r in i.phases.items()
+                },
+            }
+            for i in sorted(instances, key=lambda i: i.instance_id)
+        ],
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    if run.finished_at:
+        seconds = int((_parse(run.finished_at) - _parse(run.created_at)).total_seconds())
+    else:
+        seconds = 0
+    _print_report(report | {"duration_seconds": seconds}, simulated=False)
+    console.print(f"created {run.created_at}, finished {run.finished_at or '(running)'}")
+
+
+@app.command()
+def runs(
+    table: TableOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
+) -> None:
+    """List the latest runs on AWS with their outcome counts."""
+    from prepost.operator import runs as list_runs
+    from prepost.operator import table_name
+
+    found = _operator(lambda: list_runs(table_name(table), limit))
+    listing = Table(title=f"latest {len(found)} runs")
+    for column in ("run", "status", "instances", "created", "finished"):
+        listing.add_column(column)
+    for run in found:
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(run.counts.items()))
+        listing.add_row(run.run_id, _style(str(run.status)), counts or str(run.instance_count),
+                        run.created_at, run.finished_at or "")  # fmt: skip
+    console.print(listing)
+
+
+@app.command()
+def cancel(
+    run_id: str,
+    bus: BusOption = "default",
+    reason: Annotated[str | None, typer.Option(help="Why, for the record.")] = None,
+) -> None:
+    """Cancel a run on AWS: no more forward side effects; instances restored and thawed."""
+    from prepost.operator import cancel as put_cancel
+
+    event_id = _operator(put_cancel, run_id, bus, reason)
+    console.print(f"cancel event {event_id} put for run {run_id}")
+
+
+def _operator(call: Any, *args: Any) -> Any:
+    from prepost.operator import OperatorError
+
+    try:
+        return call(*args)
+    except OperatorError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+
+
+def _parse(text: str) -> Any:
+    from datetime import datetime
+
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+
 def _style(status: str, short: bool = False) -> str:
     text = SHORT.get(status, status) if short else status
     return f"[{STATUS_STYLE.get(status, 'red')}]{text}[/]"
@@ -166,7 +278,7 @@ def _print_timeline(lines: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
     instances = report["instances"]
     phases = list(instances[0]["phases"]) if instances else []
     if len(instances) <= MAX_ROWS:
@@ -202,8 +314,12 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"  ... and {len(troubled) - MAX_ROWS} more (--json for all)", style="dim")
     console.print(
         f"run status: {_style(report['status'])}  ({len(instances)} instances, "
-        f"{_duration(report['virtual_duration_seconds'])} of simulated time, "
-        f"{report['lambda_invocations']} Lambda invocations)"
+        + (
+            f"{_duration(report['virtual_duration_seconds'])} of simulated time, "
+            f"{report['lambda_invocations']} Lambda invocations)"
+            if simulated
+            else f"took {_duration(report['duration_seconds'])})"
+        )
     )
     if report["reason"]:
         console.print(f"reason: {report['reason']}")

@@ -1,0 +1,136 @@
+"""Operator commands against a deployed prepost-backup: start, status, runs, cancel.
+
+Credentials and region come the usual boto3 way (environment, profile, SSO, instance
+role); `AWS_ENDPOINT_URL` is honoured by botocore itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from pydantic import ValidationError
+
+from chalicelib.errors import GatewayError
+from chalicelib.gateways.state_store import StateStore, from_item
+from chalicelib.logic.decisions import run_id_for
+from chalicelib.models.events import APP_SOURCE, DetailType
+from chalicelib.models.run_input import RunInput, validation_messages
+from chalicelib.models.state import InstanceRecord, RunRecord
+
+
+class OperatorError(Exception):
+    """Something the operator must fix; the message says what."""
+
+
+def _explain(exc: Exception, table: str | None = None) -> OperatorError:
+    if isinstance(exc, NoCredentialsError):
+        return OperatorError(
+            "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or run where a role is available"
+        )
+    if isinstance(exc, NoRegionError):
+        return OperatorError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+    code = exc.code if isinstance(exc, GatewayError) else (
+        exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    )  # fmt: skip
+    if code == "ResourceNotFoundException" and table:
+        return OperatorError(
+            f"table {table!r} not found in this account and region: is prepost-backup "
+            "deployed here? Name the table with --table or PREPOST_TABLE_NAME"
+        )
+    return OperatorError(str(exc))
+
+
+def table_name(given: str | None) -> str:
+    name = given or os.environ.get("PREPOST_TABLE_NAME")
+    if not name:
+        raise OperatorError("name the state table with --table or PREPOST_TABLE_NAME")
+    return name
+
+
+def _session() -> Any:
+    return boto3.session.Session()
+
+
+def start(input_path: Path, bus: str) -> tuple[str, str]:
+    """Put a start event for the run input in `input_path`; (event id, run id)."""
+    try:
+        detail = json.loads(input_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OperatorError(f"cannot read {input_path}: {exc}") from exc
+    try:
+        RunInput.model_validate(detail)
+    except ValidationError as exc:  # the app would reject it: say so before sending
+        raise OperatorError("\n".join(["invalid run input:", *validation_messages(exc)])) from exc
+    return _put(DetailType.START_REQUESTED, detail, bus)
+
+
+def cancel(run_id: str, bus: str, reason: str | None) -> str:
+    """Put a cancel event for `run_id`; the event id."""
+    return _put(DetailType.CANCEL_REQUESTED, {"run_id": run_id, "reason": reason}, bus)[0]
+
+
+def _put(detail_type: str, detail: Any, bus: str) -> tuple[str, str]:
+    moment = datetime.now(UTC).replace(microsecond=0)
+    try:
+        response = (
+            _session()
+            .client("events")
+            .put_events(
+                Entries=[
+                    {
+                        "Source": APP_SOURCE,
+                        "DetailType": detail_type,
+                        "Detail": json.dumps(detail),
+                        "EventBusName": bus,
+                        "Time": moment,
+                    }
+                ]
+            )
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc) from exc
+    [entry] = response["Entries"]
+    if entry.get("ErrorCode"):
+        raise OperatorError(f"EventBridge refused the event: {entry.get('ErrorMessage')}")
+    return entry["EventId"], run_id_for(entry["EventId"], moment)
+
+
+def status(run_id: str, table: str) -> tuple[RunRecord, list[InstanceRecord]]:
+    """A run's record and its instances' records."""
+    store = StateStore(_session().client("dynamodb"), table, retention_seconds=0)
+    try:
+        run = store.get_run(run_id)
+        instances = store.list_instances(run_id) if run else []
+    except (BotoCoreError, ClientError, GatewayError) as exc:
+        raise _explain(exc, table) from exc
+    if run is None:
+        raise OperatorError(f"no run {run_id!r} in table {table!r}")
+    return run, instances
+
+
+def runs(table: str, limit: int) -> list[RunRecord]:
+    """The latest runs, newest first (reads the run headers of the table)."""
+    client = _session().client("dynamodb")
+    found: list[RunRecord] = []
+    request: dict[str, Any] = {
+        "TableName": table,
+        "FilterExpression": "sk = :run",
+        "ExpressionAttributeValues": {":run": {"S": "RUN"}},
+    }
+    try:
+        while True:
+            response = client.scan(**request)
+            found += [RunRecord.model_validate(from_item(i)) for i in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                break
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, table) from exc
+    return sorted(found, key=lambda run: run.created_at, reverse=True)[:limit]
