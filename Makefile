@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n auto
+
+bench: $(STAMP)
+	$(VENV)/bin/prepost bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -152,6 +152,59 @@ class _LiveView:
         self._live.update(Group(self._bar, table))
 
 
+@app.command()
+def bench(
+    sizes: Annotated[str, typer.Option(help="Fleet sizes, comma-separated.")] = "10,100,1000",
+    scenario: ScenarioArgument = "seed-example",
+) -> None:
+    """What a run costs per instance, measured locally, beside the polling design's model."""
+    from prepost.local.bench import measure
+
+    fleet_sizes = [int(size) for size in sizes.split(",") if size.strip()]
+    results = []
+    for size in fleet_sizes:
+        console.print(f"running {scenario} on {size} instances ...")
+        results.append(measure(size, scenario))
+    table = Table(title=f"cost of one run of {scenario}, per instance unless stated")
+    table.add_column("")
+    for result in results:
+        table.add_column(f"{result.instances} instances", justify="right")
+    table.add_column("seed's polling design (model)", justify="right")
+    seed = results[0].seed_model
+
+    def row(label: str, values: list[str], seed_value: str = "") -> None:
+        table.add_row(label, *values, seed_value)
+
+    row("run status", [r.status for r in results])
+    row("wall seconds (whole run)", [f"{r.wall_seconds:.1f}" for r in results])
+    row("virtual duration", [_duration(r.virtual_seconds) for r in results],
+        _duration(results[0].virtual_seconds))  # fmt: skip
+    row("Lambda invocations", [f"{r.invocations_per_instance:.1f}" for r in results],
+        f"{seed['lambda_invocations']:.0f}")  # fmt: skip
+    row("Step Functions state transitions", ["0" for _ in results],
+        f"{seed['state_transitions']:.0f}")  # fmt: skip
+    row("DynamoDB reads", [f"{r.dynamodb_reads_per_instance:.1f}" for r in results], "0")
+    row("DynamoDB writes (items)", [f"{r.dynamodb_writes_per_instance:.1f}" for r in results], "0")
+    row("largest item (bytes, whole table)", [str(r.largest_item_bytes) for r in results], "")
+    polling = [
+        sum(n for op, n in r.calls_per_instance.items()
+            if op.split(":")[1].startswith(("Describe", "Get")) and not op.startswith("dynamodb"))
+        for r in results
+    ]  # fmt: skip
+    row("AWS polling calls (Describe*, Get*)", [f"{n:.2f}" for n in polling],
+        f"{seed['describe_calls']:.0f}")  # fmt: skip
+    row("AWS API calls by operation:", ["" for _ in results])
+    for operation in sorted({op for r in results for op in r.calls_per_instance}):
+        row(f"  {operation}", [f"{r.calls_per_instance.get(operation, 0):.2f}" for r in results])
+    console.print(table)
+    console.print(
+        "The seed column models its design (1 s between script polls, 10 s between instance "
+        "and backup polls, each poll a Lambda invocation, a Describe call and 3 state "
+        "transitions) for the same durations; it is not a measurement.",
+        style="dim",
+    )
+
+
 TableOption = Annotated[
     str | None, typer.Option("--table", help="The state table (default: $PREPOST_TABLE_NAME).")
 ]

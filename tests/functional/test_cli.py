@@ -77,3 +77,12 @@ def test_the_installed_command_runs_from_any_directory(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["status"] == "SUCCEEDED"
+
+
+def test_bench_prints_its_table() -> None:
+    result = runner.invoke(app, ["bench", "--sizes", "2,4"])
+    assert result.exit_code == 0, result.output
+    for row in ("Lambda invocations", "DynamoDB reads", "DynamoDB writes (items)",
+                "largest item", "AWS polling calls", "backup:StartBackupJob",
+                "seed's polling design (model)"):  # fmt: skip
+        assert row in result.output, row
