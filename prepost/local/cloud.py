@@ -166,12 +166,29 @@ class BackupEmulator:
         self._cloud.schedule(self._cloud.behaviour.backup_seconds, self._job_event, job_id, final)
         return _ok({"BackupJobId": job_id, "CreationDate": clock.now(), "IsParent": False})
 
+    def list_backup_jobs(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+        """ListBackupJobs with its ByResourceArn, ByState and ByBackupVaultName filters."""
+        wanted = {
+            "ResourceArn": params.get("ByResourceArn"),
+            "State": params.get("ByState"),
+            "BackupVaultName": params.get("ByBackupVaultName"),
+        }
+        jobs = [
+            self._visible(job)
+            for job in self.jobs.values()
+            if all(value is None or job.get(key) == value for key, value in wanted.items())
+        ]
+        return _ok({"BackupJobs": jobs})
+
     def describe_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
         job = self.jobs.get(params["BackupJobId"])
         if job is None:
             return _error("ResourceNotFoundException", "no such backup job")
-        visible = {k: v for k, v in job.items() if k not in ("FinalState", "IdempotencyToken")}
-        return _ok(visible)
+        return _ok(self._visible(job))
+
+    @staticmethod
+    def _visible(job: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in job.items() if k not in ("FinalState", "IdempotencyToken")}
 
     def _job_event(self, job_id: str, state: str) -> dict[str, Any]:
         job = self.jobs[job_id]
@@ -451,6 +468,8 @@ class LocalCloud:
         ("provide-client-params.*.*", "_record_call"),
         ("before-call.backup.StartBackupJob", "_backup_call"),
         ("before-call.backup.DescribeBackupJob", "_backup_call"),
+        ("before-call.backup.ListBackupJobs", "_backup_call"),
+        ("before-call.ssm.ListCommandInvocations", "_list_command_invocations"),
         ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
         ("before-call.ec2.StopInstances", "_power_call"),
@@ -491,6 +510,8 @@ class LocalCloud:
         params = context["local_params"]
         if model.name == "StartBackupJob":
             return self.backup.start_backup_job(params)
+        if model.name == "ListBackupJobs":
+            return self.backup.list_backup_jobs(params)
         return self.backup.describe_backup_job(params)
 
     def _send_command_call(self, context: Any, **_: Any) -> Any:
@@ -530,18 +551,41 @@ class LocalCloud:
             if final != HANG:
                 self.schedule(seconds, self._ssm_event, command_id, instance_id, final)
 
+    def _list_command_invocations(self, context: Any, **_: Any) -> Any:
+        """ListCommandInvocations (moto lacks it) by CommandId and/or InstanceId."""
+        params = context["local_params"]
+        invocations = []
+        for (command_id, instance_id), _ in self.invocations_ssm.items():
+            if params.get("CommandId") not in (None, command_id):
+                continue
+            if params.get("InstanceId") not in (None, instance_id):
+                continue
+            status, details = self._invocation_status(command_id, instance_id)
+            invocations.append(
+                {
+                    "CommandId": command_id,
+                    "InstanceId": instance_id,
+                    "DocumentName": "AWS-RunRemoteScript",
+                    "Status": status,
+                    "StatusDetails": details,
+                }
+            )
+        return _ok({"CommandInvocations": invocations})
+
+    def _invocation_status(self, command_id: str, instance_id: str) -> tuple[str, str]:
+        final, ends = self.invocations_ssm[(command_id, instance_id)]
+        status = "InProgress" if final == HANG or self.clock.now() < ends else final
+        if status in SSM_STATUS_DETAILS:  # detail-only names: Status and StatusDetails differ
+            return SSM_STATUS_DETAILS[status], status
+        return status, {"InProgress": "In Progress"}.get(status, status)
+
     def _get_command_invocation(self, context: Any, **_: Any) -> Any:
         """Real statuses, which moto lacks (it always answers Success)."""
         params = context["local_params"]
         known = self.invocations_ssm.get((params["CommandId"], params["InstanceId"]))
         if known is None:
             return _error("InvocationDoesNotExist", "no such invocation")
-        final, ends = known
-        status = "InProgress" if final == HANG or self.clock.now() < ends else final
-        if status in SSM_STATUS_DETAILS:  # detail-only names: Status and StatusDetails differ
-            status, details = SSM_STATUS_DETAILS[status], status
-        else:
-            details = {"InProgress": "In Progress"}.get(status, status)
+        status, details = self._invocation_status(params["CommandId"], params["InstanceId"])
         return _ok(
             {
                 "CommandId": params["CommandId"],

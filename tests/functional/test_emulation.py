@@ -41,3 +41,23 @@ def test_backup_job_lifecycle_and_idempotency(cloud: LocalCloud) -> None:
     assert states == ["CREATED", "RUNNING", "COMPLETED"]
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
         backup.start_backup_job(**request | {"BackupVaultName": "nope", "IdempotencyToken": "2"})
+
+
+def test_list_backup_jobs_and_command_invocations(cloud: LocalCloud) -> None:
+    from tests.conftest import seed_input
+
+    cloud.behaviour.script_seconds = 3600
+    [instance_id] = cloud.launch(1, tags={"backup-job": "true"})
+    cloud.publish(cloud.start_event(seed_input()))
+    cloud.step(3)  # the pre-script is running
+    ssm = cloud.session.client("ssm")
+    [invocation] = ssm.list_command_invocations(InstanceId=instance_id)["CommandInvocations"]
+    assert invocation["Status"] == "InProgress"
+    cloud.drain()
+    done = ssm.list_command_invocations(CommandId=invocation["CommandId"])["CommandInvocations"]
+    assert [i["Status"] for i in done] == ["Success"]
+
+    backup = cloud.session.client("backup")
+    jobs = backup.list_backup_jobs(ByState="COMPLETED")["BackupJobs"]
+    assert [j["ResourceArn"].rsplit("/", 1)[1] for j in jobs] == [instance_id]
+    assert backup.list_backup_jobs(ByState="FAILED")["BackupJobs"] == []
