@@ -37,7 +37,8 @@ class Selection(_Spec):
 
 class ScriptOutcome(Selection):
     phase: Literal["PRE_SCRIPT", "POST_SCRIPT"]
-    status: str  # an SSM status, or "Hang": it never ends
+    status: str = "Success"  # an SSM status, or "Hang": it never ends
+    seconds: float | None = None  # how long these instances' scripts take
 
 
 class BackupOutcome(Selection):
@@ -144,6 +145,8 @@ class Scenario(_Spec):
         for script in self.scripts:
             for instance_id in script.pick(ids):
                 behaviour.script_status[(instance_id, script.phase)] = script.status
+                if script.seconds is not None:
+                    behaviour.script_seconds_by_instance[instance_id] = script.seconds
         for backup in self.backups:
             for instance_id in backup.pick(ids):
                 behaviour.backup_state[instance_id] = backup.state
