@@ -12,7 +12,8 @@ The flow of a run (per group of instances):
       -> Run Completed
 
 Every few minutes `reconcile_runs` looks at the groups that are overdue: it asks AWS for
-what events did not deliver, and times out what is past its deadline.
+what events did not deliver, resumes side effects whose handler died, and times out what
+is past its deadline. `cancel_run` stops a run's forward phases; its compensation goes on.
 """
 
 from __future__ import annotations
