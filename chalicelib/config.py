@@ -16,6 +16,11 @@ class Settings(BaseModel):
     region: str = "us-east-1"
     record_retention_days: int = Field(default=90, ge=1)
     lease_margin_seconds: int = Field(default=3600, ge=0)
+    # Allow lists: whatever a start event may name. Empty means nothing is allowed.
+    allowed_script_sources: list[str] = Field(default_factory=list)  # URL/URI prefixes
+    allowed_output_buckets: list[str] = Field(default_factory=list)
+    allowed_backup_vaults: list[str] = Field(default_factory=list)
+    allowed_backup_roles: list[str] = Field(default_factory=list)  # role ARNs
 
 
 @cache
@@ -28,4 +33,13 @@ def get_settings() -> Settings:
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         record_retention_days=int(env.get("PREPOST_RECORD_RETENTION_DAYS", "90")),
         lease_margin_seconds=int(env.get("PREPOST_LEASE_MARGIN_SECONDS", "3600")),
+        allowed_script_sources=_listed(env.get("PREPOST_ALLOWED_SCRIPT_SOURCES")),
+        allowed_output_buckets=_listed(env.get("PREPOST_ALLOWED_OUTPUT_BUCKETS")),
+        allowed_backup_vaults=_listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS")),
+        allowed_backup_roles=_listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES")),
     )
+
+
+def _listed(value: str | None) -> list[str]:
+    """A comma-separated list; blanks ignored."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]

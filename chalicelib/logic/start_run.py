@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from chalicelib import observability
 from chalicelib.clock import iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import decisions
+from chalicelib.logic import decisions, policy
 from chalicelib.logic.finalize import finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
@@ -63,6 +63,10 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     except ValidationError as exc:
         _reject(services, run_id, envelope, validation_messages(exc))
         return run_id
+    refused = policy.violations(run_input, services.settings)
+    if refused:
+        _reject(services, run_id, envelope, refused, "not allowed by this deployment")
+        return run_id
     now, now_epoch = services.clock.now(), services.now_epoch()
     run = RunRecord(
         run_id=run_id,
@@ -89,7 +93,13 @@ def resume_start(services: Services, run: RunRecord) -> None:
     _begin(services, run, RunInput.model_validate_json(run.input_json))
 
 
-def _reject(services: Services, run_id: str, envelope: AwsEvent, errors: list[str]) -> None:
+def _reject(
+    services: Services,
+    run_id: str,
+    envelope: AwsEvent,
+    errors: list[str],
+    reason: str = "invalid run input",
+) -> None:
     """Record the refusal and announce it; nothing else is touched."""
     now = services.clock.now()
     errors = errors[:MAX_ERRORS_KEPT]
@@ -101,7 +111,7 @@ def _reject(services: Services, run_id: str, envelope: AwsEvent, errors: list[st
         event_id=envelope.id,
         input_json=json.dumps(envelope.detail),
         errors=errors,
-        reason="invalid run input",
+        reason=reason,
     )
     if not services.store.put_run_if_new(run, services.now_epoch()):
         return

@@ -156,7 +156,8 @@ def test_every_instance_failing_its_backup_fails_the_run(
 def test_backup_that_aws_refuses_fails_that_instance_only(cloud: LocalCloud) -> None:
     cloud.launch(2, tags={"backup-job": "true"})
     detail = seed_input()
-    detail["BackupDetails"]["BackupVaultName"] = "no-such-vault"
+    # Allowed by the dev stage, but no such vault exists in the account.
+    detail["BackupDetails"]["BackupVaultName"] = "prepost-vault-2"
     run_id = cloud.run(detail)
 
     run, instances = outcome(cloud, run_id)

@@ -190,3 +190,60 @@ def test_every_handler_acknowledges_poison(
     [dropped] = logs.records("poison event dropped")
     assert dropped["event_id"] == event["id"]
     assert fleet_calls(cloud) == []
+
+
+def scripts(**fields: Any) -> Callable[[Detail], Any]:
+    def edit(detail: Detail) -> Detail:
+        for details in detail["RemoteRunCommandDetails"].values():
+            details |= fields
+        return detail
+
+    return edit
+
+
+# Each allow list of the dev stage (.chalice/config.json), broken once.
+NOT_ALLOWED: list[tuple[str, Callable[[Detail], Any], str]] = [
+    ("script from another bucket",
+     scripts(SourceS3Path="https://attacker.s3.amazonaws.com/scripts/x.sh"),
+     "PostBackupScriptDetails.SourceS3Path"),
+    ("script outside the allowed prefix",
+     pre_script(SourceS3Path="https://backup-status-bucket-example.s3.amazonaws.com/tmp/x.sh"),
+     f"{PRE}.SourceS3Path"),
+    ("output to another bucket", pre_script(OutputS3BucketName="somewhere-else"),
+     f"{PRE}.OutputS3BucketName"),
+    ("another vault", backup(BackupVaultName="other-vault"), "BackupDetails.BackupVaultName"),
+    ("another role", backup(IamRoleArn="arn:aws:iam::123456789012:role/Admin"),
+     "BackupDetails.IamRoleArn"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"), [pytest.param(m, f, id=name) for name, m, f in NOT_ALLOWED]
+)
+def test_what_the_allow_lists_do_not_name_is_rejected_and_nothing_touched(
+    cloud: LocalCloud, mutate: Callable[[Detail], Any], field: str
+) -> None:
+    cloud.launch(2, tags={"backup-job": "true"})
+    run_id = cloud.run(mutate(seed_input()))
+
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.REJECTED
+    assert run.reason == "not allowed by this deployment"
+    assert any(field in message and "allowed" in message for message in run.errors), run.errors
+    assert fleet_calls(cloud) == []
+
+
+def test_an_empty_allow_list_allows_nothing() -> None:
+    from chalicelib.config import Settings
+    from chalicelib.logic.policy import violations
+    from chalicelib.models.run_input import RunInput
+
+    refused = violations(RunInput.model_validate(seed_input()), Settings(table_name="state"))
+    fields = {message.split(":")[0] for message in refused}
+    assert fields == {
+        f"{PRE}.SourceS3Path", f"{PRE}.OutputS3BucketName",
+        "RemoteRunCommandDetails.PostBackupScriptDetails.SourceS3Path",
+        "RemoteRunCommandDetails.PostBackupScriptDetails.OutputS3BucketName",
+        "BackupDetails.BackupVaultName", "BackupDetails.IamRoleArn",
+    }  # fmt: skip
