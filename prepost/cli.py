@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from prepost.report import run_report
+
 app = typer.Typer(help="prepost-backup operator tooling.", no_args_is_help=True)
 # Rich assumes 80 columns when output is not a terminal (CI logs, `make demo | tee`).
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -235,36 +237,11 @@ def status(
     from prepost.operator import table_name
 
     run, instances = _operator(lambda: read_status(run_id, table_name(table)))
-    report = {
-        "run_id": run.run_id,
-        "status": str(run.status),
-        "reason": run.reason,
-        "errors": run.errors,
-        "counts": dict(sorted(run.counts.items())),
-        "created_at": run.created_at,
-        "finished_at": run.finished_at,
-        "instances": [
-            {
-                "instance_id": i.instance_id,
-                "group": i.group_label or i.group_id,
-                "status": str(i.status),
-                "reason": i.reason,
-                "phases": {
-                    str(p): r.model_dump(mode="json", exclude_none=True)
-                    for p, r in i.phases.items()
-                },
-            }
-            for i in sorted(instances, key=lambda i: i.instance_id)
-        ],
-    }
+    report = run_report(run, instances)
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    if run.finished_at:
-        seconds = int((_parse(run.finished_at) - _parse(run.created_at)).total_seconds())
-    else:
-        seconds = 0
-    _print_report(report | {"duration_seconds": seconds}, simulated=False)
+    _print_report(report, simulated=False)
     console.print(f"created {run.created_at}, finished {run.finished_at or '(running)'}")
 
 
@@ -309,12 +286,6 @@ def _operator(call: Any, *args: Any) -> Any:
     except OperatorError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-
-
-def _parse(text: str) -> Any:
-    from datetime import datetime
-
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _style(status: str, short: bool = False) -> str:

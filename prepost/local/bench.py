@@ -18,6 +18,7 @@ from typing import Any
 
 from prepost.local.cloud import ACCOUNT, LocalCloud
 from prepost.local.scenario import Scenario
+from prepost.report import seconds_between
 
 DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
 DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
@@ -69,7 +70,7 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
         return Measure(
             instances=instances,
             wall_seconds=wall,
-            virtual_seconds=_seconds(run.created_at, run.finished_at),
+            virtual_seconds=seconds_between(run.created_at, run.finished_at),
             status=str(run.status),
             invocations_per_instance=sum(cloud.invocations.values()) / instances,
             calls_per_instance={k: v / instances for k, v in sorted(calls.items())},
@@ -104,12 +105,3 @@ def _largest_item(cloud: LocalCloud) -> int:
 
     table = dynamodb_backends[ACCOUNT][cloud.region].get_table(cloud.table_name)
     return max((item.size() for item in table.all_items()), default=0)
-
-
-def _seconds(start: str, end: str | None) -> int:
-    from datetime import datetime
-
-    def parse(text: str) -> datetime:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
-
-    return int((parse(end) - parse(start)).total_seconds()) if end else 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from prepost.local.cloud import LocalCloud
 from prepost.local.scenario import Scenario
+from prepost.report import run_report, seconds_between
 
 Progress = Callable[[LocalCloud, str | None], None]
 
@@ -66,37 +67,9 @@ def _run_id(cloud: LocalCloud) -> str | None:
 def report(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
     """One JSON document: the run and, per instance, each phase's status and reason."""
     run = cloud.store.get_run(run_id)
-    instances = sorted(cloud.store.list_instances(run_id), key=lambda i: i.instance_id)
-    return {
-        "run_id": run_id,
-        "status": str(run.status),
-        "reason": run.reason,
-        "errors": run.errors,
-        "counts": dict(sorted(run.counts.items())),
-        "virtual_duration_seconds": _seconds_between(run.created_at, run.finished_at),
+    return run_report(run, cloud.store.list_instances(run_id)) | {
+        "virtual_duration_seconds": seconds_between(run.created_at, run.finished_at),
         "lambda_invocations": sum(cloud.invocations.values()),
-        "instances": [
-            {
-                "instance_id": i.instance_id,
-                "group": i.group_label or i.group_id,
-                "status": str(i.status),
-                "reason": i.reason,
-                "phases": {
-                    str(phase): {
-                        "status": str(result.status),
-                        "reason": result.reason,
-                        **({"consistency": str(result.consistency)} if result.consistency else {}),
-                        **(
-                            {"recovery_point_arn": result.recovery_point_arn}
-                            if result.recovery_point_arn
-                            else {}
-                        ),
-                    }
-                    for phase, result in i.phases.items()
-                },
-            }
-            for i in instances
-        ],
     }
 
 
@@ -121,13 +94,6 @@ def timeline(cloud: LocalCloud) -> list[tuple[str, str]]:
             continue
         lines.append((stamp, text, 1))
     return [(stamp, text + (f" x{n}" if n > 1 else "")) for stamp, text, n in lines]
-
-
-def _seconds_between(start: str, end: str | None) -> int:
-    def parse(text: str) -> datetime:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
-
-    return int((parse(end) - parse(start)).total_seconds()) if end else 0
 
 
 def _elapsed(start: datetime, moment: datetime) -> str:

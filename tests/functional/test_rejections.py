@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.models.state import RunStatus
+from chalicelib.models.state import RunRecord, RunStatus
 from prepost.local.cloud import LocalCloud
 from tests.conftest import LogLines, seed_input
 from tests.functional.helpers import completed_events, fleet_calls
@@ -88,18 +88,23 @@ INVALID: list[tuple[str, Callable[[Detail], Any], str]] = [
 ]  # fmt: skip
 
 
+def rejected_run(cloud: LocalCloud, detail: Any) -> tuple[str, RunRecord]:
+    """Run a start event carrying `detail` on a small fleet; its id and REJECTED record."""
+    cloud.launch(2, tags={"backup-job": "true"})
+    run_id = cloud.run(detail)
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.REJECTED
+    return run_id, run
+
+
 @pytest.mark.parametrize(
     ("mutate", "field"), [pytest.param(m, f, id=name) for name, m, f in INVALID]
 )
 def test_invalid_input_is_rejected_with_the_field_named_and_nothing_touched(
     cloud: LocalCloud, mutate: Callable[[Detail], Any], field: str
 ) -> None:
-    cloud.launch(2, tags={"backup-job": "true"})
-    run_id = cloud.run(mutate(seed_input()))
-
-    run = cloud.store.get_run(run_id)
-    assert run is not None
-    assert run.status is RunStatus.REJECTED
+    run_id, run = rejected_run(cloud, mutate(seed_input()))
     assert run.errors
     assert any(message.startswith(f"{field}:") or field in message for message in run.errors), (
         run.errors
@@ -223,12 +228,7 @@ NOT_ALLOWED: list[tuple[str, Callable[[Detail], Any], str]] = [
 def test_what_the_allow_lists_do_not_name_is_rejected_and_nothing_touched(
     cloud: LocalCloud, mutate: Callable[[Detail], Any], field: str
 ) -> None:
-    cloud.launch(2, tags={"backup-job": "true"})
-    run_id = cloud.run(mutate(seed_input()))
-
-    run = cloud.store.get_run(run_id)
-    assert run is not None
-    assert run.status is RunStatus.REJECTED
+    _, run = rejected_run(cloud, mutate(seed_input()))
     assert run.reason == "not allowed by this deployment"
     assert any(field in message and "allowed" in message for message in run.errors), run.errors
     assert fleet_calls(cloud) == []
