@@ -17,6 +17,7 @@ import heapq
 import itertools
 import json
 import os
+import random
 import threading
 import uuid
 from collections import Counter
@@ -141,7 +142,7 @@ class BackupEmulator:
             job = self.jobs[self._by_token[token]]
             return _ok({"BackupJobId": job["BackupJobId"], "CreationDate": job["CreationDate"]})
         clock = self._cloud.clock
-        job_id = str(uuid.uuid4()).upper()
+        job_id = self._cloud.new_id().upper()
         instance_id = params["ResourceArn"].rsplit("/", 1)[-1]
         final = self._cloud.behaviour.backup_state.get(instance_id, "COMPLETED")
         job = {
@@ -208,7 +209,7 @@ class BackupEmulator:
         )
         event["resources"] = []
         if state == "COMPLETED":
-            image = "ami-" + uuid.uuid4().hex[:17]
+            image = "ami-" + self._cloud.new_id().replace("-", "")[:17]
             job["RecoveryPointArn"] = f"arn:aws:ec2:{self._cloud.region}::image/{image}"
             event["resources"] = [job["RecoveryPointArn"]]
             detail["completionDate"] = _iso(self._cloud.clock.now())
@@ -234,9 +235,12 @@ class LocalCloud:
         stage: str = "dev",
         clock: VirtualClock | None = None,
         store: str = "dynamodb",
+        seed: int = 0,
     ) -> None:
         """`store`: "dynamodb" (moto's) or "memory" (same semantics, for big runs)."""
         self._store_kind = store
+        # Ids the emulation makes (events, jobs) come from this, so a run repeats exactly.
+        self._random = random.Random(seed)
         self.behaviour = behaviour or Behaviour()
         self.region = region
         self.stage = stage
@@ -312,6 +316,10 @@ class LocalCloud:
 
         return services().store
 
+    def new_id(self) -> str:
+        """A UUID from the cloud's seed (fault decisions hash event ids)."""
+        return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+
     def arn(self, service: str, resource: str) -> str:
         return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{resource}"
 
@@ -357,7 +365,7 @@ class LocalCloud:
     def start_event(self, detail: Any, event_id: str | None = None) -> dict[str, Any]:
         """The seed's start event (default bus, source prepost-backup) carrying `detail`."""
         event = load_event("start-seed-example")
-        event.update(id=event_id or str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event.update(id=event_id or self.new_id(), time=_iso_s(self.clock.now()))
         event["detail"] = detail
         return event
 
@@ -386,7 +394,7 @@ class LocalCloud:
         # A tick with nothing due only reads the index; skipping it saves the invocation.
         if self.store.due_items(int(self.clock.now().timestamp())):
             event = load_event("aws-scheduled-event")
-            event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+            event.update(id=self.new_id(), time=_iso_s(self.clock.now()))
             self.timeline.append((self.clock.now(), "tick reconcile_runs"))
             self.invoke("reconcile_runs", event)
         self._ticking = False
@@ -598,7 +606,7 @@ class LocalCloud:
 
     def _ssm_event(self, command_id: str, instance_id: str, status: str) -> dict[str, Any]:
         event = load_event("aws-ssm-invocation-success")
-        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event.update(id=self.new_id(), time=_iso_s(self.clock.now()))
         event["resources"] = [self.arn("ec2", f"instance/{instance_id}")]
         event["detail"].update(
             {"command-id": command_id, "instance-id": instance_id, "status": status}
@@ -623,7 +631,7 @@ class LocalCloud:
 
     def _ec2_event(self, instance_id: str, state: str) -> dict[str, Any]:
         event = load_event("aws-ec2-state-stopped")
-        event.update(id=str(uuid.uuid4()), time=_iso_s(self.clock.now()))
+        event.update(id=self.new_id(), time=_iso_s(self.clock.now()))
         event["resources"] = [self.arn("ec2", f"instance/{instance_id}")]
         event["detail"].update({"instance-id": instance_id, "state": state})
         return event
@@ -635,7 +643,7 @@ class LocalCloud:
                 continue
             event = {
                 "version": "0",
-                "id": result.get("EventId") or str(uuid.uuid4()),
+                "id": self.new_id(),  # from the cloud's seed, so runs repeat exactly
                 "detail-type": entry["DetailType"],
                 "source": entry["Source"],
                 "account": ACCOUNT,
