@@ -139,10 +139,11 @@ def decide_member(
         return ACT
     if phase is Phase.START:
         stop = instance.phase(Phase.STOP)
-        # A stop that was sent but did not report (timed out, cancelled) may still have
-        # stopped the instance: start it to be sure.
-        if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent:
-            return MemberDecision(False, "this run did not stop the instance")
+        # A stop that was tried may have stopped the instance even if it never said so:
+        # sent but unreported, or made by a handler that died before recording it. Start
+        # it to be sure; starting a running instance changes nothing.
+        if stop.status is not PhaseStatus.SUCCEEDED and stop.started_at is None and not stop.sent:
+            return MemberDecision(False, "this run did not try to stop the instance")
         return ACT
     # POST_SCRIPT: always thaw where the pre-script was sent.
     if run_input.pre_script is not None:

@@ -91,6 +91,15 @@ def test_start_only_what_this_run_stopped() -> None:
         assert not decisions.decide_member(Phase.START, instance(STOP=stop), False, run_input()).act
 
 
+def test_start_whatever_a_stop_may_have_stopped() -> None:
+    """A stop whose intent was recorded but whose call was never recorded (the handler died
+    right after StopInstances) and that then timed out may have stopped the instance."""
+    tried = instance(STOP=PhaseStatus.FAILED)
+    tried.phases[Phase.STOP].started_at = "2026-11-26T02:00:30Z"
+    tried.phases[Phase.STOP].timed_out = True
+    assert decisions.decide_member(Phase.START, tried, False, run_input()).act
+
+
 def test_post_script_follows_the_pre_script() -> None:
     for pre in (PhaseStatus.SUCCEEDED, PhaseStatus.FAILED):
         assert decisions.decide_member(
