@@ -7,6 +7,9 @@ from functools import cache
 
 from pydantic import BaseModel, Field
 
+DEFAULT_OPT_IN_TAG_KEY = "prepost-backup:opt-in"
+DEFAULT_OPT_IN_TAG_VALUE = "true"
+
 
 class Settings(BaseModel):
     """Deployment settings. Set per stage in `.chalice/config.json`."""
@@ -21,12 +24,18 @@ class Settings(BaseModel):
     allowed_output_buckets: list[str] = Field(default_factory=list)
     allowed_backup_vaults: list[str] = Field(default_factory=list)
     allowed_backup_roles: list[str] = Field(default_factory=list)  # role ARNs
+    # The tag every target instance must carry; the IAM policies allow stop, start and
+    # SendCommand only on instances that carry it.
+    opt_in_tag_key: str = Field(default=DEFAULT_OPT_IN_TAG_KEY, min_length=1)
+    opt_in_tag_value: str = DEFAULT_OPT_IN_TAG_VALUE
 
 
 @cache
 def get_settings() -> Settings:
     """The settings of this process, read from the environment on first use."""
     env = os.environ
+    tag = env.get("PREPOST_OPT_IN_TAG") or f"{DEFAULT_OPT_IN_TAG_KEY}={DEFAULT_OPT_IN_TAG_VALUE}"
+    tag_key, _, tag_value = tag.partition("=")
     return Settings(
         table_name=env.get("PREPOST_TABLE_NAME", ""),
         event_bus_name=env.get("PREPOST_EVENT_BUS_NAME", "default"),
@@ -37,6 +46,8 @@ def get_settings() -> Settings:
         allowed_output_buckets=_listed(env.get("PREPOST_ALLOWED_OUTPUT_BUCKETS")),
         allowed_backup_vaults=_listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS")),
         allowed_backup_roles=_listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES")),
+        opt_in_tag_key=tag_key.strip(),
+        opt_in_tag_value=tag_value.strip(),
     )
 
 

@@ -140,10 +140,12 @@ def decide_member(
     if phase is Phase.START:
         stop = instance.phase(Phase.STOP)
         # A stop that was tried may have stopped the instance even if it never said so:
-        # sent but unreported, or made by a handler that died before recording it. Start
-        # it to be sure; starting a running instance changes nothing.
-        if stop.status is not PhaseStatus.SUCCEEDED and stop.started_at is None and not stop.sent:
-            return MemberDecision(False, "this run did not try to stop the instance")
+        # sent but unreported, or made by a handler that died before recording it (then
+        # timed out or cancelled). Start it to be sure; starting a running instance
+        # changes nothing. Only a stop never tried, or refused by EC2, stopped nothing.
+        never = stop.started_at is None or stop.refused
+        if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent and never:
+            return MemberDecision(False, "this run did not stop the instance")
         return ACT
     # POST_SCRIPT: always thaw where the pre-script was sent.
     if run_input.pre_script is not None:

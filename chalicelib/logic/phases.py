@@ -162,7 +162,7 @@ def _fail(
 ) -> None:
     finish(
         services, group.run_id, group.group_id, instance_id, phase, PhaseStatus.FAILED,
-        reason=str(error),
+        reason=str(error), refused=True,
     )  # fmt: skip
 
 

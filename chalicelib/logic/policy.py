@@ -1,14 +1,21 @@
 """What a start event may name, checked against the deployment's allow lists.
 
 Whoever can put a start event could otherwise run any script as root across the fleet,
-write anywhere, or pass any role to AWS Backup. Defaults are deny: an empty list allows
-nothing. Pure: no AWS call is made before a run passes.
+write anywhere, pass any role to AWS Backup, or stop any instance. Defaults are deny: an
+empty list allows nothing, and only instances that carry the opt-in tag may be targeted.
+Pure: the fields are checked before any AWS call, the tags on what DescribeInstances
+returned before anything is changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from chalicelib.config import Settings
 from chalicelib.models.run_input import RunInput
+from chalicelib.models.targets import TargetInstance
+
+MAX_NAMED = 20  # instances named in one refusal; the rest are counted
 
 SCRIPTS = {
     "PreBackupScriptDetails": "pre_script",
@@ -47,3 +54,17 @@ def violations(run_input: RunInput, settings: Settings) -> list[str]:
             "(PREPOST_ALLOWED_BACKUP_ROLES)"
         )
     return found
+
+
+def not_opted_in(targets: Iterable[TargetInstance], settings: Settings) -> list[str]:
+    """The refusal, if any target lacks the opt-in tag (the IAM policies would refuse
+    stopping it or running a script on it anyway, half-way through the run)."""
+    key, value = settings.opt_in_tag_key, settings.opt_in_tag_value
+    missing = sorted(t.instance_id for t in targets if t.tags.get(key) != value)
+    if not missing:
+        return []
+    named = ", ".join(missing[:MAX_NAMED])
+    more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
+    return [
+        f"targets: {named}{more} do not carry the opt-in tag {key}={value} (PREPOST_OPT_IN_TAG)"
+    ]

@@ -67,6 +67,11 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     if refused:
         _reject(services, run_id, envelope, refused, "not allowed by this deployment")
         return run_id
+    targets = _resolve(services, run_input)
+    refused = policy.not_opted_in(targets[1].values(), services.settings)
+    if refused:
+        _reject(services, run_id, envelope, refused, "not allowed by this deployment")
+        return run_id
     now, now_epoch = services.clock.now(), services.now_epoch()
     run = RunRecord(
         run_id=run_id,
@@ -79,7 +84,7 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     if not services.store.put_run_if_new(run, now_epoch, due_at=now_epoch + START_CLAIM_SECONDS):
         log.info("duplicate start event ignored", event_id=envelope.id)
         return run_id
-    _begin(services, run, run_input)
+    _begin(services, run, run_input, targets)
     return run_id
 
 
@@ -90,7 +95,8 @@ def resume_start(services: Services, run: RunRecord) -> None:
         observability.logger().info("run is being started elsewhere")
         return
     observability.logger().warning("resuming the start of a run")
-    _begin(services, run, RunInput.model_validate_json(run.input_json))
+    run_input = RunInput.model_validate_json(run.input_json)
+    _begin(services, run, run_input, _resolve(services, run_input))
 
 
 def _reject(
@@ -153,11 +159,16 @@ def _resolve(
     return requested, {target.instance_id: target for target in found}
 
 
-def _begin(services: Services, run: RunRecord, run_input: RunInput) -> None:
-    """Resolve the targets once, lease them, write groups and instances, then go."""
+def _begin(
+    services: Services,
+    run: RunRecord,
+    run_input: RunInput,
+    targets: tuple[list[str], dict[str, TargetInstance]],
+) -> None:
+    """Lease the resolved targets, write groups and instances, then go."""
     store, log = services.store, observability.logger()
     run_id, now_epoch = run.run_id, services.now_epoch()
-    requested, found = _resolve(services, run_input)
+    requested, found = targets
     lease_until = (
         now_epoch + decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds
     )

@@ -78,6 +78,7 @@ class PhaseResult(_Record):
     consistency: Consistency | None = None  # backup
     timed_out: bool | None = None  # no result by the phase's deadline
     sent: bool | None = None  # the side effect was made and recorded
+    refused: bool | None = None  # AWS refused the side effect outright: it did not happen
     last_error: str | None = None  # why the side effect has not been made yet (retried)
     late_report: str | None = None  # a report that came after the phase had ended otherwise
 

@@ -279,6 +279,7 @@ class LocalCloud:
         self.session = _hooked_session(self.region)
         LocalCloud.active = self
         self.table_name = env["PREPOST_TABLE_NAME"]
+        self.opt_in_tag = env["PREPOST_OPT_IN_TAG"]  # key=value
 
         from chalice.test import Client
 
@@ -326,10 +327,19 @@ class LocalCloud:
     # -- the fleet -------------------------------------------------------------------------
 
     def launch(
-        self, count: int, tags: dict[str, str] | None = None, state: str = "running"
+        self,
+        count: int,
+        tags: dict[str, str] | None = None,
+        state: str = "running",
+        opt_in: bool = True,
     ) -> list[str]:
-        """Launch `count` instances in one reservation; stop them if `state` is stopped."""
+        """Launch `count` instances in one reservation; stop them if `state` is stopped.
+        They carry the deployment's opt-in tag unless `opt_in` is false."""
         spec: dict[str, Any] = {"ImageId": AMI, "MinCount": count, "MaxCount": count}
+        tags = dict(tags or {})
+        if opt_in:
+            key, _, value = self.opt_in_tag.partition("=")
+            tags[key] = value
         if tags:
             spec["TagSpecifications"] = [
                 {

@@ -247,3 +247,44 @@ def test_an_empty_allow_list_allows_nothing() -> None:
         "RemoteRunCommandDetails.PostBackupScriptDetails.OutputS3BucketName",
         "BackupDetails.BackupVaultName", "BackupDetails.IamRoleArn",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("targeting", ["by tag", "by id"])
+def test_a_target_without_the_opt_in_tag_is_rejected_and_nothing_changed(
+    cloud: LocalCloud, targeting: str
+) -> None:
+    tagged = cloud.launch(2, tags={"backup-job": "true"})
+    [untagged] = cloud.launch(1, tags={"backup-job": "true"}, opt_in=False)
+    detail = seed_input()
+    if targeting == "by id":
+        detail |= {"TargetEC2Instances": [*tagged, untagged]}
+        del detail["TargetEC2TagKey"], detail["TargetEC2TagValue"]
+    run_id = cloud.run(detail)
+
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.REJECTED
+    assert run.reason == "not allowed by this deployment"
+    [message] = run.errors
+    assert untagged in message
+    assert "prepost-backup:opt-in=true" in message
+    assert not any(instance_id in message for instance_id in tagged)
+    assert fleet_calls(cloud) == [("ec2", "DescribeInstances")]  # looked, changed nothing
+    assert cloud.store.list_instances(run_id) == []
+    assert all(cloud.state_of(i) == "running" for i in [*tagged, untagged])
+
+
+def test_the_opt_in_tag_must_match_key_and_value() -> None:
+    from chalicelib.config import Settings
+    from chalicelib.logic.policy import not_opted_in
+    from chalicelib.models.targets import TargetInstance
+
+    settings = Settings(table_name="state", opt_in_tag_key="backup", opt_in_tag_value="yes")
+
+    def target(n: int, **tags: str) -> TargetInstance:
+        return TargetInstance(instance_id=f"i-{n:017x}", state="running", owner_id="1", tags=tags)
+
+    assert not_opted_in([target(1, backup="yes")], settings) == []
+    refused = not_opted_in([target(n, backup="no") for n in range(25)] + [target(99)], settings)
+    assert "and 6 more" in refused[0]
+    assert "backup=yes" in refused[0]

@@ -94,10 +94,18 @@ def test_start_only_what_this_run_stopped() -> None:
 def test_start_whatever_a_stop_may_have_stopped() -> None:
     """A stop whose intent was recorded but whose call was never recorded (the handler died
     right after StopInstances) and that then timed out may have stopped the instance."""
-    tried = instance(STOP=PhaseStatus.FAILED)
-    tried.phases[Phase.STOP].started_at = "2026-11-26T02:00:30Z"
-    tried.phases[Phase.STOP].timed_out = True
-    assert decisions.decide_member(Phase.START, tried, False, run_input()).act
+    for how in ({"timed_out": True}, {"reason": "run cancelled"}):
+        tried = instance(STOP=PhaseStatus.FAILED)
+        tried.phases[Phase.STOP] = tried.phases[Phase.STOP].model_copy(
+            update={"started_at": "2026-11-26T02:00:30Z", **how}
+        )
+        assert decisions.decide_member(Phase.START, tried, False, run_input()).act
+    # A stop EC2 refused outright stopped nothing.
+    refused = instance(STOP=PhaseStatus.FAILED)
+    refused.phases[Phase.STOP] = refused.phases[Phase.STOP].model_copy(
+        update={"started_at": "2026-11-26T02:00:30Z", "refused": True}
+    )
+    assert not decisions.decide_member(Phase.START, refused, False, run_input()).act
 
 
 def test_post_script_follows_the_pre_script() -> None:
