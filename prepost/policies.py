@@ -1,0 +1,127 @@
+"""The functions' IAM policies, filled in from a stage's configuration.
+
+Each function has one policy file, `.chalice/policies/<function>.json`, named by
+`.chalice/config.json` with `autogen_policy` off. A file holds two kinds of placeholder:
+
+- `{{Token}}`: a value of the stage's configuration (see `TOKENS`). A token that stands
+  for a list (the allowed backup roles, say) turns the string holding it into one string
+  per item; a list with no item is an error, since the policy would allow nothing and
+  the deployment could not work.
+- `${AWS::Partition}`, `${AWS::Region}`, `${AWS::AccountId}`: filled by CloudFormation in
+  the packaged template (the string becomes an `Fn::Sub`), by the given values in tests.
+
+The packaged template and the policy coverage test both render through `render`, so what
+is tested is what is deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from prepost.local import ROOT
+from prepost.local.cloud import stage_environment
+
+POLICY_DIR = ROOT / ".chalice" / "policies"
+TOKEN = re.compile(r"\{\{(\w+)\}\}")
+PSEUDO = re.compile(r"\$\{AWS::(\w+)\}")
+DEFAULT_OPT_IN_TAG = "prepost-backup:opt-in=true"
+
+
+class PolicyError(ValueError):
+    """A policy cannot be rendered for this stage."""
+
+
+def _listed(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def stage_values(stage: str, function: str) -> dict[str, str | list[str]]:
+    """What the tokens of `function`'s policy stand for in `stage`."""
+    env = stage_environment(stage)
+    key, _, value = env.get("PREPOST_OPT_IN_TAG", DEFAULT_OPT_IN_TAG).partition("=")
+    return {
+        "Stage": stage,
+        "FunctionName": f"prepost-backup-{stage}-{function}",
+        "TableName": env["PREPOST_TABLE_NAME"],
+        "EventBusName": env.get("PREPOST_EVENT_BUS_NAME", "default"),
+        "OptInTagKey": key,
+        "OptInTagValue": value,
+        "BackupRoleArns": _listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES", "")),
+        "BackupVaultNames": _listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS", "")),
+    }
+
+
+def functions() -> list[str]:
+    """Every function that has a policy file."""
+    return sorted(path.stem for path in POLICY_DIR.glob("*.json"))
+
+
+def load(function: str) -> dict[str, Any]:
+    path = POLICY_DIR / f"{function}.json"
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def render(
+    document: Any, values: dict[str, str | list[str]], pseudo: dict[str, str] | None = None
+) -> Any:
+    """`document` with its tokens filled. With `pseudo` (Partition, Region, AccountId) the
+    `${AWS::...}` placeholders are filled too; without, such strings become `Fn::Sub`."""
+    if isinstance(document, dict):
+        return {
+            _one(_fill(key, values), key): render(item, values, pseudo)
+            for key, item in document.items()
+        }
+    if isinstance(document, list):
+        out: list[Any] = []
+        for item in document:
+            rendered = render(item, values, pseudo)
+            if isinstance(item, str) and isinstance(rendered, list):
+                out += rendered  # a list token inside a list: its items join the list
+            else:
+                out.append(rendered)
+        return out
+    if isinstance(document, str):
+        finished = [_pseudo(text, pseudo) for text in _fill(document, values)]
+        listed = any(isinstance(values.get(name), list) for name in TOKEN.findall(document))
+        return finished if listed else finished[0]
+    return document
+
+
+def _fill(text: str, values: dict[str, str | list[str]]) -> list[str]:
+    """`text` with its tokens replaced: one string, or one per item of a list token."""
+    results = [text]
+    for name in TOKEN.findall(text):
+        if name not in values:
+            raise PolicyError(f"unknown token {{{{{name}}}}} in {text!r}")
+        value = values[name]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise PolicyError(
+                f"{{{{{name}}}}} is empty for this stage: set it in .chalice/config.json"
+            )
+        results = [r.replace(f"{{{{{name}}}}}", item) for r in results for item in items]
+    return results
+
+
+def _one(strings: list[str], original: str) -> str:
+    if len(strings) != 1:
+        raise PolicyError(f"a list token cannot be used in a key: {original!r}")
+    return strings[0]
+
+
+def _pseudo(text: str, pseudo: dict[str, str] | None) -> Any:
+    if not PSEUDO.search(text):
+        return text
+    if pseudo is None:
+        return {"Fn::Sub": text}
+    return PSEUDO.sub(lambda match: pseudo[match.group(1)], text)
+
+
+def rendered_policies(
+    stage: str, pseudo: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every function's policy, rendered for `stage`."""
+    return {name: render(load(name), stage_values(stage, name), pseudo) for name in functions()}
