@@ -27,6 +27,11 @@ POLICY_DIR = ROOT / ".chalice" / "policies"
 TOKEN = re.compile(r"\{\{(\w+)\}\}")
 PSEUDO = re.compile(r"\$\{AWS::(\w+)\}")
 DEFAULT_OPT_IN_TAG = "prepost-backup:opt-in=true"
+# The stage configuration key behind each list token.
+CONFIG_KEYS = {
+    "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
+    "BackupVaultNames": "PREPOST_ALLOWED_BACKUP_VAULTS",
+}
 
 
 class PolicyError(ValueError):
@@ -99,8 +104,10 @@ def _fill(text: str, values: dict[str, str | list[str]]) -> list[str]:
         value = values[name]
         items = value if isinstance(value, list) else [value]
         if not items:
+            key = CONFIG_KEYS.get(name, name)
             raise PolicyError(
-                f"{{{{{name}}}}} is empty for this stage: set it in .chalice/config.json"
+                f"{key} allows nothing in this stage, so the policies could not work: "
+                "set it in .chalice/config.json"
             )
         results = [r.replace(f"{{{{{name}}}}}", item) for r in results for item in items]
     return results

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ os.environ.pop("AWS_PROFILE", None)
 
 from prepost.local.cloud import Behaviour, LocalCloud
 from prepost.samples import load_event
+from tests import policy_coverage
 
 VAULT = "prepost-vault"
 
@@ -47,6 +50,13 @@ def cloud(behaviour: Behaviour) -> Iterator[LocalCloud]:
         # A handler that still fails after Lambda's retries is a bug unless a test expects it.
         unexpected = [(h, repr(e)) for h, _, e in local.dead_letters]
         assert unexpected == [] or getattr(local, "expect_dead_letters", False), unexpected
+        _check_policies(local)
+
+
+def _check_policies(local: LocalCloud) -> None:
+    """Every call a handler made is allowed by its policy file (see policy_coverage)."""
+    refused = policy_coverage.check_cloud(local)
+    assert refused == [], "calls the IAM policies do not allow:\n" + "\n".join(refused)
 
 
 class LogLines:
@@ -83,3 +93,33 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             for name, value in getattr(report, "user_properties", []):
                 if name == "summary":
                     terminalreporter.write_line(str(value))
+    _report_unused_permissions(terminalreporter)
+
+
+def pytest_configure(config: Any) -> None:
+    """The controller (not an xdist worker) gives every process one folder to note the
+    actions their handlers used, for the report of permissions no test used."""
+    if not hasattr(config, "workerinput"):
+        os.environ[policy_coverage.USED_DIR] = tempfile.mkdtemp(prefix="prepost-policy-")
+
+
+def _report_unused_permissions(terminalreporter: Any) -> None:
+    folder = os.environ.get(policy_coverage.USED_DIR)
+    if not folder or hasattr(terminalreporter.config, "workerinput"):
+        return
+    used: set[tuple[str, str]] = set()
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as lines:
+            used |= {tuple(json.loads(line)) for line in lines}  # type: ignore[misc]
+    shutil.rmtree(folder, ignore_errors=True)
+    if not used:
+        return  # no functional test ran
+    unused = sorted(
+        f"{function}: {action}"
+        for function, action in policy_coverage.allowed_actions("dev") - used
+        if action not in policy_coverage.RUNTIME_ACTIONS
+    )
+    terminalreporter.write_line(
+        f"policy coverage: {len(used)} (function, action) pairs used; allowed but unused by "
+        f"any test: {', '.join(unused) if unused else 'none'}"
+    )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import heapq
 import itertools
@@ -90,6 +91,10 @@ class Behaviour:
     # The handler dies right after this AWS call succeeds, this many times
     # (e.g. {"SendCommand": 1}): the call's effect happened, its record did not.
     crash_after: dict[str, int] = field(default_factory=dict)
+
+
+# The handler the current thread is running, if any (set around each invocation).
+_HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("handler", default=None)
 
 
 class SimulatedCrash(Exception):  # noqa: N818 - it is not an error of the code under test
@@ -247,6 +252,8 @@ class LocalCloud:
         self.clock = clock or VirtualClock()
         self.backup = BackupEmulator(self)
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        # (handler, service, operation, params) of the calls the handlers made.
+        self.handler_calls: list[tuple[str, str, str, dict[str, Any]]] = []
         self.invocations: Counter[str] = Counter()
         self.emitted: list[dict[str, Any]] = []
         # (handler, event, error) of invocations that failed after Lambda's retries.
@@ -467,6 +474,7 @@ class LocalCloud:
         """One asynchronous Lambda invocation: a failure is retried twice, a minute apart
         and then two, as Lambda does, and then kept as a dead letter."""
         self.invocations[handler] += 1
+        running = _HANDLER.set(handler)
         try:
             self._chalice.lambda_.invoke(handler, event)
         except Exception as exc:
@@ -475,6 +483,8 @@ class LocalCloud:
                 self.schedule(60 * (attempt + 1), self._retry, handler, event, attempt + 1)
             else:
                 self.dead_letters.append((handler, event, exc))
+        finally:
+            _HANDLER.reset(running)
 
     def _retry(self, handler: str, event: dict[str, Any], attempt: int) -> None:
         self.invoke(handler, event, attempt)
@@ -514,6 +524,9 @@ class LocalCloud:
         context["local_params"] = params
         service = model.service_model.service_name
         self.calls.append((service, model.name, dict(params)))
+        handler = _HANDLER.get()
+        if handler is not None:  # for the policy coverage test: who made which call
+            self.handler_calls.append((handler, service, model.name, dict(params)))
         if service != "dynamodb":
             self.timeline.append((self.clock.now(), f"call {service}:{model.name}"))
 

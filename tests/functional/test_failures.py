@@ -228,18 +228,21 @@ def test_stop_failure_with_abort_skips_that_backup_only(
     assert instances[good].status is InstanceStatus.SUCCEEDED
 
 
+# Capacity is retried until the start deadline (by the reconciler); anything else fails
+# at once, in the start handler.
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "UnsupportedOperation"])
 def test_start_failure_leaves_the_instance_stuck_stopped_and_says_so(
-    behaviour: Behaviour, cloud: LocalCloud, logs
+    behaviour: Behaviour, cloud: LocalCloud, logs, code: str
 ) -> None:
     bad, good = cloud.launch(2, tags={"backup-job": "true"})
-    behaviour.power_errors[(bad, "StartInstances")] = "InsufficientInstanceCapacity"
+    behaviour.power_errors[(bad, "StartInstances")] = code
     run_id = cloud.run(seed_input())
 
     run, instances = outcome(cloud, run_id)
     assert run.status is RunStatus.COMPLETED_WITH_ERRORS
     stuck = instances[bad]
     assert stuck.status is InstanceStatus.STUCK_STOPPED
-    assert "InsufficientInstanceCapacity" in (stuck.reason or "")
+    assert code in (stuck.reason or "")
     post = stuck.phase(Phase.POST_SCRIPT)  # the thaw is still sent, and reported
     assert post.status is PhaseStatus.FAILED
     assert post.reason == "SSM status Undeliverable"

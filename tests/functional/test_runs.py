@@ -269,6 +269,20 @@ def test_no_instance_matches_the_tag(cloud: LocalCloud) -> None:
     assert completed_events(cloud, run_id)[0]["status"] == "FAILED"
 
 
+def test_a_run_whose_every_target_is_skipped_ends_in_its_start(cloud: LocalCloud) -> None:
+    missing = ["i-0000000000000dead", "i-0000000000000beef"]
+    detail = seed_input() | {"TargetEC2Instances": missing}
+    del detail["TargetEC2TagKey"], detail["TargetEC2TagValue"]
+    run_id = cloud.run(detail)
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.FAILED
+    assert set(instances) == set(missing)
+    assert all(i.status is InstanceStatus.SKIPPED for i in instances.values())
+    assert cloud.invocations["start_run_handler"] == 1
+    assert [e["status"] for e in completed_events(cloud, run_id)] == ["FAILED"]
+
+
 def test_arns_use_the_partition_of_the_region() -> None:
     with LocalCloud(region="cn-north-1") as cloud:
         cloud.create_vault(VAULT)

@@ -24,6 +24,7 @@ from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import InstanceRecord, InstanceStatus, Phase, PhaseStatus, RunStatus
 from chalicelib.patterns import RECONCILE_EVERY_MINUTES
 from prepost.local.cloud import HANG, Behaviour, LocalCloud
+from tests import policy_coverage
 from tests.conftest import VAULT, seed_input
 
 SCHEDULES = int(__import__("os").environ.get("PREPOST_SCHEDULES", "300"))
@@ -184,7 +185,7 @@ def run_schedule(schedule: Schedule) -> list[str]:
         if schedule.second_run_after is not None:
             cloud.publish(cloud.start_event(detail), delay=schedule.second_run_after)
         cloud.drain(max_events=100_000)
-        return check(cloud, schedule, ids, detail)
+        return check(cloud, schedule, ids, detail) + policy_coverage.check_cloud(cloud)
 
 
 def check(

@@ -1,0 +1,186 @@
+"""The policy coverage check: is every AWS call a handler made allowed by its policy file?
+
+Local mode records each call a handler makes (botocore's `provide-client-params` hook sees
+them all). Each call becomes the IAM requests AWS would authorise: the action, the
+resource ARN and the condition keys the call names (an instance's tags, the service a role
+is passed to). A request passes when a statement of the function's policy, rendered for the
+stage as the packaged template renders it, allows it. There are no Deny statements to
+weigh. The `cloud` fixture runs this after every functional test, and the session lists
+the actions a policy allows that no test used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from prepost import policies
+from prepost.local.cloud import LocalCloud
+
+ACCOUNT, PARTITION = "123456789012", "aws"
+# Lambda itself writes the function's logs with these; no handler code calls them.
+RUNTIME_ACTIONS = frozenset({"logs:CreateLogStream", "logs:PutLogEvents"})
+# A folder where each test process notes the (function, action) pairs its handlers used.
+USED_DIR = "PREPOST_POLICY_USED_DIR"
+
+
+@dataclass(frozen=True)
+class Request:
+    action: str
+    resource: str
+    context: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class Call:
+    handler: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+
+def _arn(service: str, region: str, resource: str, account: str = ACCOUNT) -> str:
+    return f"arn:{PARTITION}:{service}:{region}:{account}:{resource}"
+
+
+def requests_for(
+    call: Call, region: str, table: str, tags_of: Callable[[str], dict[str, str]]
+) -> list[Request]:
+    """The IAM requests one API call makes (the resource-level ones, per the Service
+    Authorization Reference; `docs/aws-facts.md` has the links)."""
+    action = f"{call.service}:{call.operation}"
+    params = call.params
+    if call.service == "dynamodb":
+        resource = _arn("dynamodb", region, f"table/{table}")
+        if params.get("IndexName"):
+            resource += f"/index/{params['IndexName']}"
+        return [Request(action, resource)]
+    if call.service == "events":
+        buses = {entry.get("EventBusName", "default") for entry in params["Entries"]}
+        return [Request(action, _arn("events", region, f"event-bus/{bus}")) for bus in buses]
+    if call.operation in ("StopInstances", "StartInstances"):
+        return [
+            Request(
+                action,
+                _arn("ec2", region, f"instance/{instance_id}"),
+                {f"aws:ResourceTag/{k}": v for k, v in tags_of(instance_id).items()},
+            )
+            for instance_id in params["InstanceIds"]
+        ]
+    if call.operation == "SendCommand":
+        document = _arn("ssm", region, f"document/{params['DocumentName']}", account="")
+        return [Request(action, document)] + [
+            Request(
+                action,
+                _arn("ec2", region, f"instance/{instance_id}"),
+                {f"ssm:resourceTag/{k}": v for k, v in tags_of(instance_id).items()},
+            )
+            for instance_id in params["InstanceIds"]
+        ]
+    if call.operation == "StartBackupJob":
+        vault = _arn("backup", region, f"backup-vault:{params['BackupVaultName']}")
+        passed = {"iam:PassedToService": "backup.amazonaws.com"}
+        return [
+            Request(action, vault),
+            Request("iam:PassRole", params["IamRoleArn"], passed),
+        ]
+    # DescribeInstances, ListCommands, GetCommandInvocation, DescribeBackupJob: no
+    # resource-level permissions.
+    return [Request(action, "*")]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def allows(statement: dict[str, Any], request: Request) -> bool:
+    """Whether one Allow statement allows `request`."""
+    if statement.get("Effect") != "Allow":
+        raise ValueError(f"only Allow statements are expected: {statement}")
+    actions = _listed(statement["Action"])
+    if not any(fnmatchcase(request.action.lower(), a.lower()) for a in actions):
+        return False
+    if not any(fnmatchcase(request.resource, r) for r in _listed(statement["Resource"])):
+        return False
+    for operator, conditions in statement.get("Condition", {}).items():
+        match = {
+            "StringEquals": lambda have, want: have == want,
+            "StringLike": fnmatchcase,
+            "ArnLike": fnmatchcase,
+        }[operator]
+        for key, wanted in conditions.items():
+            have = request.context.get(key)
+            if have is None or not any(match(have, want) for want in _listed(wanted)):
+                return False
+    return True
+
+
+def statement_for(policy: dict[str, Any], request: Request) -> dict[str, Any] | None:
+    """The first statement of `policy` that allows `request`, if any."""
+    return next((s for s in policy["Statement"] if allows(s, request)), None)
+
+
+@dataclass
+class Verdict:
+    refused: list[str] = field(default_factory=list)
+    used: set[tuple[str, str]] = field(default_factory=set)  # (function, action)
+
+
+def check(
+    calls: Iterable[Call],
+    stage: str,
+    region: str,
+    table: str,
+    tags_of: Callable[[str], dict[str, str]],
+) -> Verdict:
+    """Check every call against its handler's policy for `stage`."""
+    pseudo = {"Partition": PARTITION, "Region": region, "AccountId": ACCOUNT}
+    rendered = policies.rendered_policies(stage, pseudo)
+    verdict = Verdict()
+    for call in calls:
+        policy = rendered.get(call.handler)
+        if policy is None:
+            verdict.refused.append(f"{call.handler} has no policy file")
+            continue
+        for request in requests_for(call, region, table, tags_of):
+            if statement_for(policy, request) is None:
+                verdict.refused.append(
+                    f"{call.handler}: {request.action} on {request.resource} "
+                    f"{request.context or ''}is not allowed by its policy"
+                )
+            verdict.used.add((call.handler, request.action))
+    return verdict
+
+
+def allowed_actions(stage: str) -> set[tuple[str, str]]:
+    """(function, action) for every action each policy allows."""
+    found = set()
+    for function, policy in policies.rendered_policies(stage).items():
+        for statement in policy["Statement"]:
+            for action in _listed(statement["Action"]):
+                found.add((function, action))
+    return found
+
+
+def check_cloud(local: LocalCloud) -> list[str]:
+    """Check what the handlers of one local cloud called; note what they used; the calls
+    their policies refuse."""
+    tags: dict[str, dict[str, str]] = {}
+
+    def tags_of(instance_id: str) -> dict[str, str]:
+        if instance_id not in tags:
+            found = local.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            instance = found[0]["Instances"][0] if found else {}
+            tags[instance_id] = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        return tags[instance_id]
+
+    calls = [Call(*call) for call in local.handler_calls]
+    verdict = check(calls, local.stage, local.region, local.table_name, tags_of)
+    if os.environ.get(USED_DIR):
+        with open(os.path.join(os.environ[USED_DIR], f"{os.getpid()}.jsonl"), "a") as out:
+            out.writelines(json.dumps(used) + "\n" for used in sorted(verdict.used))
+    return sorted(set(verdict.refused))
