@@ -3,8 +3,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
+STAGE  ?= dev
+# Template checks (cfn-lint, checkov, the SAM transform) pin other versions of boto3 and
+# pydantic than the app: they get their own virtualenv.
+CHECKS       := .venv-checks
+CHECKS_STAMP := $(CHECKS)/.installed-stamp
+PACKAGE_DIR  := build/package
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean package template-checks
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +19,31 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+$(CHECKS_STAMP): requirements-checks.txt
+	$(PYTHON) -m venv $(CHECKS)
+	$(CHECKS)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKS)/bin/python -m pip install --quiet -r requirements-checks.txt
+	touch $(CHECKS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/prepost demo
 
-test: $(STAMP) lint
+test: $(STAMP) lint template-checks
 	$(PY) -m pytest -n auto
 
 bench: $(STAMP)
 	$(VENV)/bin/prepost bench
+
+# The CloudFormation template and deployment.zip of STAGE in build/package (see README, Deploy).
+package: $(STAMP)
+	$(PY) -m prepost.package --stage $(STAGE) --out $(PACKAGE_DIR)
+
+# The packaged template (the dev stage unless STAGE says otherwise), linted and scanned.
+template-checks: $(CHECKS_STAMP) package
+	$(CHECKS)/bin/cfn-lint $(PACKAGE_DIR)/sam.json
+	$(CHECKS)/bin/checkov -f $(PACKAGE_DIR)/sam.json --framework cloudformation \
+		--quiet --compact --skip-download
+	$(CHECKS)/bin/python -m prepost.template_check $(PACKAGE_DIR)/sam.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,4 +55,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKS) build .pytest_cache .mypy_cache .ruff_cache

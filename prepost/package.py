@@ -1,0 +1,678 @@
+"""Package the app for a CloudFormation deployment (operator tooling, not deployed).
+
+    python -m prepost.package --stage dev --out build/package
+
+1. Render every function's policy (`.chalice/policies/<function>.json`) for the stage,
+   first, so that a stage that cannot be deployed stops here (exit 2, one line).
+2. Build a merge template (`OUT/merge.json`) with what Chalice has no setting for: the
+   state table, the dead-letter queue and its policy, a retry policy and dead-letter queue
+   on every EventBridge rule target, the async invoke configuration of every function,
+   one log group per function, alarms, an optional notification topic, and the start and
+   cancel rules pinned to this account.
+3. Run `chalice package --merge-template` (no AWS call; it needs the package index for
+   `requirements.txt`): `OUT/sam.json` and `OUT/deployment.zip`.
+4. Post-process `sam.json`: each function's role gets its rendered policy (Chalice copies
+   the file with its `{{Token}}` placeholders) plus the right to send to the dead-letter
+   queue; then check that nothing the merge was meant to add is missing.
+5. Print the figures the issue asks for: the zip size (< 10 MB, without boto3/botocore)
+   and the cold import ratio `import app` / `import boto3` (<= 2); exit 1 if one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalice.utils import to_cfn_resource_name
+
+from chalicelib.models.state import RunStatus
+from chalicelib.observability import NAMESPACE, SERVICE
+from prepost import policies
+from prepost.local import ROOT
+from prepost.local.cloud import stage_environment
+
+APP_NAME = "prepost-backup"
+ZIP_LIMIT_BYTES = 10 * 1000 * 1000
+IMPORT_RATIO_LIMIT = 2.0
+IMPORT_RUNS = 5
+NOT_BUNDLED = ("boto3", "botocore", "s3transfer")  # the Lambda runtime provides them
+
+# EventBridge retries a failed delivery to the function (throttling, a missing permission)
+# this often, for at most this long, then sends the event to the dead-letter queue.
+RULE_RETRY_POLICY = {"MaximumRetryAttempts": 4, "MaximumEventAgeInSeconds": 3600}
+# Lambda retries an asynchronous invocation that raised this often, then sends a record of
+# it (the event, the error) to the dead-letter queue.
+ASYNC_RETRY_ATTEMPTS = 2
+ASYNC_MAX_EVENT_AGE_SECONDS = 3600
+
+# The rules of the app's own custom events, which any producer may put on the default bus:
+# their patterns also name this account, so an event that another account puts on the bus
+# (a bus policy allows it) starts or cancels nothing.
+ACCOUNT_PINNED = ("start_run_handler", "cancel_run")
+
+# Metrics the code emits through `observability.count(...)` that need someone's attention.
+# `finalize` counts `RUN_<status>` once per finished run.
+ALARMED_METRICS = {
+    "RunsFailed": (f"RUN_{RunStatus.FAILED}", "a run ended FAILED"),
+    "RunsTimedOut": (f"RUN_{RunStatus.TIMED_OUT}", "a run ended TIMED_OUT"),
+    "RunsCompletedWithErrors": (
+        f"RUN_{RunStatus.COMPLETED_WITH_ERRORS}",
+        "a run ended COMPLETED_WITH_ERRORS (a script, a stop or a backup failed)",
+    ),
+    "InstancesStuckStopped": (
+        "InstancesStuckStopped",
+        "an instance this run stopped could not be started again (STUCK_STOPPED): act now",
+    ),
+    "PoisonEvents": ("PoisonEvents", "an event that can never be processed was dropped"),
+    "ReconcileErrors": ("ReconcileErrors", "the reconciler failed on a group"),
+}
+
+LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096]
+LOG_RETENTION_DAYS += [1827, 2192, 2557, 2922, 3288, 3653]
+
+# The stage setting behind each policy token, for a message that says what to set.
+TOKEN_SETTINGS = {
+    "TableName": "PREPOST_TABLE_NAME",
+    "EventBusName": "PREPOST_EVENT_BUS_NAME",
+    "OptInTagKey": "PREPOST_OPT_IN_TAG",
+    "OptInTagValue": "PREPOST_OPT_IN_TAG",
+    "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
+    "BackupVaultNames": "PREPOST_ALLOWED_BACKUP_VAULTS",
+}
+
+# checkov findings this template does not fix, each with the reason, written into the
+# resource's Metadata where checkov reads them.
+FUNCTION_SKIPS = [
+    {
+        "id": "CKV_AWS_116",
+        "comment": "Failed async invocations go to the stack's dead-letter queue through "
+        "EventInvokeConfig's OnFailure destination, whose record also carries the error; a "
+        "DeadLetterQueue as well would deliver every failure twice.",
+    },
+    {
+        "id": "CKV_AWS_117",
+        "comment": "The functions call only AWS APIs and reach no private resource; a VPC "
+        "would add NAT or endpoints and cold-start cost for no isolation gain.",
+    },
+    {
+        "id": "CKV_AWS_115",
+        "comment": "Reserved concurrency is taken from the account's unreserved pool and "
+        "fails deployment on accounts with a low limit; set reserved_concurrency per "
+        "function in .chalice/config.json where an account needs a cap.",
+    },
+    {
+        "id": "CKV_AWS_173",
+        "comment": "The environment holds names and allow lists, no secret; Lambda encrypts "
+        "it at rest with its AWS managed key.",
+    },
+]
+TABLE_SKIPS = [
+    {
+        "id": "CKV_AWS_119",
+        "comment": "Encrypted with the AWS managed key (SSESpecification on); a customer "
+        "managed key would need kms grants in every function role and holds no secret "
+        "here: the table keeps run records, not credentials.",
+    }
+]
+QUEUE_SKIPS = [
+    {
+        "id": "CKV_AWS_27",
+        "comment": "Encrypted at rest with SQS-managed keys (SqsManagedSseEnabled), which this "
+        "check does not recognize. EventBridge cannot use the AWS managed KMS key of SQS, and "
+        "a customer managed key whose policy went wrong would lose the very events this "
+        "queue exists to keep.",
+    }
+]
+LOG_GROUP_SKIPS = [
+    {
+        "id": "CKV_AWS_158",
+        "comment": "CloudWatch Logs encrypts log data at rest; the logs hold no secret and a "
+        "customer managed key would need a key policy for the logs service.",
+    },
+]
+
+
+class PackageError(Exception):
+    """Packaging cannot go on; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One Lambda function of the app and the EventBridge rule Chalice makes for it."""
+
+    name: str  # the Python name, e.g. start_run_handler
+    scheduled: bool  # a Chalice schedule (SAM `Schedule`) or an event pattern
+
+    @property
+    def logical_id(self) -> str:
+        return to_cfn_resource_name(self.name)
+
+    @property
+    def event_id(self) -> str:
+        return to_cfn_resource_name(f"{self.name}-event")
+
+    def function_name(self, stage: str) -> str:
+        name = policies.stage_values(stage, self.name)["FunctionName"]
+        assert isinstance(name, str)
+        return name
+
+    def rule_name(self, stage: str) -> str:
+        return self.function_name(stage)  # at most 64 characters, like a function name
+
+
+@dataclass(frozen=True)
+class Package:
+    """What `package` produced."""
+
+    out: Path
+    template: Path
+    zip: Path
+    merge: Path
+
+
+# -- the handlers ------------------------------------------------------------------------------
+
+
+def handlers() -> list[Handler]:
+    """Every function the Chalice app defines, from the app itself."""
+    from chalice.app import CloudWatchEventConfig, ScheduledEventConfig
+
+    from app import app as chalice_app
+
+    found = []
+    for source in chalice_app.event_sources:
+        if isinstance(source, ScheduledEventConfig | CloudWatchEventConfig):
+            found.append(Handler(source.name, isinstance(source, ScheduledEventConfig)))
+        else:  # a new kind of trigger needs its own retry and dead-letter settings here
+            raise PackageError(f"{source.name}: unsupported event source {type(source)}")
+    if chalice_app.pure_lambda_functions or chalice_app.routes:
+        raise PackageError("only EventBridge handlers are supported by the packager")
+    return found
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+def render_policies(stage: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Every function's policy for `stage`, or a PackageError naming the settings to fix."""
+    try:
+        stage_environment(stage)
+    except KeyError as exc:
+        raise PackageError(f"unknown stage {stage!r}: add it to .chalice/config.json") from exc
+    documents: dict[str, dict[str, Any]] = {}
+    missing: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            documents[name] = policies.load(name)
+        except FileNotFoundError as exc:
+            raise PackageError(f"{name} has no policy file .chalice/policies/{name}.json") from exc
+        values = policies.stage_values(stage, name)
+        for token in policies.TOKEN.findall(json.dumps(documents[name])):
+            if values.get(token) in ([], ""):  # the policy would allow nothing
+                setting = TOKEN_SETTINGS.get(token, f"{{{{{token}}}}}")
+                missing.setdefault(setting, set()).add(name)
+    if missing:
+        users = sorted(set().union(*missing.values()))
+        raise PackageError(
+            f"stage {stage!r} cannot be packaged: {', '.join(sorted(missing))} "
+            f"{'is' if len(missing) == 1 else 'are'} empty, and the policies of "
+            f"{', '.join(users)} need {'it' if len(missing) == 1 else 'them'}; set "
+            + " and ".join(f"stages.{stage}.environment_variables.{key}" for key in sorted(missing))
+            + " in .chalice/config.json"
+        )
+    try:
+        return {
+            name: policies.render(document, policies.stage_values(stage, name))
+            for name, document in documents.items()
+        }
+    except policies.PolicyError as exc:
+        raise PackageError(f"stage {stage!r}: {exc}") from exc
+
+
+# -- the merge template ------------------------------------------------------------------------
+
+
+def _kebab(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", camel).lower()
+
+
+def _sub(text: str) -> dict[str, str]:
+    return {"Fn::Sub": text}
+
+
+def _arn(service: str, resource: str) -> dict[str, str]:
+    return _sub(
+        f"arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{resource}"
+    )
+
+
+def table_resource(table_name: str) -> dict[str, Any]:
+    """The state table, from the same CreateTable request the code and the tests use."""
+    from chalicelib.gateways.state_store import TTL_ATTRIBUTE, table_definition
+
+    definition = table_definition(table_name)
+    same_in_cloudformation = {
+        "TableName",
+        "KeySchema",
+        "AttributeDefinitions",
+        "GlobalSecondaryIndexes",
+        "BillingMode",
+    }
+    unknown = set(definition) - same_in_cloudformation
+    if unknown:  # e.g. StreamSpecification differs between CreateTable and CloudFormation
+        raise PackageError(f"table_definition has keys the packager cannot map: {unknown}")
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Metadata": {"checkov": {"skip": TABLE_SKIPS}},
+        "Properties": {
+            **definition,
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "SSESpecification": {"SSEEnabled": True},
+            "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+        },
+    }
+
+
+def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
+    """What `chalice package --merge-template` adds to, or changes in, its template."""
+    env = stage_environment(stage)
+    prefix = f"{APP_NAME}-{stage}"
+    dlq_arn = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    alarm_actions = {
+        "Fn::If": ["HasNotificationEmail", [{"Ref": "NotificationTopic"}], {"Ref": "AWS::NoValue"}]
+    }
+    resources: dict[str, Any] = {
+        "StateTable": table_resource(env["PREPOST_TABLE_NAME"]),
+        "DeadLetterQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Metadata": {"checkov": {"skip": QUEUE_SKIPS}},
+            "Properties": {
+                "QueueName": f"{prefix}-dead-letters",
+                # SQS-managed keys: EventBridge cannot use the AWS managed KMS key of SQS.
+                "SqsManagedSseEnabled": True,
+                "MessageRetentionPeriod": 1209600,  # 14 days, the most SQS keeps
+            },
+        },
+        "DeadLetterQueuePolicy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": "DeadLetterQueue"}],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "ThisStacksRulesSendUndeliveredEvents",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": dlq_arn,
+                            "Condition": {
+                                "ArnEquals": {
+                                    "aws:SourceArn": [
+                                        _arn("events", f"rule/{handler.rule_name(stage)}")
+                                        for handler in found
+                                    ]
+                                }
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+        "DeadLetterQueueAlarm": {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": f"{prefix}-dead-letters",
+                "AlarmDescription": "Events or invocations were dead-lettered: read the queue "
+                "(message attributes say why), fix, then replay or delete them.",
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [
+                    {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
+                ],
+                "Statistic": "Maximum",
+                "Period": 300,
+                "EvaluationPeriods": 1,
+                "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": alarm_actions,
+            },
+        },
+        "NotificationKey": {
+            "Type": "AWS::KMS::Key",
+            "Condition": "HasNotificationEmail",
+            "Properties": {
+                "Description": f"{prefix}: encrypts the alarm notification topic",
+                "EnableKeyRotation": True,
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "AccountAdministersTheKey",
+                            "Effect": "Allow",
+                            "Principal": {
+                                "AWS": _sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")
+                            },
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        },
+                        {
+                            # The AWS managed key of SNS cannot grant this: alarms could not
+                            # publish to a topic encrypted with it.
+                            "Sid": "AlarmsPublishToTheTopic",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                            "Resource": "*",
+                            "Condition": {
+                                "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+                            },
+                        },
+                    ],
+                },
+            },
+        },
+        "NotificationKeyAlias": {
+            "Type": "AWS::KMS::Alias",
+            "Condition": "HasNotificationEmail",
+            "Properties": {
+                "AliasName": f"alias/{prefix}-notifications",
+                "TargetKeyId": {"Ref": "NotificationKey"},
+            },
+        },
+        "NotificationTopic": {
+            "Type": "AWS::SNS::Topic",
+            "Condition": "HasNotificationEmail",
+            "Properties": {
+                "TopicName": f"{prefix}-alarms",
+                "KmsMasterKeyId": {"Ref": "NotificationKey"},
+                "Subscription": [{"Protocol": "email", "Endpoint": {"Ref": "NotificationEmail"}}],
+            },
+        },
+    }
+    for logical_id, (metric, why) in ALARMED_METRICS.items():
+        resources[f"{logical_id}Alarm"] = {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": f"{prefix}-{_kebab(logical_id)}",
+                "AlarmDescription": f"prepost-backup ({stage}): {why}.",
+                "Namespace": NAMESPACE,
+                "MetricName": metric,
+                "Dimensions": [{"Name": "service", "Value": SERVICE}],  # Powertools' own
+                "Statistic": "Sum",
+                "Period": 300,
+                "EvaluationPeriods": 1,
+                "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": alarm_actions,
+            },
+        }
+    for handler in found:
+        resources.update(_function_resources(stage, handler, dlq_arn))
+    return {
+        "Parameters": {
+            "NotificationEmail": {
+                "Type": "String",
+                "Default": "",
+                "Description": "Where alarms are mailed (the address must confirm the "
+                "subscription). Empty: no topic, the alarms only show in CloudWatch.",
+            },
+            "LogRetentionInDays": {
+                "Type": "Number",
+                "Default": 30,
+                "AllowedValues": LOG_RETENTION_DAYS,
+                "Description": "How long the functions' logs are kept.",
+            },
+        },
+        "Conditions": {
+            "HasNotificationEmail": {
+                "Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationEmail"}, ""]}]
+            }
+        },
+        "Resources": resources,
+        "Outputs": {
+            "StateTableName": {"Value": {"Ref": "StateTable"}},
+            "DeadLetterQueueUrl": {"Value": {"Ref": "DeadLetterQueue"}},
+            "NotificationTopicArn": {
+                "Condition": "HasNotificationEmail",
+                "Value": {"Ref": "NotificationTopic"},
+            },
+        },
+    }
+
+
+def _function_resources(stage: str, handler: Handler, dlq_arn: Any) -> dict[str, Any]:
+    function_name = handler.function_name(stage)
+    event: dict[str, Any] = {
+        "RetryPolicy": RULE_RETRY_POLICY,
+        "DeadLetterConfig": {"Arn": dlq_arn},
+    }
+    if handler.scheduled:
+        event_type = "Schedule"
+        event["Name"] = handler.rule_name(stage)
+    else:
+        # SAM's CloudWatchEvent has no RetryPolicy or DeadLetterConfig; EventBridgeRule, the
+        # same rule under its current name, has both.
+        event_type = "EventBridgeRule"
+        event["RuleName"] = handler.rule_name(stage)
+        if handler.name in ACCOUNT_PINNED:
+            event["Pattern"] = {"account": [{"Ref": "AWS::AccountId"}]}
+    log_group = f"{handler.logical_id}LogGroup"
+    return {
+        handler.logical_id: {
+            # The role may only write to this log group, so it must exist first.
+            "DependsOn": [log_group],
+            "Metadata": {"checkov": {"skip": FUNCTION_SKIPS}},
+            "Properties": {
+                "FunctionName": function_name,
+                "EventInvokeConfig": {
+                    "MaximumRetryAttempts": ASYNC_RETRY_ATTEMPTS,
+                    "MaximumEventAgeInSeconds": ASYNC_MAX_EVENT_AGE_SECONDS,
+                    "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": dlq_arn}},
+                },
+                "Events": {handler.event_id: {"Type": event_type, "Properties": event}},
+            },
+        },
+        log_group: {
+            "Type": "AWS::Logs::LogGroup",
+            "Metadata": {"checkov": {"skip": LOG_GROUP_SKIPS}},
+            "Properties": {
+                "LogGroupName": f"/aws/lambda/{function_name}",
+                "RetentionInDays": {"Ref": "LogRetentionInDays"},
+            },
+        },
+    }
+
+
+# -- chalice package and the post-processing ---------------------------------------------------
+
+
+def run_chalice(stage: str, merge: Path, out: Path) -> None:
+    """`chalice package` with the merge template; no AWS call is made."""
+    chalice = Path(sys.executable).with_name("chalice")
+    env = dict(os.environ)
+    env.pop("AWS_PROFILE", None)
+    # Chalice wants a region to build its session; no credential is used, and fake ones
+    # make sure that nothing could reach a real account.
+    env.update(
+        AWS_DEFAULT_REGION=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        AWS_ACCESS_KEY_ID="packaging",
+        AWS_SECRET_ACCESS_KEY="packaging",
+    )
+    env.pop("AWS_SESSION_TOKEN", None)
+    command = [
+        str(chalice),
+        "package",
+        "--stage",
+        stage,
+        "--pkg-format",
+        "cloudformation",
+        "--merge-template",
+        str(merge.resolve()),
+        str(out.resolve()),
+    ]
+    # Chalice caches the zip in .chalice/deployments and writes it in place: two packagings
+    # at once (tests in parallel workers, `make package`) must not read a half-written one.
+    lock_path = ROOT / "build" / ".chalice-package.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise PackageError(f"chalice package failed ({result.returncode}): {output}")
+
+
+def post_process(
+    template: dict[str, Any], rendered: dict[str, dict[str, Any]], found: list[Handler]
+) -> None:
+    """Give each function's role its rendered policy, then check the merged template."""
+    resources = template["Resources"]
+    by_logical_id = {handler.logical_id: handler for handler in found}
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        function = resource["Properties"]["Handler"].removeprefix("app.")
+        if function not in rendered:
+            raise PackageError(f"{logical_id}: no policy for function {function}")
+        if logical_id not in by_logical_id:
+            raise PackageError(f"{logical_id}: not a handler the merge template knows")
+        role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
+        role = resources[role_id]["Properties"]
+        (chalice_policy,) = role["Policies"]  # autogen_policy off: the policy file alone
+        role["Policies"] = [
+            {"PolicyName": chalice_policy["PolicyName"], "PolicyDocument": rendered[function]},
+            {
+                "PolicyName": "DeadLetterQueue",
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "RecordFailedInvocations",
+                            "Effect": "Allow",
+                            "Action": "sqs:SendMessage",
+                            "Resource": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+                        }
+                    ],
+                },
+            },
+        ]
+    problems = template_problems(template)
+    if problems:
+        raise PackageError("the packaged template is incomplete: " + "; ".join(problems))
+
+
+def template_problems(template: dict[str, Any]) -> list[str]:
+    """What the merge should have added but is missing from `template`."""
+    problems = []
+    resources = template["Resources"]
+    if "{{" in json.dumps(template):
+        problems.append("a {{Token}} is left unrendered")
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        properties = resource["Properties"]
+        if "FunctionName" not in properties:
+            problems.append(f"{logical_id} has no FunctionName")
+        if "OnFailure" not in properties.get("EventInvokeConfig", {}).get("DestinationConfig", {}):
+            problems.append(f"{logical_id} has no OnFailure destination")
+        for name, event in properties.get("Events", {}).items():
+            if event["Type"] not in ("EventBridgeRule", "Schedule"):
+                problems.append(f"{logical_id}.{name} is a {event['Type']} event")
+            for key in ("RetryPolicy", "DeadLetterConfig"):
+                if key not in event["Properties"]:
+                    problems.append(f"{logical_id}.{name} has no {key}")
+    return problems
+
+
+def package(stage: str, out: Path) -> Package:
+    """Render, merge, `chalice package` and post-process; see the module docstring."""
+    found = handlers()
+    rendered = render_policies(stage, [handler.name for handler in found])
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("sam.json", "deployment.zip"):
+        (out / stale).unlink(missing_ok=True)
+    merge = out / "merge.json"
+    merge.write_text(json.dumps(merge_template(stage, found), indent=2) + "\n")
+    run_chalice(stage, merge, out)
+    template_path = out / "sam.json"
+    template = json.loads(template_path.read_text())
+    post_process(template, rendered, found)
+    template_path.write_text(json.dumps(template, indent=2) + "\n")
+    return Package(out=out, template=template_path, zip=out / "deployment.zip", merge=merge)
+
+
+# -- the figures -------------------------------------------------------------------------------
+
+
+def bundled_sdk(zip_path: Path) -> list[str]:
+    """Top-level packages of the zip that the Lambda runtime already provides."""
+    with zipfile.ZipFile(zip_path) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+    return sorted(top for top in tops if top in NOT_BUNDLED or top.split("-")[0] in NOT_BUNDLED)
+
+
+def cold_import_seconds(runs: int = IMPORT_RUNS) -> dict[str, float]:
+    """Median wall time of a fresh interpreter importing `app`, and `boto3`."""
+    samples: dict[str, list[float]] = {"app": [], "boto3": []}
+    for module in samples:  # once each first, so that no run pays for writing .pyc files
+        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, check=True)
+    for _ in range(runs):
+        for module, times in samples.items():  # interleaved: drift affects both alike
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, check=True)
+            times.append(time.perf_counter() - start)
+    return {module: statistics.median(times) for module, times in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prepost.package", description=__doc__)
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "package")
+    args = parser.parse_args(argv)
+    if shutil.which("chalice", path=str(Path(sys.executable).parent)) is None:
+        print("error: chalice is not installed next to this Python", file=sys.stderr)
+        return 2
+    try:
+        result = package(args.stage, args.out)
+    except PackageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = result.zip.stat().st_size
+    sdk = bundled_sdk(result.zip)
+    times = cold_import_seconds()
+    ratio = times["app"] / times["boto3"]
+    zip_ok = size < ZIP_LIMIT_BYTES and not sdk
+    import_ok = ratio <= IMPORT_RATIO_LIMIT
+    print(f"packaged stage {args.stage}: {result.template} and {result.zip}")
+    print(
+        f"zip size: {size / 1e6:.2f} MB ({size} bytes; limit {ZIP_LIMIT_BYTES / 1e6:.0f} MB), "
+        f"bundled AWS SDK: {', '.join(sdk) or 'none'} [{'ok' if zip_ok else 'FAIL'}]"
+    )
+    print(
+        f"cold import: app {times['app']:.3f} s, boto3 {times['boto3']:.3f} s "
+        f"(median of {IMPORT_RUNS}); ratio {ratio:.2f} (limit {IMPORT_RATIO_LIMIT:.1f}) "
+        f"[{'ok' if import_ok else 'FAIL'}]"
+    )
+    return 0 if zip_ok and import_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Check the packaged template after the SAM transform (run in .venv-checks).
+
+    .venv-checks/bin/python -m prepost.template_check build/package/sam.json
+
+`sam.json` declares rules as SAM events of each function; what AWS deploys are the
+`AWS::Events::Rule` and `AWS::Lambda::EventInvokeConfig` resources SAM generates from
+them. This runs the SAM transform (aws-sam-translator, offline) and checks those: every
+rule target retries and dead-letters, the dead-letter queue accepts every rule and no
+other, and every function's failed async invocations reach the queue. Only the standard
+library and samtranslator are imported, so it runs outside the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEAD_LETTER_QUEUE = "DeadLetterQueue"
+RETRY_LIMITS = {"MaximumRetryAttempts": (0, 185), "MaximumEventAgeInSeconds": (60, 86400)}
+
+
+class _NoManagedPolicies:
+    """The functions have their own roles: the transform needs no AWS managed policy."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def transformed(sam: dict[str, Any]) -> dict[str, Any]:
+    """`sam` after the SAM transform, as CloudFormation would deploy it."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # for the partition; no call
+    from samtranslator.translator.transform import transform
+
+    sam = copy.deepcopy(sam)
+    for resource in sam["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            # What `aws cloudformation package` does to the local path: an S3 location.
+            resource["Properties"]["CodeUri"] = "s3://uploaded-by-cloudformation-package/zip"
+    result: dict[str, Any] = transform(sam, {}, _NoManagedPolicies())
+    return result
+
+
+def _is_dlq_arn(value: Any) -> bool:
+    return bool(value == {"Fn::GetAtt": [DEAD_LETTER_QUEUE, "Arn"]})
+
+
+def problems(template: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """What is wrong with the transformed `template`, and what was counted."""
+    resources = template["Resources"]
+    found: list[str] = []
+    by_type: dict[str, list[str]] = {}
+    for logical_id, resource in resources.items():
+        by_type.setdefault(resource["Type"], []).append(logical_id)
+    functions = by_type.get("AWS::Lambda::Function", [])
+    rules = by_type.get("AWS::Events::Rule", [])
+    rule_names = []
+    for rule_id in rules:
+        properties = resources[rule_id]["Properties"]
+        rule_names.append(properties.get("Name"))
+        if not properties.get("Name"):
+            found.append(f"{rule_id} has no fixed Name (the queue policy names each rule)")
+        for target in properties.get("Targets", []):
+            retry = target.get("RetryPolicy")
+            if not retry:
+                found.append(f"{rule_id} target {target.get('Id')} has no RetryPolicy")
+            else:
+                for key, (low, high) in RETRY_LIMITS.items():
+                    if not low <= retry.get(key, -1) <= high:
+                        found.append(f"{rule_id} RetryPolicy.{key} not in [{low}, {high}]")
+            if not _is_dlq_arn(target.get("DeadLetterConfig", {}).get("Arn")):
+                found.append(f"{rule_id} target {target.get('Id')} has no DeadLetterConfig")
+    policy_ids = by_type.get("AWS::SQS::QueuePolicy", [])
+    allowed: list[str] = []
+    for policy_id in policy_ids:
+        for statement in resources[policy_id]["Properties"]["PolicyDocument"]["Statement"]:
+            arns = statement.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn", [])
+            allowed += [arn["Fn::Sub"].rsplit("rule/", 1)[-1] for arn in arns]
+    if sorted(allowed) != sorted(name for name in rule_names if name):
+        found.append(f"the queue policy allows rules {sorted(allowed)}, not {sorted(rule_names)}")
+    configs = by_type.get("AWS::Lambda::EventInvokeConfig", [])
+    configured = set()
+    for config_id in configs:
+        properties = resources[config_id]["Properties"]
+        configured.add(properties["FunctionName"].get("Ref"))
+        on_failure = properties.get("DestinationConfig", {}).get("OnFailure", {})
+        if not _is_dlq_arn(on_failure.get("Destination")):
+            found.append(f"{config_id} does not send failures to the dead-letter queue")
+    for function_id in functions:
+        if function_id not in configured:
+            found.append(f"{function_id} has no EventInvokeConfig")
+    if len(rules) != len(functions):
+        found.append(f"{len(rules)} rules for {len(functions)} functions")
+    counts = {"functions": len(functions), "rules": len(rules), "invoke configs": len(configs)}
+    return found, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0] if args else "build/package/sam.json")
+    template = transformed(json.loads(path.read_text()))
+    found, counts = problems(template)
+    summary = ", ".join(f"{count} {what}" for what, count in counts.items())
+    if found:
+        for problem in found:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"SAM transform of {path}: {summary}; every rule target has a RetryPolicy and the "
+        "dead-letter queue, every function sends failed invocations there"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The packaged CloudFormation template (`make package`): what the deployment relies on.
+
+The packager runs once for the module (Chalice itself, with the merge template); every
+test reads the `sam.json` it produced. No AWS call is made.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib import patterns
+from chalicelib.gateways.state_store import TTL_ATTRIBUTE, table_definition
+from chalicelib.models.state import RunStatus
+from prepost import package, policies
+from prepost.local import ROOT
+from prepost.local.cloud import stage_environment
+
+STAGE = "dev"
+DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> package.Package:
+    return package.package(STAGE, tmp_path_factory.mktemp("package"))
+
+
+@pytest.fixture(scope="module")
+def template(packaged: package.Package) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(packaged.template.read_text())
+    return loaded
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return of_type(template, "AWS::Serverless::Function")
+
+
+def python_name(function: dict[str, Any]) -> str:
+    name: str = function["Properties"]["Handler"].removeprefix("app.")
+    return name
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    for child in children:
+        yield from walk(child)
+
+
+def statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every policy statement of the template: roles, queue policies, key policies."""
+    for logical_id, resource in template["Resources"].items():
+        for node in walk(resource.get("Properties", {})):
+            if isinstance(node, dict) and isinstance(node.get("Statement"), list):
+                for statement in node["Statement"]:
+                    yield logical_id, statement
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_every_handler_of_the_app_is_packaged(template: dict[str, Any]) -> None:
+    from app import app as chalice_app
+
+    expected = {source.name for source in chalice_app.event_sources}
+    assert {python_name(f) for f in functions(template).values()} == expected
+    assert len(expected) >= 11
+
+
+def test_state_table_uses_the_key_schema_of_the_code(template: dict[str, Any]) -> None:
+    (table,) = of_type(template, "AWS::DynamoDB::Table").values()
+    table_name = stage_environment(STAGE)["PREPOST_TABLE_NAME"]
+    definition = table_definition(table_name)
+    properties = table["Properties"]
+    for key in ("TableName", "KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes"):
+        assert properties[key] == definition[key], key
+    assert properties["BillingMode"] == definition["BillingMode"]
+    assert [i["IndexName"] for i in properties["GlobalSecondaryIndexes"]] == ["due"]
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"]["SSEEnabled"] is True
+    assert properties["TimeToLiveSpecification"] == {
+        "AttributeName": TTL_ATTRIBUTE,
+        "Enabled": True,
+    }
+    assert TTL_ATTRIBUTE == "expires_at"
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+
+
+def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -> None:
+    rule_names = []
+    for logical_id, function in functions(template).items():
+        events = function["Properties"]["Events"]
+        assert len(events) == 1, logical_id
+        for event in events.values():
+            # CloudWatchEvent cannot carry RetryPolicy or DeadLetterConfig in SAM.
+            assert event["Type"] in ("EventBridgeRule", "Schedule"), logical_id
+            properties = event["Properties"]
+            retry = properties["RetryPolicy"]
+            assert 0 <= retry["MaximumRetryAttempts"] <= 185
+            assert 60 <= retry["MaximumEventAgeInSeconds"] <= 86400
+            assert properties["DeadLetterConfig"] == {"Arn": DLQ_ARN}
+            rule_names.append(properties.get("RuleName") or properties.get("Name"))
+    assert all(rule_names)
+    # The queue takes undelivered events from these rules, and no other sender.
+    policy = template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    allowed = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert sorted(arn["Fn::Sub"].rsplit(":rule/", 1)[1] for arn in allowed) == sorted(rule_names)
+    queue = template["Resources"]["DeadLetterQueue"]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+
+
+def test_every_function_sends_failed_invocations_to_the_queue(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for logical_id, function in functions(template).items():
+        config = function["Properties"]["EventInvokeConfig"]
+        assert config["MaximumRetryAttempts"] == 2, logical_id
+        assert config["DestinationConfig"]["OnFailure"] == {"Type": "SQS", "Destination": DLQ_ARN}
+        # Lambda sends the record with the function's role.
+        role = resources[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        sends = [
+            s
+            for policy in role["Properties"]["Policies"]
+            for s in policy["PolicyDocument"]["Statement"]
+            if "sqs:SendMessage" in as_list(s["Action"])
+        ]
+        assert [s["Resource"] for s in sends] == [DLQ_ARN], logical_id
+
+
+def test_roles_carry_the_rendered_policy_files(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for function in functions(template).values():
+        name = python_name(function)
+        role = resources[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
+        expected = policies.render(policies.load(name), policies.stage_values(STAGE, name))
+        assert documents[0] == expected, name
+    text = json.dumps(template)
+    assert "{{" not in text
+    # `${AWS::...}` is only ever used inside Fn::Sub, where CloudFormation fills it.
+    for node in walk(template):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and "${AWS::" in value:
+                    assert key == "Fn::Sub", value
+
+
+def test_no_policy_allows_any_principal(template: dict[str, Any]) -> None:
+    principals = [s.get("Principal") for _, s in statements(template)]
+    assert any(principals), "the template has resource policies: the test must see them"
+    for principal in principals:
+        assert principal != "*"
+        if isinstance(principal, dict):
+            for value in principal.values():
+                assert "*" not in as_list(value), principal
+    assert '"Principal": "*"' not in json.dumps(template)
+    assert '"AWS": "*"' not in json.dumps(template)
+
+
+def test_pass_role_names_the_allowed_backup_roles_only(template: dict[str, Any]) -> None:
+    allowed = stage_environment(STAGE)["PREPOST_ALLOWED_BACKUP_ROLES"].split(",")
+    passing = [
+        (logical_id, s)
+        for logical_id, s in statements(template)
+        if s["Effect"] == "Allow"
+        and any(a in ("iam:PassRole", "iam:*", "*") for a in as_list(s["Action"]))
+    ]
+    assert {logical_id for logical_id, _ in passing} == {"StartBackupsRole", "ReconcileRunsRole"}
+    for _, statement in passing:
+        resources = as_list(statement["Resource"])
+        assert not any("*" in json.dumps(resource) for resource in resources), resources
+        assert sorted(resources) == sorted(allowed)
+        assert statement["Condition"] == {
+            "StringEquals": {"iam:PassedToService": "backup.amazonaws.com"}
+        }
+
+
+def test_start_and_cancel_rules_are_pinned_to_this_account(template: dict[str, Any]) -> None:
+    by_name = {python_name(f): f for f in functions(template).values()}
+    for name, pattern in (
+        ("start_run_handler", patterns.START_RUN),
+        ("cancel_run", patterns.CANCEL_RUN),
+    ):
+        (event,) = by_name[name]["Properties"]["Events"].values()
+        assert event["Properties"]["Pattern"] == {
+            **pattern,
+            "account": [{"Ref": "AWS::AccountId"}],
+        }
+    assert patterns.START_RUN["source"] == ["prepost-backup"]
+    assert patterns.START_RUN["detail-type"] == ["BackupSolution-PrePostScript"]
+
+
+def test_every_function_has_its_log_group_and_a_short_timeout(template: dict[str, Any]) -> None:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    groups = {
+        r["Properties"]["LogGroupName"]: (logical_id, r)
+        for logical_id, r in of_type(template, "AWS::Logs::LogGroup").items()
+    }
+    assert template["Parameters"]["LogRetentionInDays"]["Default"] == 30
+    for function in functions(template).values():
+        name = python_name(function)
+        properties = function["Properties"]
+        function_name = properties["FunctionName"]
+        assert function_name == policies.stage_values(STAGE, name)["FunctionName"]
+        logical_id, group = groups[f"/aws/lambda/{function_name}"]
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+        assert logical_id in function["DependsOn"]  # there before the function can log
+        assert properties["Timeout"] < 300, name
+        assert properties["Timeout"] == config["lambda_functions"][name]["lambda_timeout"]
+        assert properties["MemorySize"] == config["lambda_functions"][name]["lambda_memory_size"]
+
+
+def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "chalicelib").rglob("*.py"))
+    alarms = of_type(template, "AWS::CloudWatch::Alarm")
+    metrics = set()
+    for alarm in alarms.values():
+        properties = alarm["Properties"]
+        assert properties["AlarmActions"] == {
+            "Fn::If": [
+                "HasNotificationEmail",
+                [{"Ref": "NotificationTopic"}],
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+        if properties["Namespace"] == "AWS/SQS":
+            assert properties["MetricName"] == "ApproximateNumberOfMessagesVisible"
+            assert properties["Threshold"] == 0
+            assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+            continue
+        assert properties["Namespace"] == "PrePostBackup"
+        assert properties["Dimensions"] == [{"Name": "service", "Value": "prepost-backup"}]
+        metric = properties["MetricName"]
+        metrics.add(metric)
+        if metric.startswith("RUN_"):
+            assert RunStatus(metric.removeprefix("RUN_"))
+            assert 'observability.count(f"RUN_{status}")' in source
+        else:
+            assert f'observability.count("{metric}")' in source, metric
+    assert {"RUN_FAILED", "RUN_TIMED_OUT", "InstancesStuckStopped"} <= metrics
+    assert "DeadLetterQueueAlarm" in alarms
+
+
+def test_notification_topic_is_optional_and_encrypted(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["NotificationEmail"]["Default"] == ""
+    resources = template["Resources"]
+    topic = resources["NotificationTopic"]
+    assert topic["Condition"] == "HasNotificationEmail"
+    assert topic["Properties"]["KmsMasterKeyId"] == {"Ref": "NotificationKey"}
+    key = resources["NotificationKey"]
+    assert key["Condition"] == "HasNotificationEmail"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    services = [s["Principal"].get("Service") for s in key["Properties"]["KeyPolicy"]["Statement"]]
+    assert "cloudwatch.amazonaws.com" in services  # else alarms could not publish
+
+
+def test_zip_is_small_and_leaves_the_sdk_to_the_runtime(packaged: package.Package) -> None:
+    assert packaged.zip.stat().st_size < package.ZIP_LIMIT_BYTES
+    assert package.bundled_sdk(packaged.zip) == []
+    with zipfile.ZipFile(packaged.zip) as archive:
+        names = archive.namelist()
+    assert "app.py" in names
+    assert any(n.startswith("chalicelib/") for n in names)
+    assert not any(n.startswith(("prepost/", "tests/")) for n in names)  # operator tooling
+
+
+def test_a_stage_without_backup_roles_is_refused(tmp_path: Path) -> None:
+    assert stage_environment("prod")["PREPOST_ALLOWED_BACKUP_ROLES"] == ""
+    with pytest.raises(package.PackageError, match="PREPOST_ALLOWED_BACKUP_ROLES"):
+        package.render_policies("prod", policies.functions())
+    result = subprocess.run(
+        [sys.executable, "-m", "prepost.package", "--stage", "prod", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "PREPOST_ALLOWED_BACKUP_ROLES" in line
+    assert "stages.prod.environment_variables" in line
+    assert not (tmp_path / "sam.json").exists()
+
+
+def test_an_unknown_stage_is_refused() -> None:
+    with pytest.raises(package.PackageError, match="unknown stage 'nope'"):
+        package.render_policies("nope", ["start_run_handler"])
