@@ -346,12 +346,7 @@ def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
                     {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
                 ],
                 "Statistic": "Maximum",
-                "Period": 300,
-                "EvaluationPeriods": 1,
-                "Threshold": 0,
-                "ComparisonOperator": "GreaterThanThreshold",
-                "TreatMissingData": "notBreaching",
-                "AlarmActions": alarm_actions,
+                **_above_zero(alarm_actions),
             },
         },
         "NotificationKey": {
@@ -416,12 +411,7 @@ def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
                 "MetricName": metric,
                 "Dimensions": [{"Name": "service", "Value": SERVICE}],  # Powertools' own
                 "Statistic": "Sum",
-                "Period": 300,
-                "EvaluationPeriods": 1,
-                "Threshold": 0,
-                "ComparisonOperator": "GreaterThanThreshold",
-                "TreatMissingData": "notBreaching",
-                "AlarmActions": alarm_actions,
+                **_above_zero(alarm_actions),
             },
         }
     for handler in found:
@@ -455,6 +445,18 @@ def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
                 "Value": {"Ref": "NotificationTopic"},
             },
         },
+    }
+
+
+def _above_zero(alarm_actions: Any) -> dict[str, Any]:
+    """An alarm's condition: anything at all in five minutes."""
+    return {
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": alarm_actions,
     }
 
 
