@@ -9,11 +9,13 @@ The flow of a run (per group of instances):
       -> backup_job_changed -> Phase Requested (START) -> start_instances -> aws.ec2
       -> instance_state_changed -> Phase Requested (POST_SCRIPT) -> run_scripts -> aws.ssm
       -> script_invocation_changed -> Phase Completed (DONE) -> finalize_group
-      -> Run Completed
+      -> Run Completed -> notify_run_completed -> SNS (when a topic is configured)
 
 Every few minutes `reconcile_runs` looks at the groups that are overdue: it asks AWS for
 what events did not deliver, resumes side effects whose handler died, and times out what
 is past its deadline. `cancel_run` stops a run's forward phases; its compensation goes on.
+Every few minutes too, `start_scheduled_runs` puts a start event for each stored profile
+whose scheduled slot came due (one run per slot, whatever the ticks).
 """
 
 from __future__ import annotations
@@ -24,13 +26,23 @@ from chalice.app import Chalice, CloudWatchEvent, Rate
 
 from chalicelib import observability, patterns
 from chalicelib.dependencies import services
-from chalicelib.logic import cancel, finalize, phases, reconcile, results, start_run
+from chalicelib.logic import (
+    cancel,
+    finalize,
+    notify,
+    phases,
+    reconcile,
+    results,
+    schedules,
+    start_run,
+)
 from chalicelib.models.events import (
     BackupJobEvent,
     CancelRequestEvent,
     Ec2StateEvent,
     PhaseCompletedEvent,
     PhaseRequestEvent,
+    RunCompletedEvent,
     SsmInvocationEvent,
     parse,
 )
@@ -101,9 +113,23 @@ def finalize_group(event: CloudWatchEvent) -> None:
     finalize.group_completed(services(), parse(PhaseCompletedEvent, event.to_dict()).detail)
 
 
+@app.on_cw_event(patterns.RUN_COMPLETED)
+def notify_run_completed(event: CloudWatchEvent) -> None:
+    completed = parse(RunCompletedEvent, event.to_dict()).detail
+    notify.notify_run_completed(services(), completed.run_id)
+
+
 # -- what events did not deliver, the reconciler asks AWS for; it enforces deadlines ---------
 
 
 @app.schedule(Rate(patterns.RECONCILE_EVERY_MINUTES, unit=Rate.MINUTES))
 def reconcile_runs(event: CloudWatchEvent) -> None:
     reconcile.reconcile(services())
+
+
+# -- scheduled profiles: a start event per slot that came due ----------------------------------
+
+
+@app.schedule(Rate(patterns.SCHEDULER_EVERY_MINUTES, unit=Rate.MINUTES))
+def start_scheduled_runs(event: CloudWatchEvent) -> None:
+    schedules.tick(services())

@@ -20,3 +20,9 @@ class SystemClock:
 def iso(moment: datetime) -> str:
     """The one timestamp format stored and emitted: ISO 8601, UTC, second precision."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """A timestamp written by `iso` (or any ISO 8601 with a zone), as an aware datetime."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from functools import cache
 
 from pydantic import BaseModel, Field
 
 DEFAULT_OPT_IN_TAG_KEY = "prepost-backup:opt-in"
 DEFAULT_OPT_IN_TAG_VALUE = "true"
+# An SNS topic ARN in any partition, or empty (no notification).
+SNS_TOPIC_ARN = r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256})?$"
+
+
+class NotifyOn(StrEnum):
+    """Which completed runs are announced on the notification topic."""
+
+    FAILURES = "failures"  # every run that did not end SUCCEEDED
+    ALWAYS = "always"
 
 
 class Settings(BaseModel):
@@ -28,6 +38,11 @@ class Settings(BaseModel):
     # SendCommand only on instances that carry it.
     opt_in_tag_key: str = Field(default=DEFAULT_OPT_IN_TAG_KEY, min_length=1)
     opt_in_tag_value: str = DEFAULT_OPT_IN_TAG_VALUE
+    # Where a summary of each completed run is published; empty: nowhere.
+    notify_topic_arn: str = Field(default="", pattern=SNS_TOPIC_ARN)
+    notify_on: NotifyOn = NotifyOn.FAILURES
+    # A scheduled slot missed by at most this much is still run, once (a profile may say).
+    schedule_catch_up_minutes: int = Field(default=60, ge=0)
 
 
 @cache
@@ -48,6 +63,9 @@ def get_settings() -> Settings:
         allowed_backup_roles=_listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES")),
         opt_in_tag_key=tag_key.strip(),
         opt_in_tag_value=tag_value.strip(),
+        notify_topic_arn=env.get("PREPOST_NOTIFY_TOPIC_ARN", "").strip(),
+        notify_on=(env.get("PREPOST_NOTIFY_ON") or NotifyOn.FAILURES).strip().lower(),
+        schedule_catch_up_minutes=int(env.get("PREPOST_SCHEDULE_CATCH_UP_MINUTES", "60")),
     )
 
 

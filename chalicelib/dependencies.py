@@ -16,6 +16,7 @@ from chalicelib.gateways import aws
 from chalicelib.gateways.backup import BackupGateway
 from chalicelib.gateways.ec2 import Ec2Gateway
 from chalicelib.gateways.events import EventsGateway
+from chalicelib.gateways.sns import NotificationGateway
 from chalicelib.gateways.ssm import SsmGateway
 from chalicelib.gateways.state_store import StateStore
 
@@ -29,6 +30,7 @@ class Services:
     ssm: SsmGateway
     backup: BackupGateway
     events: EventsGateway
+    notifications: NotificationGateway
 
     def now_epoch(self) -> int:
         return int(self.clock.now().timestamp())
@@ -70,4 +72,5 @@ def services() -> Services:
         ssm=SsmGateway(aws.client(session, "ssm")),
         backup=BackupGateway(aws.client(session, "backup")),
         events=EventsGateway(aws.client(session, "events"), settings.event_bus_name),
+        notifications=NotificationGateway(aws.client(session, "sns")),
     )

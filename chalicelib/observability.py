@@ -42,6 +42,11 @@ def count(name: str, value: int = 1) -> None:
     metrics().add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
+def seconds(name: str, value: float) -> None:
+    """Record a duration in seconds as the metric `name` (e.g. `RunDurationSeconds`)."""
+    metrics().add_metric(name=name, unit=MetricUnit.Seconds, value=value)
+
+
 def phase_outcome(phase: str, outcome: str) -> None:
     """One metric per phase outcome, e.g. `BACKUP_SUCCEEDED`, `PRE_SCRIPT_FAILED`."""
     count(f"{phase}_{outcome}")

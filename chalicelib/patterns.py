@@ -8,6 +8,7 @@ from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.state import DONE
 
 RECONCILE_EVERY_MINUTES = 5
+SCHEDULER_EVERY_MINUTES = 5  # how often scheduled profiles are looked at
 
 START_RUN: dict[str, Any] = {
     "source": [APP_SOURCE],
@@ -45,6 +46,11 @@ GROUP_DONE: dict[str, Any] = {
     "source": [APP_SOURCE],
     "detail-type": [DetailType.PHASE_COMPLETED],
     "detail": {"next_phase": [DONE]},
+}
+
+RUN_COMPLETED: dict[str, Any] = {
+    "source": [APP_SOURCE],
+    "detail-type": [DetailType.RUN_COMPLETED],
 }
 
 

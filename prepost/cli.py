@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -94,6 +95,15 @@ def _simulate(
         except (OSError, json.JSONDecodeError) as exc:
             console.print(f"[red]cannot read {input_file}: {exc}[/]")
             raise typer.Exit(2) from exc
+    if scenario.schedule is not None:  # a scheduled profile over virtual hours
+        from prepost.local.simulate import simulate_schedule
+
+        result = simulate_schedule(scenario, instances, seed, store)
+        if as_json:
+            print(json.dumps(result.report, indent=2))
+        else:
+            _print_schedule_report(scenario.description, result.report)
+        raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
     if as_json:
         result = run(scenario, instances, seed, run_input, store)
         print(json.dumps(result.report, indent=2))
@@ -105,6 +115,25 @@ def _simulate(
             _print_timeline(result.timeline)
         _print_report(result.report)
     raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
+
+
+def _print_schedule_report(description: str, report: dict[str, Any]) -> None:
+    console.print(f"[bold]{description}[/]")
+    listing = Table(
+        title=f"profile {report['profile']}: {report['schedule']}, "
+        f"{report['virtual_hours']:g} virtual hours"
+    )
+    for column in ("slot", "run", "status", "instances", "took", "reason"):
+        listing.add_column(column)
+    for row in report["runs"]:
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()))
+        took = row["duration_seconds"]
+        listing.add_row(row["slot"] or "", row["run_id"], _style(row["status"]), counts,
+                        f"{took / 60:.0f} min" if took is not None else "",
+                        row["reason"] or "")  # fmt: skip
+    console.print(listing)
+    console.print(f"{len(report['runs'])} slots, {report['lambda_invocations']} Lambda "
+                  f"invocations; overall: {_style(report['status'])}")  # fmt: skip
 
 
 class _LiveView:
@@ -242,27 +271,57 @@ def status(
         print(json.dumps(report, indent=2))
         return
     _print_report(report, simulated=False)
-    console.print(f"created {run.created_at}, finished {run.finished_at or '(running)'}")
+    _print_phase_timeline(report["timeline"])
+    console.print(f"created {run.created_at}, finished {run.finished_at or '(running)'}"
+                  + (f", profile {run.profile}" if run.profile else ""))  # fmt: skip
 
 
 @app.command()
 def runs(
     table: TableOption = None,
     limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="Only the runs of this stored profile.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only runs created this recently: 7d, 12h, 30m.")
+    ] = None,
 ) -> None:
     """List the latest runs on AWS with their outcome counts."""
     from prepost.operator import runs as list_runs
     from prepost.operator import table_name
 
-    found = _operator(lambda: list_runs(table_name(table), limit))
-    listing = Table(title=f"latest {len(found)} runs")
-    for column in ("run", "status", "instances", "created", "finished"):
+    cutoff = _since(since) if since is not None else None
+    found = _operator(lambda: list_runs(table_name(table), limit, profile, cutoff))
+    title = f"latest {len(found)} runs" + (f" of profile {profile}" if profile else "")
+    listing = Table(title=title + (f" created since {cutoff}" if cutoff else ""))
+    for column in ("run", "profile", "status", "instances", "created", "finished"):
         listing.add_column(column)
     for run in found:
         counts = ", ".join(f"{s} {n}" for s, n in sorted(run.counts.items()))
-        listing.add_row(run.run_id, _style(str(run.status)), counts or str(run.instance_count),
-                        run.created_at, run.finished_at or "")  # fmt: skip
+        listing.add_row(run.run_id, run.profile or "", _style(str(run.status)),
+                        counts or str(run.instance_count), run.created_at,
+                        run.finished_at or "")  # fmt: skip
     console.print(listing)
+
+
+SINCE_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def _since(text: str) -> str:
+    """The moment `text` (Nd, Nh or Nm) ago, in the stored timestamp format."""
+    from datetime import UTC, datetime, timedelta
+
+    from chalicelib.clock import iso
+
+    match = re.fullmatch(r"\s*(\d{1,6})([dhm])\s*", text)
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter(
+            f"{text!r} is not an age: give days, hours or minutes, e.g. 7d, 12h or 30m",
+            param_hint="'--since'",
+        )
+    age = timedelta(**{SINCE_UNITS[match.group(2)]: int(match.group(1))})
+    return iso(datetime.now(UTC) - age)
 
 
 @app.command()
@@ -278,6 +337,79 @@ def cancel(
     console.print(f"cancel event {event_id} put for run {run_id}")
 
 
+profile_app = typer.Typer(help="Stored profiles: named run definitions, optionally scheduled.")
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("put")
+def profile_put(
+    name: str,
+    file: Annotated[Path, typer.Option("--file", help="The profile document (JSON).")],
+    table: TableOption = None,
+) -> None:
+    """Validate a profile document and store it (replacing one of the same name)."""
+    from prepost.operator import profile_put as put
+    from prepost.operator import table_name
+
+    profile, replaced = _operator(lambda: put(name, file, table_name(table)))
+    console.print(f"profile [bold]{name}[/] {'replaced' if replaced else 'stored'}")
+    if profile.schedule is not None:
+        _print_next_slots(profile)
+
+
+@profile_app.command("list")
+def profile_list(table: TableOption = None) -> None:
+    """List the stored profiles and their schedules."""
+    from prepost.operator import profile_list as list_profiles
+    from prepost.operator import table_name
+
+    found = _operator(lambda: list_profiles(table_name(table)))
+    listing = Table(title=f"{len(found)} profiles")
+    for column in ("profile", "schedule", "time zone", "last slot", "updated"):
+        listing.add_column(column)
+    for profile in found:
+        schedule = profile.schedule
+        listing.add_row(profile.name, schedule.cron if schedule else "(on demand)",
+                        schedule.time_zone if schedule else "", profile.last_slot or "",
+                        profile.updated_at)  # fmt: skip
+    console.print(listing)
+
+
+@profile_app.command("show")
+def profile_show(name: str, table: TableOption = None) -> None:
+    """Show a profile: its input, its schedule and its next three slots."""
+    from prepost.operator import profile_get, table_name
+
+    profile = _operator(lambda: profile_get(name, table_name(table)))
+    console.print(f"profile [bold]{profile.name}[/] (stored {profile.created_at}, "
+                  f"updated {profile.updated_at})")  # fmt: skip
+    console.print_json(json.dumps(profile.run_input()))
+    if profile.schedule is None:
+        console.print("no schedule: started on demand with a start event naming it")
+        return
+    schedule = profile.schedule
+    console.print(f"schedule: {schedule.cron} ({schedule.time_zone}); last slot dealt with: "
+                  f"{profile.last_slot or 'none yet'}")  # fmt: skip
+    _print_next_slots(profile)
+
+
+@profile_app.command("delete")
+def profile_delete(name: str, table: TableOption = None) -> None:
+    """Delete a profile; its past runs stay."""
+    from prepost.operator import profile_delete as delete
+    from prepost.operator import table_name
+
+    _operator(lambda: delete(name, table_name(table)))
+    console.print(f"profile [bold]{name}[/] deleted")
+
+
+def _print_next_slots(profile: Any) -> None:
+    from datetime import UTC, datetime
+
+    slots = profile.schedule.next_slots(datetime.now(UTC), 3)
+    console.print("next slots: " + ", ".join(slot.isoformat() for slot in slots))
+
+
 def _operator(call: Any, *args: Any) -> Any:
     from prepost.operator import OperatorError
 
@@ -291,6 +423,45 @@ def _operator(call: Any, *args: Any) -> Any:
 def _style(status: str, short: bool = False) -> str:
     text = SHORT.get(status, status) if short else status
     return f"[{STATUS_STYLE.get(status, 'red')}]{text}[/]"
+
+
+def _print_phase_timeline(rows: list[dict[str, Any]]) -> None:
+    """Per group and phase: first start, last end, outcomes; per phase for many groups."""
+    if len(rows) > MAX_ROWS and len({row["group"] for row in rows}) > 1:
+        rows = _per_phase(rows)
+    table = Table(title="phases")
+    for column in ("group", "phase", "started", "ended", "took", "outcomes"):
+        table.add_column(column, justify="right" if column == "took" else "left")
+    for row in rows:
+        took = row["duration_seconds"]
+        table.add_row(row["group"], row["phase"], row["started_at"] or "-",
+                      row["ended_at"] or ("(running)" if row["started_at"] else "-"),
+                      _duration(took) if took is not None else "",
+                      ", ".join(f"{_style(s)} {n}" for s, n in row["counts"].items()))  # fmt: skip
+    console.print(table)
+
+
+def _per_phase(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The timeline rows of many groups, folded into one row per phase."""
+    from prepost.report import seconds_between
+
+    by_phase: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_phase.setdefault(row["phase"], []).append(row)
+    folded = []
+    for phase, same in by_phase.items():
+        started = min((r["started_at"] for r in same if r["started_at"]), default=None)
+        ends = [r["ended_at"] for r in same]
+        ended = max(ends) if all(ends) else None
+        counts: Counter[str] = Counter()
+        for r in same:
+            counts.update(r["counts"])
+        folded.append({"group": f"all {len(same)} groups", "phase": phase,
+                       "started_at": started, "ended_at": ended,
+                       "duration_seconds": seconds_between(started, ended)
+                       if started and ended else None,
+                       "counts": dict(sorted(counts.items()))})  # fmt: skip
+    return folded
 
 
 def _print_timeline(lines: list[tuple[str, str]]) -> None:

@@ -20,6 +20,7 @@ from chalicelib.errors import GatewayError
 from chalicelib.gateways.state_store import StateStore, from_item
 from chalicelib.logic.decisions import run_id_for
 from chalicelib.models.events import APP_SOURCE, DetailType
+from chalicelib.models.profile import Profile
 from chalicelib.models.run_input import RunInput, validation_messages
 from chalicelib.models.state import InstanceRecord, RunRecord
 
@@ -115,15 +116,27 @@ def status(run_id: str, table: str) -> tuple[RunRecord, list[InstanceRecord]]:
     return run, instances
 
 
-def runs(table: str, limit: int) -> list[RunRecord]:
-    """The latest runs, newest first (reads the run headers of the table)."""
+def runs(
+    table: str, limit: int, profile: str | None = None, since: str | None = None
+) -> list[RunRecord]:
+    """The latest runs, newest first (reads the run headers of the table); only those of
+    `profile`, and only those created at `since` (a stored timestamp) or later, if given."""
     client = _session().client("dynamodb")
     found: list[RunRecord] = []
+    conditions, values = ["sk = :run"], {":run": {"S": "RUN"}}
+    if profile is not None:
+        conditions.append("#profile = :profile")
+        values[":profile"] = {"S": profile}
+    if since is not None:  # stored timestamps sort as text
+        conditions.append("created_at >= :since")
+        values[":since"] = {"S": since}
     request: dict[str, Any] = {
         "TableName": table,
-        "FilterExpression": "sk = :run",
-        "ExpressionAttributeValues": {":run": {"S": "RUN"}},
+        "FilterExpression": " AND ".join(conditions),
+        "ExpressionAttributeValues": values,
     }
+    if profile is not None:
+        request["ExpressionAttributeNames"] = {"#profile": "profile"}
     try:
         while True:
             response = client.scan(**request)
@@ -134,3 +147,56 @@ def runs(table: str, limit: int) -> list[RunRecord]:
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, table) from exc
     return sorted(found, key=lambda run: run.created_at, reverse=True)[:limit]
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+
+def _store(table: str) -> StateStore:
+    return StateStore(_session().client("dynamodb"), table, retention_seconds=0)
+
+
+def _stored(call: Any, table: str) -> Any:
+    try:
+        return call()
+    except (BotoCoreError, ClientError, GatewayError) as exc:
+        raise _explain(exc, table) from exc
+
+
+def profile_put(name: str, path: Path, table: str) -> tuple[Profile, bool]:
+    """Validate the profile document in `path` and store it as `name`; (it, replaced?)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OperatorError(f"cannot read {path}: {exc}") from exc
+    store = _store(table)
+    previous = _stored(lambda: store.get_profile(name), table)
+    stored_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        profile = Profile.from_document(name, document, stored_at, previous)
+    except ValidationError as exc:
+        raise OperatorError("\n".join(["invalid profile:", *validation_messages(exc)])) from exc
+    except ValueError as exc:
+        raise OperatorError(str(exc)) from exc
+    _stored(lambda: store.put_profile(profile), table)
+    return profile, previous is not None
+
+
+def profile_list(table: str) -> list[Profile]:
+    store = _store(table)
+    found: list[Profile] = _stored(store.list_profiles, table)
+    return found
+
+
+def profile_get(name: str, table: str) -> Profile:
+    store = _store(table)
+    profile: Profile | None = _stored(lambda: store.get_profile(name), table)
+    if profile is None:
+        raise OperatorError(f"no profile {name!r} in table {table!r}")
+    return profile
+
+
+def profile_delete(name: str, table: str) -> None:
+    store = _store(table)
+    if not _stored(lambda: store.delete_profile(name), table):
+        raise OperatorError(f"no profile {name!r} in table {table!r}")

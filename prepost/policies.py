@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from chalicelib.config import SNS_TOPIC_ARN, NotifyOn
 from prepost.local import ROOT
 from prepost.local.cloud import stage_environment
 
@@ -27,6 +28,7 @@ POLICY_DIR = ROOT / ".chalice" / "policies"
 TOKEN = re.compile(r"\{\{(\w+)\}\}")
 PSEUDO = re.compile(r"\$\{AWS::(\w+)\}")
 DEFAULT_OPT_IN_TAG = "prepost-backup:opt-in=true"
+SNS_ARN_PREFIX = "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:"
 # The stage configuration key behind each list token.
 CONFIG_KEYS = {
     "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
@@ -42,9 +44,12 @@ def _listed(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def stage_values(stage: str, function: str) -> dict[str, str | list[str]]:
-    """What the tokens of `function`'s policy stand for in `stage`."""
-    env = stage_environment(stage)
+def stage_values(
+    stage: str, function: str, overrides: dict[str, str] | None = None
+) -> dict[str, str | list[str]]:
+    """What the tokens of `function`'s policy stand for in `stage` (whose configuration
+    `overrides` changes, as a test that sets a key does)."""
+    env = stage_environment(stage) | (overrides or {})
     key, _, value = env.get("PREPOST_OPT_IN_TAG", DEFAULT_OPT_IN_TAG).partition("=")
     return {
         "Stage": stage,
@@ -55,7 +60,21 @@ def stage_values(stage: str, function: str) -> dict[str, str | list[str]]:
         "OptInTagValue": value,
         "BackupRoleArns": _listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES", "")),
         "BackupVaultNames": _listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS", "")),
+        "NotifyTopicArn": _notify_topic(env, stage),
     }
+
+
+def _notify_topic(env: dict[str, str], stage: str) -> str:
+    """The configured notification topic. Without one nothing is published, and the
+    policy names the stage's own topic namespace instead (no topic outside the stack), so
+    that it still renders. Settings the functions would refuse stop the rendering."""
+    topic = env.get("PREPOST_NOTIFY_TOPIC_ARN", "").strip()
+    if not re.fullmatch(SNS_TOPIC_ARN, topic):
+        raise PolicyError(f"PREPOST_NOTIFY_TOPIC_ARN is not an SNS topic ARN: {topic!r}")
+    notify_on = (env.get("PREPOST_NOTIFY_ON") or NotifyOn.FAILURES).strip().lower()
+    if notify_on not in set(NotifyOn):
+        raise PolicyError(f"PREPOST_NOTIFY_ON must be failures or always, not {notify_on!r}")
+    return topic or SNS_ARN_PREFIX + f"prepost-backup-{stage}-*"
 
 
 def functions() -> list[str]:
@@ -128,7 +147,10 @@ def _pseudo(text: str, pseudo: dict[str, str] | None) -> Any:
 
 
 def rendered_policies(
-    stage: str, pseudo: dict[str, str] | None = None
+    stage: str, pseudo: dict[str, str] | None = None, overrides: dict[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Every function's policy, rendered for `stage`."""
-    return {name: render(load(name), stage_values(stage, name), pseudo) for name in functions()}
+    return {
+        name: render(load(name), stage_values(stage, name, overrides), pseudo)
+        for name in functions()
+    }

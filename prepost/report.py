@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from chalicelib.models.state import InstanceRecord, RunRecord
+from chalicelib.models.state import (
+    PHASE_ORDER,
+    InstanceRecord,
+    PhaseResult,
+    PhaseStatus,
+    RunRecord,
+)
 
 TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -26,6 +33,9 @@ def run_report(run: RunRecord, instances: list[InstanceRecord]) -> dict[str, Any
         "status": str(run.status),
         "reason": run.reason,
         "errors": run.errors,
+        "profile": run.profile,
+        "slot": run.slot,
+        "notified_at": run.notified_at,
         "counts": dict(sorted(run.counts.items())),
         "created_at": run.created_at,
         "finished_at": run.finished_at,
@@ -44,4 +54,37 @@ def run_report(run: RunRecord, instances: list[InstanceRecord]) -> dict[str, Any
             }
             for i in sorted(instances, key=lambda i: i.instance_id)
         ],
+        "timeline": phase_timeline(instances),
     }
+
+
+def phase_timeline(instances: list[InstanceRecord]) -> list[dict[str, Any]]:
+    """Per group, each phase in order: when its first member started, when its last one
+    ended (None while one is still pending or in progress), and its outcomes."""
+    members: dict[tuple[str, str], list[PhaseResult]] = {}
+    for instance in instances:
+        group = instance.group_label or instance.group_id
+        for phase, result in instance.phases.items():
+            members.setdefault((group, str(phase)), []).append(result)
+    order = {str(phase): n for n, phase in enumerate(PHASE_ORDER)}
+    rows = []
+    for group, phase in sorted(members, key=lambda key: (key[0], order[key[1]])):
+        results = members[(group, phase)]
+        started = min((r.started_at for r in results if r.started_at), default=None)
+        unfinished = any(
+            r.status in (PhaseStatus.PENDING, PhaseStatus.IN_PROGRESS) for r in results
+        )
+        ended = (
+            None if unfinished else max((r.ended_at for r in results if r.ended_at), default=None)
+        )
+        rows.append(
+            {
+                "group": group,
+                "phase": phase,
+                "started_at": started,
+                "ended_at": ended,
+                "duration_seconds": seconds_between(started, ended) if started and ended else None,
+                "counts": dict(sorted(Counter(str(r.status) for r in results).items())),
+            }
+        )
+    return rows

@@ -59,28 +59,28 @@ def requests_for(
         if params.get("IndexName"):
             resource += f"/index/{params['IndexName']}"
         return [Request(action, resource)]
+    if call.service == "sns":  # Publish: authorised against the topic
+        return [Request(action, params["TopicArn"])]
     if call.service == "events":
         buses = {entry.get("EventBusName", "default") for entry in params["Entries"]}
         return [Request(action, _arn("events", region, f"event-bus/{bus}")) for bus in buses]
-    if call.operation in ("StopInstances", "StartInstances"):
+
+    def on_instances(tag_key: str) -> list[Request]:
+        """One request per instance, its tags as `<tag_key>/<key>` condition keys."""
         return [
             Request(
                 action,
                 _arn("ec2", region, f"instance/{instance_id}"),
-                {f"aws:ResourceTag/{k}": v for k, v in tags_of(instance_id).items()},
+                {f"{tag_key}/{k}": v for k, v in tags_of(instance_id).items()},
             )
             for instance_id in params["InstanceIds"]
         ]
+
+    if call.operation in ("StopInstances", "StartInstances"):
+        return on_instances("aws:ResourceTag")
     if call.operation == "SendCommand":
         document = _arn("ssm", region, f"document/{params['DocumentName']}", account="")
-        return [Request(action, document)] + [
-            Request(
-                action,
-                _arn("ec2", region, f"instance/{instance_id}"),
-                {f"ssm:resourceTag/{k}": v for k, v in tags_of(instance_id).items()},
-            )
-            for instance_id in params["InstanceIds"]
-        ]
+        return [Request(action, document), *on_instances("ssm:resourceTag")]
     if call.operation == "StartBackupJob":
         vault = _arn("backup", region, f"backup-vault:{params['BackupVaultName']}")
         passed = {"iam:PassedToService": "backup.amazonaws.com"}
@@ -136,10 +136,12 @@ def check(
     region: str,
     table: str,
     tags_of: Callable[[str], dict[str, str]],
+    overrides: dict[str, str] | None = None,
 ) -> Verdict:
-    """Check every call against its handler's policy for `stage`."""
+    """Check every call against its handler's policy for `stage`, whose configuration
+    `overrides` changes (a test that configured a notification topic, say)."""
     pseudo = {"Partition": PARTITION, "Region": region, "AccountId": ACCOUNT}
-    rendered = policies.rendered_policies(stage, pseudo)
+    rendered = policies.rendered_policies(stage, pseudo, overrides)
     verdict = Verdict()
     for call in calls:
         policy = rendered.get(call.handler)
@@ -179,7 +181,9 @@ def check_cloud(local: LocalCloud) -> list[str]:
         return tags[instance_id]
 
     calls = [Call(*call) for call in local.handler_calls]
-    verdict = check(calls, local.stage, local.region, local.table_name, tags_of)
+    verdict = check(
+        calls, local.stage, local.region, local.table_name, tags_of, local.stage_overrides
+    )
     if os.environ.get(USED_DIR):
         with open(os.path.join(os.environ[USED_DIR], f"{os.getpid()}.jsonl"), "a") as out:
             out.writelines(json.dumps(used) + "\n" for used in sorted(verdict.used))

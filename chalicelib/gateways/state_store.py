@@ -7,6 +7,7 @@ Item keys:
     LEASE#<instance>  LEASE                        which run holds the instance
     CMD#<command_id>  CMD                          SSM command -> run, group, phase
     JOB#<job_id>      JOB                          backup job -> run, group, instance
+    PROFILE           PROFILE#<name>               a stored profile (one partition: few)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks, error_code, translated
+from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
     DONE,
     GroupPhaseState,
@@ -107,6 +109,13 @@ def lease_key(instance_id: str) -> dict[str, str]:
 
 def command_key(command_id: str) -> dict[str, str]:
     return {PARTITION_KEY: f"CMD#{command_id}", SORT_KEY: "CMD"}
+
+
+def profile_key(name: str) -> dict[str, str]:
+    return {PARTITION_KEY: PROFILES, SORT_KEY: f"PROFILE#{name}"}
+
+
+PROFILES = "PROFILE"
 
 
 def job_key(backup_job_id: str) -> dict[str, str]:
@@ -615,6 +624,38 @@ class StateStore:
             names={"#status": "status", "#reason": "reason"},
         )
 
+    # -- profiles ------------------------------------------------------------------------
+
+    def put_profile(self, profile: Profile) -> None:
+        """Store a profile (validated by its model), replacing one of the same name."""
+        self._put(profile_key(profile.name) | _dump(profile))
+
+    def get_profile(self, name: str) -> Profile | None:
+        item = self._get(profile_key(name))
+        return Profile.model_validate(item) if item else None
+
+    def list_profiles(self) -> list[Profile]:
+        return [Profile.model_validate(item) for item in self._query(PROFILES, "PROFILE#")]
+
+    def delete_profile(self, name: str) -> bool:
+        request = {
+            "TableName": self._table,
+            "Key": to_item(profile_key(name)),
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        return self._conditional("dynamodb:DeleteItem", self._client.delete_item, request)
+
+    def advance_profile(self, name: str, updated_at: str, previous: str | None, slot: str) -> bool:
+        """Record `slot` as the last one dealt with, if nobody did since `previous` and the
+        profile was not replaced meanwhile (a concurrent tick, or a new definition)."""
+        condition = "updated_at = :updated AND " + (
+            "last_slot = :previous" if previous else "attribute_not_exists(last_slot)"
+        )
+        values = {":slot": slot, ":updated": updated_at} | (
+            {":previous": previous} if previous else {}
+        )
+        return self._update(profile_key(name), "SET last_slot = :slot", values, condition=condition)
+
     # -- leases --------------------------------------------------------------------------
 
     def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None:
@@ -674,6 +715,24 @@ class StateStore:
 
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
         return self._get(job_key(backup_job_id))
+
+    # -- notifications -------------------------------------------------------------------
+
+    def mark_run_notified(self, run_id: str, at: str) -> bool:
+        """Claim the run's one notification; False if it was claimed already (a repeated
+        Run Completed event) or the run is not in the table."""
+        return self._update(
+            run_key(run_id),
+            "SET notified_at = :at",
+            values={":at": at},
+            condition="attribute_exists(pk) AND attribute_not_exists(notified_at)",
+        )
+
+    def unmark_run_notified(self, run_id: str, at: str) -> None:
+        """Give the claim back after the publish failed, so that a retry sends it."""
+        self._update(
+            run_key(run_id), "REMOVE notified_at", values={":at": at}, condition="notified_at = :at"
+        )
 
 
 def _due(due_at: int | None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from chalicelib.models.run_input import OnPreScriptFailure, RunInput
 from chalicelib.models.state import (
@@ -40,9 +40,22 @@ def run_id_for(event_id: str, event_time: datetime) -> str:
     return f"{event_time.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
 
 
+def slot_run_id(profile: str, slot: datetime) -> str:
+    """The run id of a profile's scheduled slot: however many ticks or start events
+    name the slot, it is one run."""
+    moment = slot.astimezone(UTC)
+    return run_id_for(f"profile/{profile}/{moment.isoformat()}", moment)
+
+
 def idempotency_token(run_id: str, instance_id: str) -> str:
     """StartBackupJob's token: one backup job per instance per run, whatever retries."""
     return str(uuid.uuid5(_TOKEN_NAMESPACE, f"{run_id}/{instance_id}"))
+
+
+def script_output_prefix(key_prefix: str | None, run_id: str, phase: Phase) -> str:
+    """Where a script phase's output goes in its output bucket: `OutputS3KeyPrefix/run/phase`
+    (SSM adds the command id and the instance id below it)."""
+    return "/".join(part for part in (key_prefix, run_id, phase.lower()) if part)
 
 
 def plan(run_input: RunInput) -> list[Phase]:

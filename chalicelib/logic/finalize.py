@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chalicelib import observability
-from chalicelib.clock import iso
+from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions
 from chalicelib.models.events import DetailType, PhaseCompleted
@@ -69,9 +69,11 @@ def finalize_run(services: Services, run: RunRecord) -> None:
         ]
     )
     observability.count(f"RUN_{status}")
+    duration = (parse_iso(finished_at) - parse_iso(run.created_at)).total_seconds()
+    observability.seconds("RunDurationSeconds", duration)
     log = (
         observability.logger().info
         if status is RunStatus.SUCCEEDED
         else observability.logger().warning
     )
-    log("run completed", status=status, reason=reason, counts=counts)
+    log("run completed", status=status, reason=reason, counts=counts, duration_seconds=duration)

@@ -207,9 +207,7 @@ def _send_scripts(
     script = run_input.pre_script if phase is Phase.PRE_SCRIPT else run_input.post_script
     if script is None:
         raise ValueError(f"{phase} is in the plan but the input has no script for it")
-    prefix = "/".join(
-        part for part in (script.output_s3_key_prefix, run.run_id, phase.lower()) if part
-    )
+    prefix = decisions.script_output_prefix(script.output_s3_key_prefix, run.run_id, phase)
     comment = script_comment(run.run_id, phase)
     unsent = []
     for member in members:

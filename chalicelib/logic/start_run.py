@@ -15,6 +15,7 @@ from chalicelib.logic import decisions, policy
 from chalicelib.logic.finalize import finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
+from chalicelib.models.profile import ProfileRequest
 from chalicelib.models.run_input import RunInput, validation_messages
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -45,7 +46,10 @@ def start_run(services: Services, raw_event: Any) -> str | None:
                   errors=validation_messages(exc)[:MAX_ERRORS_KEPT])  # fmt: skip
         observability.count("PoisonEvents")
         return None
+    request = _profile_request(envelope.detail)
     run_id = decisions.run_id_for(envelope.id, envelope.time)
+    if isinstance(request, ProfileRequest) and request.slot is not None:
+        run_id = decisions.slot_run_id(request.profile, request.slot)  # one run per slot
     observability.bind_run(run_id)
     existing = services.store.get_run(run_id)
     if existing is not None:
@@ -54,7 +58,17 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         else:
             log.info("duplicate start event ignored", event_id=envelope.id)
         return run_id
-    detail = envelope.detail
+    detail, origin = envelope.detail, {}
+    if isinstance(request, list):
+        _reject(services, run_id, envelope, request)
+        return run_id
+    if request is not None:
+        profile = services.store.get_profile(request.profile)
+        if profile is None:
+            _reject(services, run_id, envelope, [f"Profile: no profile named {request.profile!r}"])
+            return run_id
+        detail = profile.run_input()
+        origin = {"profile": profile.name, "slot": iso(request.slot) if request.slot else None}
     if not isinstance(detail, dict):
         _reject(services, run_id, envelope, ["detail: must be a JSON object holding the run input"])
         return run_id
@@ -78,7 +92,8 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         status=RunStatus.STARTING,
         created_at=iso(now),
         event_id=envelope.id,
-        input_json=json.dumps(envelope.detail),
+        input_json=json.dumps(detail),
+        **origin,
     )
     # The header first: it claims the start, so a concurrent duplicate stops right here.
     if not services.store.put_run_if_new(run, now_epoch, due_at=now_epoch + START_CLAIM_SECONDS):
@@ -86,6 +101,17 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         return run_id
     _begin(services, run, run_input, targets)
     return run_id
+
+
+def _profile_request(detail: Any) -> ProfileRequest | list[str] | None:
+    """The profile a start event names instead of carrying the input (the errors, if it
+    names one badly); None for an event that carries the input."""
+    if not isinstance(detail, dict) or "Profile" not in detail:
+        return None
+    try:
+        return ProfileRequest.model_validate(detail)
+    except ValidationError as exc:
+        return validation_messages(exc)
 
 
 def resume_start(services: Services, run: RunRecord) -> None:

@@ -109,6 +109,27 @@ class PhaseCompletedEvent(AwsEvent):
     detail: PhaseCompleted
 
 
+class RunCompleted(_Detail):
+    """Detail of `PrePostBackup Run Completed`: a run reached its final status.
+
+    Only `run_id` is relied on: whoever acts on it reads the run's record, so a forged or
+    stale event can announce nothing the record does not say.
+    """
+
+    run_id: str = Field(min_length=1)
+    status: str
+    reason: str | None = None
+    errors: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    instance_count: int = 0
+    created_at: str | None = None
+    finished_at: str | None = None
+
+
+class RunCompletedEvent(AwsEvent):
+    detail: RunCompleted
+
+
 Model = TypeVar("Model", bound=BaseModel)
 
 

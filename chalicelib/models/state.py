@@ -39,6 +39,7 @@ class RunStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
+    MISSED = "MISSED"  # a scheduled slot that was not run (too late, or superseded)
 
 
 class InstanceStatus(StrEnum):
@@ -135,6 +136,9 @@ class RunRecord(_Record):
     instance_count: int = 0
     counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
     cancelled: bool = False
+    notified_at: str | None = None  # when its summary went to the notification topic
+    profile: str | None = None  # the stored profile the run was started from, if any
+    slot: str | None = None  # the scheduled slot it runs for, if the scheduler started it
 
 
 class Lease(_Record):

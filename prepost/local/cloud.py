@@ -1,6 +1,7 @@
 """An AWS account on this machine: moto, plus what moto lacks, plus EventBridge routing.
 
-- moto answers EC2, DynamoDB, S3, EventBridge PutEvents and SSM SendCommand.
+- moto answers EC2, DynamoDB, S3, EventBridge PutEvents, SSM SendCommand and SNS Publish
+  (it keeps what was published: `notifications`).
 - `BackupEmulator` answers StartBackupJob and DescribeBackupJob at the boto3 boundary
   (after botocore has validated the request against the service model).
 - After each side effect the emulation schedules the events AWS would send (SSM
@@ -264,6 +265,8 @@ class LocalCloud:
         self._queue_lock = threading.Lock()
         self._sequence = itertools.count()
         self._saved_env: dict[str, str | None] = {}
+        # Stage configuration keys a test changed (`configure_stage`), for the policy check.
+        self.stage_overrides: dict[str, str] = {}
         self._ticking = False
         self._delayed: set[str] = set()
         # (command id, instance id) -> (final status, when it ends)
@@ -295,8 +298,8 @@ class LocalCloud:
         from chalicelib.gateways.state_store import create_table
 
         create_table(self.session.client("dynamodb"), self.table_name)
-        memory = InMemoryStateStore() if self._store_kind == "memory" else None
-        dependencies.configure(session=self.session, clock=self.clock, store=memory)
+        self._memory = InMemoryStateStore() if self._store_kind == "memory" else None
+        dependencies.configure(session=self.session, clock=self.clock, store=self._memory)
         self.app = app
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
         # The emulation's own look-ups go through a session without the hooks, so that
@@ -366,6 +369,34 @@ class LocalCloud:
     def create_vault(self, name: str) -> None:
         self.backup.vaults.add(name)
 
+    def configure_stage(self, **keys: str) -> None:
+        """Set stage configuration keys, as `.chalice/config.json` would, for the rest of
+        this cloud's life; the policy coverage check renders the policies with them too."""
+        from chalicelib import dependencies
+
+        for key, value in keys.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        self.stage_overrides.update(keys)
+        dependencies.configure(session=self.session, clock=self.clock, store=self._memory)
+        # Read the settings now: under an invocation, Chalice's test client would lay the
+        # stage's configuration from disk over these keys.
+        dependencies.services()
+
+    def notify_topic(self, notify_on: str = "failures", name: str = "ops-notifications") -> str:
+        """Create an SNS topic and have the app notify it (`notify_on`: failures, always)."""
+        sns = boto3.session.Session(region_name=self.region).client("sns")
+        topic_arn = str(sns.create_topic(Name=name)["TopicArn"])
+        self.configure_stage(PREPOST_NOTIFY_TOPIC_ARN=topic_arn, PREPOST_NOTIFY_ON=notify_on)
+        return topic_arn
+
+    def notifications(self, topic_arn: str) -> list[tuple[str | None, str]]:
+        """(subject, message) of every message published to `topic_arn`, oldest first."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][self.region].topics[topic_arn]
+        return [(subject, message) for _, message, subject, *_ in topic.sent_notifications]
+
     def state_of(self, instance_id: str) -> str:
         return self.states_of([instance_id])[instance_id]
 
@@ -418,6 +449,24 @@ class LocalCloud:
         far_future = int(self.clock.after(10 * 365 * 86400).timestamp())
         if self._queue or self.store.due_items(far_future):
             self._keep_ticking()
+
+    def pass_time(self, seconds: float, max_events: int = 200_000) -> None:
+        """Let `seconds` of virtual time go by with the profile scheduler ticking every few
+        minutes (as its Chalice schedule does), delivering whatever follows."""
+        from chalicelib.patterns import SCHEDULER_EVERY_MINUTES
+
+        every = 60 * SCHEDULER_EVERY_MINUTES
+        for n in range(1, int(seconds // every) + 1):
+            self.schedule(n * every, self.scheduler_tick)
+        self._keep_ticking()
+        self.drain(max_events)
+
+    def scheduler_tick(self) -> None:
+        """One invocation of the profile scheduler, now."""
+        event = load_event("aws-scheduled-event")
+        event.update(id=self.new_id(), time=_iso_s(self.clock.now()))
+        self.timeline.append((self.clock.now(), "tick start_scheduled_runs"))
+        self.invoke("start_scheduled_runs", event)
 
     def schedule(self, delay: float, make_event: Any, *args: Any) -> None:
         """Deliver `make_event(*args)` after `delay` virtual seconds."""

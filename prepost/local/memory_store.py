@@ -13,6 +13,7 @@ from typing import Any
 
 from chalicelib.gateways.state_store import (
     PARTITION_KEY,
+    PROFILES,
     SORT_KEY,
     _dump,
     _group,
@@ -21,8 +22,10 @@ from chalicelib.gateways.state_store import (
     instance_key,
     job_key,
     lease_key,
+    profile_key,
     run_key,
 )
+from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
     DONE,
     GroupPhaseState,
@@ -357,6 +360,36 @@ class InMemoryStateStore:
             if item is not None:
                 item.update(status=str(status), reason=reason)
 
+    # -- profiles --------------------------------------------------------------------------
+
+    def put_profile(self, profile: Profile) -> None:
+        self.items[_k(profile_key(profile.name))] = _dump(profile)
+
+    def get_profile(self, name: str) -> Profile | None:
+        item = self._get(profile_key(name))
+        return Profile.model_validate(item) if item else None
+
+    def list_profiles(self) -> list[Profile]:
+        return [
+            Profile.model_validate(copy.deepcopy(item))
+            for (pk, sk), item in sorted(self.items.items())
+            if pk == PROFILES and sk.startswith("PROFILE#")
+        ]
+
+    def delete_profile(self, name: str) -> bool:
+        with self._lock:
+            return self.items.pop(_k(profile_key(name)), None) is not None
+
+    def advance_profile(self, name: str, updated_at: str, previous: str | None, slot: str) -> bool:
+        with self._lock:
+            item = self._item(profile_key(name))
+            if item is None or item["updated_at"] != updated_at:
+                return False
+            if item.get("last_slot") != previous:
+                return False
+            item["last_slot"] = slot
+            return True
+
     # -- leases ----------------------------------------------------------------------------
 
     def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None:
@@ -402,3 +435,19 @@ class InMemoryStateStore:
 
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
         return self._get(job_key(backup_job_id))
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def mark_run_notified(self, run_id: str, at: str) -> bool:
+        with self._lock:
+            item = self._item(run_key(run_id))
+            if item is None or "notified_at" in item:
+                return False
+            item["notified_at"] = at
+            return True
+
+    def unmark_run_notified(self, run_id: str, at: str) -> None:
+        with self._lock:
+            item = self._item(run_key(run_id))
+            if item is not None and item.get("notified_at") == at:
+                del item["notified_at"]

@@ -68,6 +68,22 @@ class Delivery(_Spec):
     crash_after: dict[str, int] = Field(default_factory=dict)
 
 
+class ScheduleSpec(_Spec):
+    """Store the scenario's input as a scheduled profile and let virtual time pass."""
+
+    profile: str = "scheduled"
+    cron: str
+    time_zone: str = "UTC"
+    catch_up_minutes: int | None = None
+    hours: float = Field(gt=0, le=24 * 31)  # virtual time the scheduler runs for
+
+    def document(self, run_input: dict[str, Any]) -> dict[str, Any]:
+        schedule: dict[str, Any] = {"Cron": self.cron, "TimeZone": self.time_zone}
+        if self.catch_up_minutes is not None:
+            schedule["CatchUpMinutes"] = self.catch_up_minutes
+        return {"Input": run_input, "Schedule": schedule}
+
+
 class Expect(_Spec):
     run: str
     instances: dict[str, str] = Field(default_factory=dict)  # index -> status; "*" others
@@ -83,6 +99,7 @@ class Scenario(_Spec):
     backups: list[BackupOutcome] = Field(default_factory=list)
     api_errors: list[ApiError] = Field(default_factory=list)
     delivery: Delivery = Field(default_factory=Delivery)
+    schedule: ScheduleSpec | None = None  # run as a scheduled profile, over virtual hours
     expect: Expect | None = None
 
     @classmethod

@@ -45,6 +45,15 @@ def test_simulate_exits_one_when_the_run_did_not_succeed() -> None:
     assert "backup job FAILED" in result.output
 
 
+def test_simulate_a_scheduled_profile_over_virtual_days() -> None:
+    result = runner.invoke(app, ["simulate", "nightly-schedule", "--instances", "2"])
+    assert result.exit_code == 0, result.output
+    assert "profile nightly-db: 30 2 * * * (Europe/Paris), 72 virtual hours" in result.output
+    for day in ("27", "28", "29"):  # 02:30 in Paris is 01:30 UTC in November
+        assert f"2026-11-{day}T01:30:00Z" in result.output
+    assert "3 slots" in result.output
+
+
 def test_simulate_with_an_input_file(tmp_path: Path) -> None:
     no_stop = tmp_path / "input.json"
     no_stop.write_text(json.dumps(seed_input() | {"StartStopEC2Required": False}))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib.models.state import RunRecord, RunStatus
 from prepost.local.cloud import HANG, Behaviour, LocalCloud
 from tests.conftest import VAULT, seed_input
 
@@ -40,6 +41,11 @@ def start_capacity(cloud: LocalCloud, ids: list[str]) -> None:
     cloud.behaviour.power_errors[(ids[0], "StartInstances")] = "InsufficientInstanceCapacity"
 
 
+def notified_twice(cloud: LocalCloud, ids: list[str]) -> None:
+    cloud.notify_topic("always")
+    cloud.behaviour.copies = lambda e: 2 if e["detail-type"].endswith("Run Completed") else 1
+
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "success": (nothing, {}),
     "pre-script fails, abort": (pre_script_fails_abort, {"OnPreScriptFailure": "abort"}),
@@ -47,6 +53,7 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "events lost and duplicated": (events_lost_and_duplicated, {}),
     "crash and hang": (crash_and_hang, {"GroupBy": "instance"}),
     "start capacity": (start_capacity, {}),
+    "notified, event repeated": (notified_twice, {}),
 }
 
 
@@ -78,3 +85,28 @@ def test_memory_store_gives_the_same_records_as_dynamodb(
     scenario: Scenario, options: dict[str, Any]
 ) -> None:
     assert run_scenario("memory", scenario, options) == run_scenario("dynamodb", scenario, options)
+
+
+def notification_claims(store: str) -> list[Any]:
+    """What the notification claim of a run answers, step by step, in one store."""
+    with LocalCloud(store=store) as cloud:
+        answers: list[Any] = [cloud.store.mark_run_notified("no-such-run", "t0")]
+        run = RunRecord(run_id="r", status=RunStatus.FAILED, created_at="2026-11-26T02:00:00Z")
+        cloud.store.put_run_if_new(run, now_epoch=1_795_658_400)
+        answers += [
+            cloud.store.mark_run_notified("r", "t1"),
+            cloud.store.mark_run_notified("r", "t2"),
+        ]
+        answers.append(cloud.store.get_run("r").notified_at)
+        cloud.store.unmark_run_notified("r", "t2")  # not the claim that holds: nothing changes
+        answers.append(cloud.store.get_run("r").notified_at)
+        cloud.store.unmark_run_notified("r", "t1")
+        answers.append(cloud.store.get_run("r").notified_at)
+        answers += [cloud.store.mark_run_notified("r", "t3"), cloud.store.get_run("r").notified_at]
+        return answers
+
+
+def test_the_notification_claim_is_the_same_in_both_stores() -> None:
+    expected = [False, True, False, "t1", "t1", None, True, "t3"]
+    assert notification_claims("dynamodb") == expected
+    assert notification_claims("memory") == expected

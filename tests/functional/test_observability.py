@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from prepost.local.cloud import Behaviour, LocalCloud
@@ -42,3 +44,21 @@ def test_metrics_per_phase_outcome(
         "RUN_COMPLETED_WITH_ERRORS": 1,
     }.items():
         assert output.count(f'"{metric}":[1.0]') == count, metric
+
+
+def test_the_run_duration_is_a_metric_in_seconds(
+    cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cloud.launch(1, tags={"backup-job": "true"})
+    capsys.readouterr()
+    run_id = cloud.run(seed_input())
+
+    run = cloud.store.get_run(run_id)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    [emf] = [line for line in lines if "RunDurationSeconds" in line]
+    [directive] = emf["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "PrePostBackup"
+    assert directive["Dimensions"] == [["service"]]
+    assert {"Name": "RunDurationSeconds", "Unit": "Seconds"} in directive["Metrics"]
+    assert emf["RunDurationSeconds"] == [7345.0]  # 02:00:00 to 04:02:25, virtual time
+    assert (run.created_at, run.finished_at) == ("2026-11-26T02:00:00Z", "2026-11-26T04:02:25Z")

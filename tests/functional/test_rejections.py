@@ -183,6 +183,7 @@ POISON = {
     "instance_state_changed": {"state": "stopped"},  # no instance-id
     "backup_job_changed": {"state": "COMPLETED"},  # no backupJobId
     "finalize_group": {"run_id": "r", "next_phase": "DONE"},
+    "notify_run_completed": {"status": "FAILED"},  # no run_id
 }
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from prepost.local.scenario import SCENARIOS_DIR, Scenario
-from prepost.local.simulate import simulate
+from prepost.local.simulate import simulate, simulate_schedule
 
 NAMES = sorted(path.stem for path in SCENARIOS_DIR.glob("*.json"))
 SMALL_FLEET = 16  # enough for two members in each of eight consistency groups
@@ -25,6 +25,12 @@ def test_the_scenarios_the_issue_asks_for_are_shipped() -> None:
 def test_scenario_ends_as_it_says(name: str) -> None:
     scenario = Scenario.load(name)
     assert scenario.expect is not None, "a shipped scenario states its expected outcome"
+    if scenario.schedule is not None:  # a profile's runs over virtual hours
+        report = simulate_schedule(scenario, instances=min(scenario.fleet.count, 4)).report
+        assert report["status"] == scenario.expect.run
+        days = int(scenario.schedule.hours // 24)
+        assert [run["status"] for run in report["runs"]] == [scenario.expect.run] * days
+        return
     result = simulate(scenario, instances=min(scenario.fleet.count, SMALL_FLEET))
 
     assert result.report["status"] == scenario.expect.run

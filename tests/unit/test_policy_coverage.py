@@ -53,3 +53,28 @@ def test_backups_only_to_allowed_vaults_passing_allowed_roles() -> None:
 def test_a_stage_that_allows_no_backup_role_cannot_be_rendered() -> None:
     with pytest.raises(policies.PolicyError, match=r"PREPOST_ALLOWED_BACKUP_(ROLES|VAULTS)"):
         policies.rendered_policies("prod")
+
+
+def publish_refused(topic_arn: str, overrides: dict[str, str] | None = None) -> list[str]:
+    call = Call("notify_run_completed", "sns", "Publish", {"TopicArn": topic_arn})
+    verdict = check([call], "dev", "us-east-1", "prepost-backup-dev-state",
+                    lambda _: {}, overrides)  # fmt: skip
+    return verdict.refused
+
+
+def test_notifications_go_only_to_the_configured_topic() -> None:
+    ops = "arn:aws:sns:us-east-1:123456789012:ops-notifications"
+    assert publish_refused(ops, {"PREPOST_NOTIFY_TOPIC_ARN": ops}) == []
+    other = "arn:aws:sns:us-east-1:123456789012:someone-else"
+    assert publish_refused(other, {"PREPOST_NOTIFY_TOPIC_ARN": ops})
+
+
+def test_without_a_topic_the_policy_still_renders_and_names_only_the_stage_namespace() -> None:
+    [statement] = [s for s in policies.load("notify_run_completed")["Statement"]
+                   if s["Sid"] == "NotificationTopic"]  # fmt: skip
+    values = policies.stage_values("dev", "notify_run_completed")
+    assert policies.render(statement, values)["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:prepost-backup-dev-*"
+    }
+    assert publish_refused("arn:aws:sns:us-east-1:123456789012:ops-notifications")
+    assert publish_refused("arn:aws:sns:us-east-1:123456789012:prepost-backup-prod-alarms")
