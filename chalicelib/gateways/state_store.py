@@ -297,23 +297,36 @@ class StateStore:
         )
 
     def complete_run(
-        self, run_id: str, status: RunStatus, counts: dict[str, int], reason: str | None, at: str
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        reason: str | None,
+        at: str,
+        announce_by: int,
     ) -> bool:
-        """Move a RUNNING run to its final status; False if it was not RUNNING."""
+        """Move a RUNNING run to its final status; False if it was not RUNNING. It stays
+        due by `announce_by` until `mark_announced`, so a lost announcement is made again."""
         return self._update(
             run_key(run_id),
-            "SET #status = :status, #counts = :counts, finished_at = :at, #reason = :reason"
-            " REMOVE due_pk, due_at",
+            "SET #status = :status, #counts = :counts, finished_at = :at, #reason = :reason,"
+            " due_pk = :due, due_at = :by",
             values={
                 ":status": str(status),
                 ":counts": counts,
                 ":at": at,
                 ":reason": reason,
                 ":running": str(RunStatus.RUNNING),
+                ":due": DUE_VALUE,
+                ":by": announce_by,
             },
             names={"#status": "status", "#counts": "counts", "#reason": "reason"},
             condition="#status = :running",
         )
+
+    def mark_announced(self, run_id: str, at: str) -> None:
+        """The run's Run Completed event was put: nothing is due for it any more."""
+        self._update(run_key(run_id), "SET announced_at = :at REMOVE due_pk, due_at", {":at": at})
 
     # -- groups and instances ------------------------------------------------------------
 

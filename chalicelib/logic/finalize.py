@@ -49,25 +49,9 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     finished_at = iso(services.clock.now())
     for instance in instances:  # before the run is complete, so a crash cannot keep them
         store.release_lease(instance.instance_id, run.run_id)
-    if not store.complete_run(run.run_id, status, counts, reason, finished_at):
+    announce_by = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    if not store.complete_run(run.run_id, status, counts, reason, finished_at, announce_by):
         return
-    services.events.emit(
-        [
-            (
-                DetailType.RUN_COMPLETED,
-                {
-                    "run_id": run.run_id,
-                    "status": str(status),
-                    "reason": reason,
-                    "errors": [],
-                    "counts": counts,
-                    "instance_count": run.instance_count,
-                    "created_at": run.created_at,
-                    "finished_at": finished_at,
-                },
-            )
-        ]
-    )
     observability.count(f"RUN_{status}")
     duration = (parse_iso(finished_at) - parse_iso(run.created_at)).total_seconds()
     observability.seconds("RunDurationSeconds", duration)
@@ -77,3 +61,28 @@ def finalize_run(services: Services, run: RunRecord) -> None:
         else observability.logger().warning
     )
     log("run completed", status=status, reason=reason, counts=counts, duration_seconds=duration)
+    update = {"status": status, "reason": reason, "counts": counts, "finished_at": finished_at}
+    announce(services, run.model_copy(update=update))
+
+
+def announce(services: Services, run: RunRecord) -> None:
+    """Put the run's Run Completed event, then note it. The run stays due until then, so
+    if this handler dies first, the reconciler announces it (at least once)."""
+    services.events.emit(
+        [
+            (
+                DetailType.RUN_COMPLETED,
+                {
+                    "run_id": run.run_id,
+                    "status": str(run.status),
+                    "reason": run.reason,
+                    "errors": [],
+                    "counts": run.counts,
+                    "instance_count": run.instance_count,
+                    "created_at": run.created_at,
+                    "finished_at": run.finished_at,
+                },
+            )
+        ]
+    )
+    services.store.mark_announced(run.run_id, iso(services.clock.now()))

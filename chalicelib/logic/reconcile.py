@@ -43,7 +43,8 @@ def reconcile(services: Services) -> int:
 
 
 def _reconcile_run(services: Services, run_id: str) -> None:
-    """A run header is due: a start that never finished, or a run never finalized."""
+    """A run header is due: a start that never finished, a run never finalized, or one
+    finalized but never announced."""
     run = services.store.get_run(run_id)
     if run is None:
         return
@@ -54,6 +55,10 @@ def _reconcile_run(services: Services, run_id: str) -> None:
     elif run.status is RunStatus.RUNNING:
         observability.logger().error("run past its budget", groups_pending=run.groups_pending)
         services.store.rearm_run(run_id, services.now_epoch() + decisions.REQUEST_GRACE_SECONDS)
+    elif run.announced_at is None:
+        # Completed, but its handler died before the Run Completed event was put.
+        observability.logger().warning("announcing a completed run", status=run.status)
+        finalize.announce(services, run)
 
 
 def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:

@@ -137,6 +137,7 @@ class RunRecord(_Record):
     counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
     cancelled: bool = False
     notified_at: str | None = None  # when its summary went to the notification topic
+    announced_at: str | None = None  # when its Run Completed event was put
     profile: str | None = None  # the stored profile the run was started from, if any
     slot: str | None = None  # the scheduled slot it runs for, if the scheduler started it
 

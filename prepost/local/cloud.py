@@ -92,6 +92,9 @@ class Behaviour:
     # The handler dies right after this AWS call succeeds, this many times
     # (e.g. {"SendCommand": 1}): the call's effect happened, its record did not.
     crash_after: dict[str, int] = field(default_factory=dict)
+    # EventBridge refuses the entries of this detail-type, this many times
+    # (PutEvents answers with FailedEntryCount and the entry's ErrorCode InternalFailure).
+    refuse_events: dict[str, int] = field(default_factory=dict)
 
 
 # The handler the current thread is running, if any (set around each invocation).
@@ -549,6 +552,7 @@ class LocalCloud:
         ("before-call.ssm.ListCommandInvocations", "_list_command_invocations"),
         ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
+        ("before-call.events.PutEvents", "_put_events_call"),
         ("before-call.ec2.StopInstances", "_power_call"),
         ("before-call.ec2.StartInstances", "_power_call"),
         # One after-call hook, so that the emulation always reacts before a simulated crash.
@@ -593,6 +597,17 @@ class LocalCloud:
         if model.name == "ListBackupJobs":
             return self.backup.list_backup_jobs(params)
         return self.backup.describe_backup_job(params)
+
+    def _put_events_call(self, context: Any, **_: Any) -> Any:
+        """Refuse, as a whole, a batch holding an entry of a refused detail-type."""
+        entries = context["local_params"]["Entries"]
+        for entry in entries:
+            left = self.behaviour.refuse_events.get(entry["DetailType"], 0)
+            if left:
+                self.behaviour.refuse_events[entry["DetailType"]] = left - 1
+                failure = {"ErrorCode": "InternalFailure", "ErrorMessage": "refused (simulated)"}
+                return _ok({"FailedEntryCount": len(entries), "Entries": [failure] * len(entries)})
+        return None
 
     def _send_command_call(self, context: Any, **_: Any) -> Any:
         """SSM refuses the whole command when one of its instances is refused."""

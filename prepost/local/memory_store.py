@@ -113,15 +113,28 @@ class InMemoryStateStore:
             return True
 
     def complete_run(
-        self, run_id: str, status: RunStatus, counts: dict[str, int], reason: str | None, at: str
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        reason: str | None,
+        at: str,
+        announce_by: int,
     ) -> bool:
         with self._lock:
             item = self._item(run_key(run_id))
             if item is None or item.get("status") != RunStatus.RUNNING:
                 return False
             item.update(status=str(status), counts=dict(counts), finished_at=at, reason=reason)
-            item.pop("due_at", None)
+            item["due_at"] = announce_by
             return True
+
+    def mark_announced(self, run_id: str, at: str) -> None:
+        with self._lock:
+            item = self._item(run_key(run_id))
+            if item is not None:
+                item["announced_at"] = at
+                item.pop("due_at", None)
 
     def cancel_run(self, run_id: str) -> bool:
         with self._lock:

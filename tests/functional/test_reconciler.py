@@ -105,3 +105,24 @@ def test_a_backup_that_never_ends_times_out_and_the_run_says_so(
         assert instance.phase(Phase.POST_SCRIPT).status is PhaseStatus.SUCCEEDED  # thawed
         assert cloud.state_of(instance_id) == "running"
     assert cloud.clock.elapsed() < timedelta(hours=4)
+
+
+@pytest.mark.parametrize("refusals", [1, 3])  # once; and past Lambda's two retries
+def test_a_run_completed_event_that_could_not_be_put_is_put_by_the_reconciler(
+    behaviour: Behaviour, cloud: LocalCloud, refusals: int
+) -> None:
+    cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.refuse_events["PrePostBackup Run Completed"] = refusals
+    if refusals > 2:
+        cloud.expect_dead_letters = True  # the finalizer's invocation gives up, as it should
+    run_id = cloud.run(seed_input())
+
+    run, _ = outcome(cloud, run_id)
+    assert run.status is RunStatus.SUCCEEDED
+    assert run.announced_at is not None
+    completed = [e["detail"] for e in cloud.emitted
+                 if e["detail-type"] == "PrePostBackup Run Completed"]  # fmt: skip
+    assert [c["run_id"] for c in completed] == [run_id]  # put once, when it finally could be
+    assert completed[0]["status"] == "SUCCEEDED"
+    assert completed[0]["counts"] == {"SUCCEEDED": 2}
+    assert cloud.store.due_items(int(cloud.clock.after(10**9).timestamp())) == []
