@@ -86,16 +86,6 @@ ALARMED_METRICS = {
 LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096]
 LOG_RETENTION_DAYS += [1827, 2192, 2557, 2922, 3288, 3653]
 
-# The stage setting behind each policy token, for a message that says what to set.
-TOKEN_SETTINGS = {
-    "TableName": "PREPOST_TABLE_NAME",
-    "EventBusName": "PREPOST_EVENT_BUS_NAME",
-    "OptInTagKey": "PREPOST_OPT_IN_TAG",
-    "OptInTagValue": "PREPOST_OPT_IN_TAG",
-    "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
-    "BackupVaultNames": "PREPOST_ALLOWED_BACKUP_VAULTS",
-}
-
 # checkov findings this template does not fix, each with the reason, written into the
 # resource's Metadata where checkov reads them.
 FUNCTION_SKIPS = [
@@ -225,7 +215,7 @@ def render_policies(stage: str, names: Iterable[str]) -> dict[str, dict[str, Any
         values = policies.stage_values(stage, name)
         for token in policies.TOKEN.findall(json.dumps(documents[name])):
             if values.get(token) in ([], ""):  # the policy would allow nothing
-                setting = TOKEN_SETTINGS.get(token, f"{{{{{token}}}}}")
+                setting = policies.CONFIG_KEYS.get(token, f"{{{{{token}}}}}")
                 missing.setdefault(setting, set()).add(name)
     if missing:
         users = sorted(set().union(*missing.values()))

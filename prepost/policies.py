@@ -31,6 +31,10 @@ DEFAULT_OPT_IN_TAG = "prepost-backup:opt-in=true"
 SNS_ARN_PREFIX = "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:"
 # The stage configuration key behind each list token.
 CONFIG_KEYS = {
+    "TableName": "PREPOST_TABLE_NAME",
+    "EventBusName": "PREPOST_EVENT_BUS_NAME",
+    "OptInTagKey": "PREPOST_OPT_IN_TAG",
+    "OptInTagValue": "PREPOST_OPT_IN_TAG",
     "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
     "BackupVaultNames": "PREPOST_ALLOWED_BACKUP_VAULTS",
 }

@@ -111,11 +111,11 @@ def command_key(command_id: str) -> dict[str, str]:
     return {PARTITION_KEY: f"CMD#{command_id}", SORT_KEY: "CMD"}
 
 
+PROFILES = "PROFILE"  # the one partition of stored profiles
+
+
 def profile_key(name: str) -> dict[str, str]:
     return {PARTITION_KEY: PROFILES, SORT_KEY: f"PROFILE#{name}"}
-
-
-PROFILES = "PROFILE"
 
 
 def job_key(backup_job_id: str) -> dict[str, str]:

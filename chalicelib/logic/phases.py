@@ -12,10 +12,10 @@ simply asked again (EC2 answers with the state the instance is in).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from chalicelib import observability
-from chalicelib.clock import iso
+from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
@@ -213,7 +213,7 @@ def _send_scripts(
     for member in members:
         started = member.phase(phase).started_at
         if resuming and started:  # a script sent by a handler that died is adopted
-            found = services.ssm.find_command(member.instance_id, comment, _parse_iso(started))
+            found = services.ssm.find_command(member.instance_id, comment, parse_iso(started))
             if found:
                 _record_command(services, run.run_id, group, phase, found, [member.instance_id])
                 continue
@@ -338,7 +338,7 @@ def _start_backups(
     window = timedelta(minutes=details.start_window_minutes)
     for member in members:
         started = member.phase(Phase.BACKUP).started_at
-        if resuming and started and services.clock.now() > _parse_iso(started) + window:
+        if resuming and started and services.clock.now() > parse_iso(started) + window:
             last_error = member.phase(Phase.BACKUP).last_error
             reason = "no backup job could be started within the start window" + (
                 f" (last error: {last_error})" if last_error else ""
@@ -373,10 +373,6 @@ def _start_backups(
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 EXECUTORS: dict[Phase, Executor] = {
