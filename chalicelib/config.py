@@ -34,6 +34,10 @@ class Settings(BaseModel):
     allowed_output_buckets: list[str] = Field(default_factory=list)
     allowed_backup_vaults: list[str] = Field(default_factory=list)
     allowed_backup_roles: list[str] = Field(default_factory=list)  # role ARNs
+    # Exact command lines accepted besides what the command policy accepts (one per line).
+    allowed_commands: list[str] = Field(default_factory=list)
+    # A run that resolves to more targets is rejected.
+    max_instances_per_run: int = Field(default=1000, ge=1)
     # The tag every target instance must carry; the IAM policies allow stop, start and
     # SendCommand only on instances that carry it.
     opt_in_tag_key: str = Field(default=DEFAULT_OPT_IN_TAG_KEY, min_length=1)
@@ -61,6 +65,8 @@ def get_settings() -> Settings:
         allowed_output_buckets=_listed(env.get("PREPOST_ALLOWED_OUTPUT_BUCKETS")),
         allowed_backup_vaults=_listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS")),
         allowed_backup_roles=_listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES")),
+        allowed_commands=_lines(env.get("PREPOST_ALLOWED_COMMANDS")),
+        max_instances_per_run=int(env.get("PREPOST_MAX_INSTANCES_PER_RUN") or 1000),
         opt_in_tag_key=tag_key.strip(),
         opt_in_tag_value=tag_value.strip(),
         notify_topic_arn=env.get("PREPOST_NOTIFY_TOPIC_ARN", "").strip(),
@@ -72,3 +78,8 @@ def get_settings() -> Settings:
 def _listed(value: str | None) -> list[str]:
     """A comma-separated list; blanks ignored."""
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _lines(value: str | None) -> list[str]:
+    """One item per line (command lines may hold commas); blank lines ignored."""
+    return [line.strip() for line in (value or "").splitlines() if line.strip()]

@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import each_page, translated
-from chalicelib.models.run_input import ScriptDetails
+from chalicelib.models.script_command import RemoteScript
 
 DOCUMENT = "AWS-RunRemoteScript"
 MAX_INSTANCES_PER_COMMAND = 50
@@ -19,9 +19,7 @@ class SsmGateway:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def send_script(
-        self, instance_ids: list[str], script: ScriptDetails, output_prefix: str, comment: str
-    ) -> str:
+    def send_script(self, instance_ids: list[str], script: RemoteScript, comment: str) -> str:
         """Send `script` to at most 50 instances by id; the command id."""
         if not 0 < len(instance_ids) <= MAX_INSTANCES_PER_COMMAND:
             raise ValueError(f"1 to 50 instance ids per command, got {len(instance_ids)}")
@@ -32,16 +30,16 @@ class SsmGateway:
             "Parameters": {
                 "sourceType": ["S3"],
                 "sourceInfo": [json.dumps({"path": script.source_s3_path})],
-                "commandLine": [script.command_to_run],
+                "commandLine": [script.command_line],
                 "workingDirectory": [script.working_directory],
-                "executionTimeout": [str(script.execution_timeout_in_seconds)],
+                "executionTimeout": [str(script.execution_timeout_seconds)],
             },
         }
-        if script.timeout_in_seconds is not None:
-            request["TimeoutSeconds"] = script.timeout_in_seconds
-        if script.output_s3_bucket_name:
-            request["OutputS3BucketName"] = script.output_s3_bucket_name
-            request["OutputS3KeyPrefix"] = output_prefix
+        if script.delivery_timeout_seconds is not None:
+            request["TimeoutSeconds"] = script.delivery_timeout_seconds
+        if script.output_bucket:
+            request["OutputS3BucketName"] = script.output_bucket
+            request["OutputS3KeyPrefix"] = script.output_prefix
         with translated("ssm:SendCommand"):
             response = self._client.send_command(**request)
         return str(response["Command"]["CommandId"])

@@ -20,10 +20,11 @@ from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
 from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
-from chalicelib.logic import decisions
+from chalicelib.logic import decisions, policy
 from chalicelib.logic.transitions import close_phase, finish, leased_instance
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.run_input import RunInput
+from chalicelib.models.script_command import CommandRejectedError
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
@@ -218,10 +219,17 @@ def _send_scripts(
                 _record_command(services, run.run_id, group, phase, found, [member.instance_id])
                 continue
         unsent.append(member)
+    try:
+        remote = policy.remote_script(script, services.settings, prefix)
+    except CommandRejectedError as exc:
+        # Allowed when the run started; the deployment's configuration changed since.
+        for member in unsent:
+            _fail(services, group, phase, member.instance_id, exc)
+        return
     for batch in chunks(unsent, MAX_INSTANCES_PER_COMMAND):
         ids = [member.instance_id for member in batch]
         try:
-            command_id = services.ssm.send_script(ids, script, prefix, comment)
+            command_id = services.ssm.send_script(ids, remote, comment)
         except GatewayError as exc:
             if len(ids) == 1:
                 _fail(services, group, phase, ids[0], exc)
@@ -229,7 +237,7 @@ def _send_scripts(
             # One bad instance fails the whole command: send one by one so it fails alone.
             for instance_id in ids:
                 try:
-                    single = services.ssm.send_script([instance_id], script, prefix, comment)
+                    single = services.ssm.send_script([instance_id], remote, comment)
                 except GatewayError as single_exc:
                     _fail(services, group, phase, instance_id, single_exc)
                 else:

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,12 +20,31 @@ from pydantic import (
     model_validator,
 )
 
+from chalicelib.models.s3 import BUCKET, S3Location, S3LocationError
+
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 # Partitions: aws, aws-cn, aws-us-gov, and the isolated ones (aws-iso, aws-iso-b, ...).
 IAM_ROLE_ARN = re.compile(r"^arn:aws(?:-[a-z]+(?:-[a-z]+)*)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 BACKUP_VAULT_NAME = re.compile(r"^[a-zA-Z0-9\-_]{2,50}$")
 GROUP_BY = re.compile(r"^(?:run|instance|tag:.{1,128})$")
 MAX_TARGET_INSTANCES = 50
+# AWS's limits, checked before anything happens (sources in docs/aws-facts.md).
+MAX_WHOLE_NUMBER_DIGITS = 15  # every number here is far below 10**15
+SSM_OUTPUT_KEY_PREFIX_MAX = 500  # SendCommand OutputS3KeyPrefix
+# What the app appends to OutputS3KeyPrefix: "/<run id>/post_script" (40 characters).
+OUTPUT_KEY_SUFFIX_MAX = 40
+BACKUP_WINDOW_MINUTES_MAX = 52_560_000  # StartBackupJob: 100 years
+LIFECYCLE_DAYS_MAX = 36_500  # StartBackupJob Lifecycle: 100 years
+COLD_STORAGE_MIN_DAYS = 90  # DeleteAfterDays >= MoveToColdStorageAfterDays + 90
+TAGS_PER_RESOURCE_MAX = 50  # tags on one resource (an EC2 recovery point is an AMI)
+APP_RECOVERY_POINT_TAGS = 2  # prepost:run-id and prepost:consistency
+TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
+TAG_KEY_PUNCTUATION = frozenset("_.:/=+-@ ")
+ASCII_WHOLE_NUMBER = re.compile(rf"^-?[0-9]{{1,{MAX_WHOLE_NUMBER_DIGITS}}}$")
+OUTPUT_BUCKET = re.compile(rf"^{BUCKET}$")
+# An absolute path of plain characters: /opt/app, or C:\app on Windows.
+POSIX_DIRECTORY = re.compile(r"^/(?:[A-Za-z0-9_.@+=,-]+/?)*$")
+WINDOWS_DIRECTORY = re.compile(r"^[A-Za-z]:\\(?:[A-Za-z0-9_.@+=,-]+\\?)*$")
 
 
 def _numeric_int(value: Any) -> Any:
@@ -33,8 +53,9 @@ def _numeric_int(value: Any) -> Any:
         raise ValueError("must be a whole number, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if not text.lstrip("-").isdigit():
-            raise ValueError(f"must be a whole number (got {value!r})")
+        # ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+        if not ASCII_WHOLE_NUMBER.match(text):
+            raise ValueError(f"must be a whole number in ASCII digits (got {value[:40]!r})")
         return int(text)
     if isinstance(value, float):
         if not value.is_integer():
@@ -52,7 +73,13 @@ def _flag(value: Any) -> Any:
     raise ValueError(f"must be true or false (got {value!r})")
 
 
-WholeNumber = Annotated[int, BeforeValidator(_numeric_int)]
+def _bounded_int(value: int) -> int:
+    if abs(value) >= 10**MAX_WHOLE_NUMBER_DIGITS:
+        raise ValueError(f"must have at most {MAX_WHOLE_NUMBER_DIGITS} digits")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_numeric_int), AfterValidator(_bounded_int)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
@@ -66,7 +93,8 @@ class _Input(BaseModel):
 
 
 class ScriptDetails(_Input):
-    """How to run one script through `AWS-RunRemoteScript`."""
+    """How to run one script through `AWS-RunRemoteScript`. What `CommandToRun` may say
+    depends on the deployment too: see `chalicelib.logic.policy`."""
 
     # The seed says "maximum length of 50", but its own example path is longer; the
     # example wins (README: deviations). 1024 is S3's limit on a key, plus the host.
@@ -87,14 +115,50 @@ class ScriptDetails(_Input):
         default=None, alias="OutputS3BucketName", min_length=3, max_length=63
     )
     output_s3_key_prefix: str | None = Field(
-        default=None, alias="OutputS3KeyPrefix", min_length=1, max_length=500
+        default=None,
+        alias="OutputS3KeyPrefix",
+        min_length=1,
+        max_length=SSM_OUTPUT_KEY_PREFIX_MAX - OUTPUT_KEY_SUFFIX_MAX,
     )
 
     @field_validator("source_s3_path")
     @classmethod
     def _source_is_s3(cls, value: str) -> str:
-        if not value.startswith(("https://", "s3://")):
-            raise ValueError("must be an https:// URL of an S3 object (or an s3:// URI)")
+        try:
+            S3Location.parse(value)
+        except S3LocationError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def source(self) -> S3Location:
+        """Where the script is downloaded from (checked when the input was read)."""
+        return S3Location.parse(self.source_s3_path)
+
+    @field_validator("working_directory")
+    @classmethod
+    def _absolute_plain_path(cls, value: str) -> str:
+        if value and not (POSIX_DIRECTORY.match(value) or WINDOWS_DIRECTORY.match(value)):
+            raise ValueError(
+                "must be empty or an absolute path of letters, digits and _ . @ + = , - "
+                "(/opt/app, or C:\\app on Windows)"
+            )
+        if value and any(part in (".", "..") for part in re.split(r"[/\\]", value)):
+            raise ValueError("must not contain the dot segments '.' or '..'")
+        return value
+
+    @field_validator("output_s3_bucket_name")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not OUTPUT_BUCKET.match(value):
+            raise ValueError("must be an S3 bucket name (3 to 63 a-z, 0-9, '.' and '-')")
+        return value
+
+    @field_validator("output_s3_key_prefix")
+    @classmethod
+    def _printable_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("must hold no control characters")
         return value
 
 
@@ -109,12 +173,25 @@ class RemoteRunCommandDetails(_Input):
 
 class Lifecycle(_Input):
     move_to_cold_storage_after_days: WholeNumber | None = Field(
-        default=None, alias="MoveToColdStorageAfterDays", ge=1
+        default=None, alias="MoveToColdStorageAfterDays", ge=1, le=LIFECYCLE_DAYS_MAX
     )
-    delete_after_days: WholeNumber | None = Field(default=None, alias="DeleteAfterDays", ge=1)
+    delete_after_days: WholeNumber | None = Field(
+        default=None, alias="DeleteAfterDays", ge=1, le=LIFECYCLE_DAYS_MAX
+    )
     opt_in_to_archive_for_supported_resources: Flag | None = Field(
         default=None, alias="OptInToArchiveForSupportedResources"
     )
+
+    @model_validator(mode="after")
+    def _cold_storage_minimum(self) -> Lifecycle:
+        cold, delete = self.move_to_cold_storage_after_days, self.delete_after_days
+        if cold is not None and delete is not None and delete < cold + COLD_STORAGE_MIN_DAYS:
+            raise ValueError(
+                f"DeleteAfterDays ({delete}) must be at least {COLD_STORAGE_MIN_DAYS} days "
+                f"after MoveToColdStorageAfterDays ({cold}): AWS Backup keeps a recovery "
+                f"point in cold storage for {COLD_STORAGE_MIN_DAYS} days at least"
+            )
+        return self
 
 
 class BackupDetails(_Input):
@@ -125,11 +202,13 @@ class BackupDetails(_Input):
         default=60, alias="StartWindowMinutes", ge=60, le=43_200
     )
     complete_window_minutes: WholeNumber | None = Field(
-        default=None, alias="CompleteWindowMinutes", ge=60
+        default=None, alias="CompleteWindowMinutes", ge=60, le=BACKUP_WINDOW_MINUTES_MAX
     )
     lifecycle: Lifecycle | None = Field(default=None, alias="Lifecycle")
     recovery_point_tags: dict[str, str] = Field(
-        default_factory=dict, alias="RecoveryPointTags", max_length=40
+        default_factory=dict,
+        alias="RecoveryPointTags",
+        max_length=TAGS_PER_RESOURCE_MAX - APP_RECOVERY_POINT_TAGS,
     )
     backup_options: dict[str, str] = Field(default_factory=dict, alias="BackupOptions")
 
@@ -162,10 +241,22 @@ class BackupDetails(_Input):
 
     @field_validator("recovery_point_tags")
     @classmethod
-    def _no_reserved_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+    def _tags_as_aws_takes_them(cls, tags: dict[str, str]) -> dict[str, str]:
         reserved = sorted(k for k in tags if k.lower().startswith(("aws:", "prepost:")))
         if reserved:
             raise ValueError(f"tag keys starting with aws: or prepost: are reserved: {reserved}")
+        for key, value in tags.items():
+            shown = repr(key[:40]) + ("..." if len(key) > 40 else "")
+            if not 1 <= len(key) <= TAG_KEY_MAX:
+                raise ValueError(f"tag key {shown} must be 1 to {TAG_KEY_MAX} characters")
+            if not all(c.isalnum() or c in TAG_KEY_PUNCTUATION for c in key):
+                raise ValueError(
+                    f"tag key {shown} may hold only letters, digits, spaces and _ . : / = + - @"
+                )
+            if len(value) > TAG_VALUE_MAX:
+                raise ValueError(f"the value of tag {shown} is over {TAG_VALUE_MAX} characters")
+            if not value.isprintable():
+                raise ValueError(f"the value of tag {shown} holds a control character")
         return tags
 
 
