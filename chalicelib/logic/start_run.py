@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from chalicelib import observability
-from chalicelib.clock import iso
+from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions, policy
 from chalicelib.logic.finalize import finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
-from chalicelib.models.profile import ProfileRequest
+from chalicelib.models.profile import Profile, ProfileRequest, catch_up
 from chalicelib.models.run_input import RunInput, validation_messages
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -30,6 +31,13 @@ from chalicelib.models.state import (
 from chalicelib.models.targets import TargetInstance
 
 MAX_ERRORS_KEPT = 50
+MAX_ERROR_CHARS = 500  # an error may quote the input; the record and its event stay small
+# The stored input's share of a run record (DynamoDB items hold 400 KB in all). EventBridge
+# delivers at most 256 KB, so only an input that grew when written could exceed it.
+MAX_STORED_INPUT_BYTES = 300_000
+# A scheduled slot's start event may reach the handler this much after the catch-up
+# window closed (EventBridge and Lambda retries) and still be honoured.
+SLOT_DELIVERY_GRACE = timedelta(minutes=15)
 # Longer than the start handler may run: a redelivered start event meanwhile is ignored.
 START_CLAIM_SECONDS = 300
 UNGROUPED = "-"  # instances skipped at the start belong to no group
@@ -48,8 +56,17 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         return None
     request = _profile_request(envelope.detail)
     run_id = decisions.run_id_for(envelope.id, envelope.time)
-    if isinstance(request, ProfileRequest) and request.slot is not None:
-        run_id = decisions.slot_run_id(request.profile, request.slot)  # one run per slot
+    profile, slot_refused = None, []
+    if isinstance(request, ProfileRequest):
+        profile = services.store.get_profile(request.profile)
+        slot_refused = _slot_refusal(services, request, profile)
+        if request.slot is not None:
+            slot_run_id = decisions.slot_run_id(request.profile, request.slot)
+            # A slot's run exists once, whoever names it; a slot that is not due is
+            # refused under the event's own id, so that it cannot take the slot's.
+            due = profile is not None and not slot_refused
+            if due or services.store.get_run(slot_run_id) is not None:
+                run_id = slot_run_id
     observability.bind_run(run_id)
     existing = services.store.get_run(run_id)
     if existing is not None:
@@ -62,10 +79,10 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     if isinstance(request, list):
         _reject(services, run_id, envelope, request)
         return run_id
-    if request is not None:
-        profile = services.store.get_profile(request.profile)
-        if profile is None:
-            _reject(services, run_id, envelope, [f"Profile: no profile named {request.profile!r}"])
+    if isinstance(request, ProfileRequest):
+        if profile is None or slot_refused:
+            refused = slot_refused or [f"Profile: no profile named {request.profile!r}"]
+            _reject(services, run_id, envelope, refused)
             return run_id
         detail = profile.run_input()
         origin = {"profile": profile.name, "slot": iso(request.slot) if request.slot else None}
@@ -82,7 +99,9 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         _reject(services, run_id, envelope, refused, "not allowed by this deployment")
         return run_id
     targets = _resolve(services, run_input)
-    refused = policy.not_opted_in(targets[1].values(), services.settings)
+    refused = policy.too_many_targets(targets[0], services.settings) or policy.not_opted_in(
+        targets[1].values(), services.settings
+    )
     if refused:
         _reject(services, run_id, envelope, refused, "not allowed by this deployment")
         return run_id
@@ -92,7 +111,7 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         status=RunStatus.STARTING,
         created_at=iso(now),
         event_id=envelope.id,
-        input_json=json.dumps(detail),
+        input_json=stored_input(detail) or "null",
         **origin,
     )
     # The header first: it claims the start, so a concurrent duplicate stops right here.
@@ -101,6 +120,43 @@ def start_run(services: Services, raw_event: Any) -> str | None:
         return run_id
     _begin(services, run, run_input, targets)
     return run_id
+
+
+def stored_input(detail: Any) -> str | None:
+    """The input as a run record keeps it: compact UTF-8 JSON (escaping every non-ASCII
+    character would triple some inputs); None when even that is too large to keep."""
+    text = json.dumps(detail, ensure_ascii=False, separators=(",", ":"))
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate: only its escaped form is valid UTF-8
+        text = json.dumps(detail, separators=(",", ":"))
+        size = len(text)
+    return text if size <= MAX_STORED_INPUT_BYTES else None
+
+
+def _slot_refusal(
+    services: Services, request: ProfileRequest, profile: Profile | None
+) -> list[str]:
+    """Why a start event's `Slot` is not one the profile's schedule has come to (a
+    forged future slot would otherwise suppress the real run); [] when it is, or when
+    the event names no slot."""
+    slot = request.slot
+    if slot is None or profile is None:
+        return []
+    schedule, now = profile.schedule, services.clock.now()
+    if schedule is None:
+        return [f"Slot: profile {profile.name!r} has no schedule"]
+    if not schedule.has_slot(slot):
+        return [f"Slot: {iso(slot)} is not a slot of {schedule.cron!r} ({schedule.time_zone})"]
+    if slot > now:
+        return [f"Slot: {iso(slot)} is in the future"]
+    if slot <= parse_iso(profile.updated_at):
+        return [f"Slot: {iso(slot)} is before the profile was stored or last changed"]
+    window = catch_up(schedule, services.settings.schedule_catch_up_minutes)
+    if now - slot > window + SLOT_DELIVERY_GRACE:
+        late = int((window + SLOT_DELIVERY_GRACE).total_seconds() // 60)
+        return [f"Slot: {iso(slot)} is more than {late} minutes old (the catch-up window)"]
+    return []
 
 
 def _profile_request(detail: Any) -> ProfileRequest | list[str] | None:
@@ -134,14 +190,21 @@ def _reject(
 ) -> None:
     """Record the refusal and announce it; nothing else is touched."""
     now = services.clock.now()
-    errors = errors[:MAX_ERRORS_KEPT]
+    errors = [_shortened(error) for error in errors[:MAX_ERRORS_KEPT]]
+    kept = stored_input(envelope.detail)
+    if kept is None:
+        size = len(json.dumps(envelope.detail, separators=(",", ":")).encode())
+        errors.append(
+            f"detail: the input ({size} bytes as JSON) is larger than the "
+            f"{MAX_STORED_INPUT_BYTES} bytes a run record keeps, so it was not kept"
+        )
     run = RunRecord(
         run_id=run_id,
         status=RunStatus.REJECTED,
         created_at=iso(now),
         finished_at=iso(now),
         event_id=envelope.id,
-        input_json=json.dumps(envelope.detail),
+        input_json=kept or "null",
         errors=errors,
         reason=reason,
     )
@@ -166,6 +229,12 @@ def _reject(
             )
         ]
     )
+
+
+def _shortened(error: str) -> str:
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    return error[: MAX_ERROR_CHARS - 30] + f"... ({len(error)} characters)"
 
 
 def _resolve(

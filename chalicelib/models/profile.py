@@ -73,6 +73,11 @@ class Schedule(BaseModel):
                 found.pop(0)
         return found
 
+    def has_slot(self, moment: datetime) -> bool:
+        """Whether `moment` is one of the schedule's slots (to the second)."""
+        start = (moment - timedelta(minutes=1)).astimezone(ZoneInfo(self.time_zone))
+        return next(iter(CronSim(self.cron, start))) == moment
+
     def next_slots(self, moment: datetime, count: int) -> list[datetime]:
         """The next `count` slots after `moment`, in the profile's time zone."""
         iterator = CronSim(self.cron, moment.astimezone(ZoneInfo(self.time_zone)))

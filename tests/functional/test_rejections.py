@@ -12,40 +12,7 @@ from chalicelib.models.state import RunRecord, RunStatus
 from prepost.local.cloud import LocalCloud
 from tests.conftest import LogLines, seed_input
 from tests.functional.helpers import completed_events, fleet_calls
-
-Detail = dict[str, Any]
-
-
-def change(**fields: Any) -> Callable[[Detail], Any]:
-    return lambda detail: detail | fields
-
-
-def without(*path: str) -> Callable[[Detail], Any]:
-    def edit(detail: Detail) -> Detail:
-        node = detail
-        for key in path[:-1]:
-            node = node[key]
-        del node[path[-1]]
-        return detail
-
-    return edit
-
-
-def pre_script(**fields: Any) -> Callable[[Detail], Any]:
-    def edit(detail: Detail) -> Detail:
-        detail["RemoteRunCommandDetails"]["PreBackupScriptDetails"] |= fields
-        return detail
-
-    return edit
-
-
-def backup(**fields: Any) -> Callable[[Detail], Any]:
-    def edit(detail: Detail) -> Detail:
-        detail["BackupDetails"] |= fields
-        return detail
-
-    return edit
-
+from tests.functional.inputs import Detail, backup, change, pre_script, scripts, without
 
 IDS_51 = [f"i-{n:017x}" for n in range(51)]
 PRE = "RemoteRunCommandDetails.PreBackupScriptDetails"
@@ -196,15 +163,6 @@ def test_every_handler_acknowledges_poison(
     [dropped] = logs.records("poison event dropped")
     assert dropped["event_id"] == event["id"]
     assert fleet_calls(cloud) == []
-
-
-def scripts(**fields: Any) -> Callable[[Detail], Any]:
-    def edit(detail: Detail) -> Detail:
-        for details in detail["RemoteRunCommandDetails"].values():
-            details |= fields
-        return detail
-
-    return edit
 
 
 # Each allow list of the dev stage (.chalice/config.json), broken once.

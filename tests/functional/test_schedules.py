@@ -169,3 +169,38 @@ def test_replacing_a_profile_restarts_its_schedule_and_keeps_its_creation(kind: 
         assert cloud.store.delete_profile("nightly")
         assert not cloud.store.delete_profile("nightly")
         assert cloud.store.list_profiles() == []
+
+
+def test_a_forged_future_slot_is_refused_and_the_real_run_still_happens(
+    cloud: LocalCloud,
+) -> None:
+    cloud.launch(2, tags={"backup-job": "true"})
+    store(cloud)  # 30 2 * * * (UTC), stored at 02:00
+    real_slot = START + timedelta(minutes=30)
+    forged = cloud.run({"Profile": "nightly", "Slot": iso(real_slot)})  # 30 minutes early
+
+    refused = cloud.store.get_run(forged)
+    assert refused is not None
+    assert refused.status is RunStatus.REJECTED
+    assert refused.errors == [f"Slot: {iso(real_slot)} is in the future"]
+    assert forged != slot_run_id("nightly", real_slot)  # it took no slot's run id
+    assert cloud.store.get_run(slot_run_id("nightly", real_slot)) is None
+
+    cloud.pass_time(3600)
+    [run] = runs_of(cloud, "nightly")
+    assert run.slot == iso(real_slot)
+    assert run.status is RunStatus.SUCCEEDED
+
+
+def test_a_due_slot_named_by_anyone_is_still_one_run(cloud: LocalCloud) -> None:
+    cloud.launch(2, tags={"backup-job": "true"})
+    store(cloud)
+    cloud.clock.advance_to(START + timedelta(minutes=31))
+    slot = iso(START + timedelta(minutes=30))
+    cloud.run({"Profile": "nightly", "Slot": slot})
+    cloud.run({"Profile": "nightly", "Slot": slot})  # the scheduler's own, or a replay
+    [run] = runs_of(cloud, "nightly")
+    assert run.run_id == slot_run_id("nightly", START + timedelta(minutes=30))
+    assert run.status is RunStatus.SUCCEEDED
+    completed = [e["detail"] for e in cloud.emitted if e["detail-type"].endswith("Completed")]
+    assert [c["status"] for c in completed if "status" in c] == ["SUCCEEDED"]
