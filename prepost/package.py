@@ -187,7 +187,7 @@ class Handler:
 
     def bus(self, app_bus: str) -> str:
         """The bus its rule listens on (a schedule's rule is on the default bus)."""
-        return patterns.listens_on(self.pattern, app_bus) if self.pattern else "default"
+        return patterns.listens_on(self.pattern, app_bus) if self.pattern else patterns.DEFAULT_BUS
 
     def rule_arn(self, stage: str, app_bus: str) -> dict[str, str]:
         """The rule's ARN; a rule on a custom bus has the bus's name in its ARN."""
