@@ -38,12 +38,20 @@ bench: $(STAMP)
 package: $(STAMP)
 	$(PY) -m prepost.package --stage $(STAGE) --out $(PACKAGE_DIR)
 
-# The packaged template (the dev stage unless STAGE says otherwise), linted and scanned.
+# The packaged template (the dev stage unless STAGE says otherwise), linted and scanned;
+# then the same stage with a dedicated event bus (README, Deploy), whose bus, bus policy
+# and rules on that bus the first template does not have.
+BUS_PACKAGE_DIR := build/package-bus
+BUS_VARIANT := --set PREPOST_EVENT_BUS_NAME=prepost-backup-$(STAGE)-start \
+	--set PREPOST_START_PRINCIPALS=arn:aws:iam::123456789012:role/BackupOperator
 template-checks: $(CHECKS_STAMP) package
-	$(CHECKS)/bin/cfn-lint $(PACKAGE_DIR)/sam.json
-	$(CHECKS)/bin/checkov -f $(PACKAGE_DIR)/sam.json --framework cloudformation \
-		--quiet --compact --skip-download
-	$(CHECKS)/bin/python -m prepost.template_check $(PACKAGE_DIR)/sam.json
+	$(PY) -m prepost.package --stage $(STAGE) --out $(BUS_PACKAGE_DIR) $(BUS_VARIANT)
+	for template in $(PACKAGE_DIR)/sam.json $(BUS_PACKAGE_DIR)/sam.json; do \
+		$(CHECKS)/bin/cfn-lint $$template && \
+		$(CHECKS)/bin/checkov -f $$template --framework cloudformation \
+			--quiet --compact --skip-download && \
+		$(CHECKS)/bin/python -m prepost.template_check $$template || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,10 @@
-"""The EventBridge patterns of the handlers: what each one is subscribed to."""
+"""The EventBridge patterns of the handlers: what each one is subscribed to, and where.
+
+A pattern on the app's own source listens on the configured bus (where the app puts its
+events and operators their start and cancel events) and names this account; a pattern on
+an AWS service's source listens on the default bus, the only one AWS services put
+events on. The packaged template and local mode's router both ask `listens_on`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ from typing import Any
 
 from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.state import DONE
+
+DEFAULT_BUS = "default"
+AWS_SOURCE_PREFIX = "aws."
 
 RECONCILE_EVERY_MINUTES = 5
 SCHEDULER_EVERY_MINUTES = 5  # how often scheduled profiles are looked at
@@ -60,3 +69,20 @@ def phase_requested(*phases: str) -> dict[str, Any]:
         "detail-type": [DetailType.PHASE_REQUESTED],
         "detail": {"phase": list(phases)},
     }
+
+
+def is_own(pattern: dict[str, Any]) -> bool:
+    """True for a pattern on the app's own events, False for one on AWS service events."""
+    sources = pattern.get("source")
+    if sources == [APP_SOURCE]:
+        return True
+    if sources and all(str(s).startswith(AWS_SOURCE_PREFIX) for s in sources):
+        return False
+    # A rule on both, or on anything else, could not listen on one bus.
+    raise ValueError(f"a pattern names {APP_SOURCE!r} alone or AWS sources only: {pattern}")
+
+
+def listens_on(pattern: dict[str, Any], app_bus: str) -> str:
+    """The bus the rule of `pattern` listens on: `app_bus` (the configured
+    PREPOST_EVENT_BUS_NAME) for the app's own events, else the default bus."""
+    return app_bus if is_own(pattern) else DEFAULT_BUS

@@ -239,7 +239,14 @@ def bench(
 TableOption = Annotated[
     str | None, typer.Option("--table", help="The state table (default: $PREPOST_TABLE_NAME).")
 ]
-BusOption = Annotated[str, typer.Option("--bus", help="The event bus of the deployment.")]
+BusOption = Annotated[
+    str,
+    typer.Option(
+        "--bus",
+        envvar="PREPOST_EVENT_BUS_NAME",
+        help="The event bus of the deployment (its PREPOST_EVENT_BUS_NAME).",
+    ),
+]
 
 
 @app.command()

@@ -7,8 +7,10 @@
 2. Build a merge template (`OUT/merge.json`) with what Chalice has no setting for: the
    state table, the dead-letter queue and its policy, a retry policy and dead-letter queue
    on every EventBridge rule target, the async invoke configuration of every function,
-   one log group per function, alarms, an optional notification topic, and the start and
-   cancel rules pinned to this account.
+   one log group per function, alarms, an optional notification topic, every rule on the
+   app's own events pinned to this account and put on the configured bus, that bus and
+   its resource policy when it is not the default bus, and the reserved concurrency of
+   the functions that fan out.
 3. Run `chalice package --merge-template` (no AWS call; it needs the package index for
    `requirements.txt`): `OUT/sam.json` and `OUT/deployment.zip`.
 4. Post-process `sam.json`: each function's role gets its rendered policy (Chalice copies
@@ -35,12 +37,14 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chalice.utils import to_cfn_resource_name
 
+from chalicelib import patterns
+from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.state import RunStatus
 from chalicelib.observability import NAMESPACE, SERVICE
 from prepost import policies
@@ -61,10 +65,24 @@ RULE_RETRY_POLICY = {"MaximumRetryAttempts": 4, "MaximumEventAgeInSeconds": 3600
 ASYNC_RETRY_ATTEMPTS = 2
 ASYNC_MAX_EVENT_AGE_SECONDS = 3600
 
-# The rules of the app's own custom events, which any producer may put on the default bus:
-# their patterns also name this account, so an event that another account puts on the bus
-# (a bus policy allows it) starts or cancels nothing.
-ACCOUNT_PINNED = ("start_run_handler", "cancel_run")
+# The functions that run once per group or per instance of a run: one big run sends them
+# thousands of events at once. Each gets PREPOST_RESERVED_CONCURRENCY (default below) as
+# its reserved concurrency, so that a run cannot take the account's Lambda concurrency;
+# throttled events wait in Lambda's queue (see README, Configuration).
+FAN_OUT = (
+    "run_scripts",
+    "stop_instances",
+    "start_backups",
+    "start_instances",
+    "script_invocation_changed",
+    "instance_state_changed",
+    "backup_job_changed",
+    "finalize_group",
+)
+DEFAULT_RESERVED_CONCURRENCY = 10
+# The events an operator (a listed start principal) may put on a dedicated bus.
+OPERATOR_DETAIL_TYPES = (DetailType.START_REQUESTED, DetailType.CANCEL_REQUESTED)
+EVENT_BUS = "EventBus"  # the logical id of the dedicated bus
 
 # Metrics the code emits through `observability.count(...)` that need someone's attention.
 # `finalize` counts `RUN_<status>` once per finished run.
@@ -102,9 +120,10 @@ FUNCTION_SKIPS = [
     },
     {
         "id": "CKV_AWS_115",
-        "comment": "Reserved concurrency is taken from the account's unreserved pool and "
-        "fails deployment on accounts with a low limit; set reserved_concurrency per "
-        "function in .chalice/config.json where an account needs a cap.",
+        "comment": "This function runs once per run or per schedule tick, not once per "
+        "instance or group; reserved concurrency is taken from the account's unreserved "
+        "pool, so only the fan-out functions get it (PREPOST_RESERVED_CONCURRENCY; 0 turns "
+        "it off for accounts with a low concurrency limit).",
     },
     {
         "id": "CKV_AWS_173",
@@ -148,6 +167,7 @@ class Handler:
 
     name: str  # the Python name, e.g. start_run_handler
     scheduled: bool  # a Chalice schedule (SAM `Schedule`) or an event pattern
+    pattern: dict[str, Any] | None = field(default=None, compare=False)  # None: scheduled
 
     @property
     def logical_id(self) -> str:
@@ -164,6 +184,16 @@ class Handler:
 
     def rule_name(self, stage: str) -> str:
         return self.function_name(stage)  # at most 64 characters, like a function name
+
+    def bus(self, app_bus: str) -> str:
+        """The bus its rule listens on (a schedule's rule is on the default bus)."""
+        return patterns.listens_on(self.pattern, app_bus) if self.pattern else patterns.DEFAULT_BUS
+
+    def rule_arn(self, stage: str, app_bus: str) -> dict[str, str]:
+        """The rule's ARN; a rule on a custom bus has the bus's name in its ARN."""
+        bus = self.bus(app_bus)
+        on_bus = "" if bus == patterns.DEFAULT_BUS else f"{bus}/"
+        return _arn("events", f"rule/{on_bus}{self.rule_name(stage)}")
 
 
 @dataclass(frozen=True)
@@ -187,8 +217,10 @@ def handlers() -> list[Handler]:
 
     found = []
     for source in chalice_app.event_sources:
-        if isinstance(source, ScheduledEventConfig | CloudWatchEventConfig):
-            found.append(Handler(source.name, isinstance(source, ScheduledEventConfig)))
+        if isinstance(source, ScheduledEventConfig):
+            found.append(Handler(source.name, scheduled=True))
+        elif isinstance(source, CloudWatchEventConfig):
+            found.append(Handler(source.name, scheduled=False, pattern=source.event_pattern))
         else:  # a new kind of trigger needs its own retry and dead-letter settings here
             raise PackageError(f"{source.name}: unsupported event source {type(source)}")
     if chalice_app.pure_lambda_functions or chalice_app.routes:
@@ -199,12 +231,20 @@ def handlers() -> list[Handler]:
 # -- policies ----------------------------------------------------------------------------------
 
 
-def render_policies(stage: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Every function's policy for `stage`, or a PackageError naming the settings to fix."""
+def stage_settings(stage: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `.chalice/config.json` gives `stage`, with `overrides` laid over it
+    (configuration keys, as a test that packages a variant of a stage sets them)."""
     try:
-        stage_environment(stage)
+        return stage_environment(stage) | (overrides or {})
     except KeyError as exc:
         raise PackageError(f"unknown stage {stage!r}: add it to .chalice/config.json") from exc
+
+
+def render_policies(
+    stage: str, names: Iterable[str], overrides: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every function's policy for `stage`, or a PackageError naming the settings to fix."""
+    stage_settings(stage, overrides)
     documents: dict[str, dict[str, Any]] = {}
     missing: dict[str, set[str]] = {}
     for name in names:
@@ -212,7 +252,7 @@ def render_policies(stage: str, names: Iterable[str]) -> dict[str, dict[str, Any
             documents[name] = policies.load(name)
         except FileNotFoundError as exc:
             raise PackageError(f"{name} has no policy file .chalice/policies/{name}.json") from exc
-        values = policies.stage_values(stage, name)
+        values = policies.stage_values(stage, name, overrides)
         for token in policies.TOKEN.findall(json.dumps(documents[name])):
             if values.get(token) in ([], ""):  # the policy would allow nothing
                 setting = policies.CONFIG_KEYS.get(token, f"{{{{{token}}}}}")
@@ -228,11 +268,60 @@ def render_policies(stage: str, names: Iterable[str]) -> dict[str, dict[str, Any
         )
     try:
         return {
-            name: policies.render(document, policies.stage_values(stage, name))
+            name: policies.render(document, policies.stage_values(stage, name, overrides))
             for name, document in documents.items()
         }
     except policies.PolicyError as exc:
         raise PackageError(f"stage {stage!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class StartBus:
+    """A dedicated bus for the app's events, and who may start and cancel runs on it."""
+
+    name: str
+    principals: tuple[str, ...]  # IAM role or user ARNs
+
+
+# An IAM role or user ARN in any partition (an assumed role's aws:PrincipalArn is its role).
+PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]{1,512}")
+
+
+def start_bus(stage: str, env: dict[str, str]) -> StartBus | None:
+    """The stage's dedicated bus, or None when the app uses the default bus. A dedicated
+    bus that nobody may put start events on is refused: no run could ever start."""
+    name = env.get("PREPOST_EVENT_BUS_NAME", "").strip() or patterns.DEFAULT_BUS
+    if name == patterns.DEFAULT_BUS:
+        return None
+    principals = [p.strip() for p in env.get("PREPOST_START_PRINCIPALS", "").split(",")]
+    principals = [p for p in principals if p]
+    if not principals:
+        raise PackageError(
+            f"stage {stage!r} cannot be packaged: PREPOST_START_PRINCIPALS is empty, and the "
+            f"dedicated bus {name!r} would let nobody start a run; set "
+            f"stages.{stage}.environment_variables.PREPOST_START_PRINCIPALS (comma-separated "
+            "IAM role or user ARNs) in .chalice/config.json"
+        )
+    wrong = [p for p in principals if not PRINCIPAL_ARN.fullmatch(p)]
+    if wrong:
+        raise PackageError(
+            f"stage {stage!r}: PREPOST_START_PRINCIPALS holds what is not an IAM role or "
+            f"user ARN: {', '.join(wrong)}"
+        )
+    return StartBus(name, tuple(principals))
+
+
+def reserved_concurrency(stage: str, env: dict[str, str]) -> int:
+    """PREPOST_RESERVED_CONCURRENCY of the stage: per fan-out function; 0 reserves none."""
+    text = env.get("PREPOST_RESERVED_CONCURRENCY", "").strip()
+    if not text:
+        return DEFAULT_RESERVED_CONCURRENCY
+    if not text.isdigit():
+        raise PackageError(
+            f"stage {stage!r}: PREPOST_RESERVED_CONCURRENCY must be a whole number "
+            f"(0: reserve none), not {text!r}"
+        )
+    return int(text)
 
 
 # -- the merge template ------------------------------------------------------------------------
@@ -281,9 +370,17 @@ def table_resource(table_name: str) -> dict[str, Any]:
     }
 
 
-def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
+def merge_template(
+    stage: str, found: list[Handler], overrides: dict[str, str] | None = None
+) -> dict[str, Any]:
     """What `chalice package --merge-template` adds to, or changes in, its template."""
-    env = stage_environment(stage)
+    env = stage_settings(stage, overrides)
+    bus = start_bus(stage, env)
+    app_bus = bus.name if bus else patterns.DEFAULT_BUS
+    reserved = reserved_concurrency(stage, env)
+    unknown = set(FAN_OUT) - {handler.name for handler in found}
+    if unknown:
+        raise PackageError(f"FAN_OUT names functions the app does not have: {sorted(unknown)}")
     prefix = f"{APP_NAME}-{stage}"
     dlq_arn = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     alarm_actions = {
@@ -317,8 +414,7 @@ def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
                             "Condition": {
                                 "ArnEquals": {
                                     "aws:SourceArn": [
-                                        _arn("events", f"rule/{handler.rule_name(stage)}")
-                                        for handler in found
+                                        handler.rule_arn(stage, app_bus) for handler in found
                                     ]
                                 }
                             },
@@ -408,7 +504,16 @@ def merge_template(stage: str, found: list[Handler]) -> dict[str, Any]:
             },
         }
     for handler in found:
-        resources.update(_function_resources(stage, handler, dlq_arn))
+        function = FunctionSettings(
+            app_bus=app_bus,
+            reserved_concurrency=reserved if handler.name in FAN_OUT else 0,
+            # Chalice reads the environment from .chalice/config.json; overridden keys
+            # must reach the functions too.
+            environment=dict(overrides or {}),
+        )
+        resources.update(_function_resources(stage, handler, dlq_arn, function))
+    if bus is not None:
+        resources[EVENT_BUS] = event_bus_resource(bus, found)
     return {
         "Parameters": {
             "NotificationEmail": {
@@ -453,7 +558,82 @@ def _above_zero(alarm_actions: Any) -> dict[str, Any]:
     }
 
 
-def _function_resources(stage: str, handler: Handler, dlq_arn: Any) -> dict[str, Any]:
+def event_bus_resource(bus: StartBus, found: list[Handler]) -> dict[str, Any]:
+    """The dedicated bus, with a policy that lets the listed principals put start and
+    cancel events on it, and the functions their own events, and denies every other
+    PutEvents. Same-account principals allowed `events:PutEvents` on `*` by their own
+    policies would not be stopped by an Allow here: only the Deny statements stop them
+    (see docs/aws-facts.md)."""
+    bus_arn = _arn("events", f"event-bus/{bus.name}")
+    principals = list(bus.principals)
+    # Chalice names each function's role after the function; `template_problems` checks
+    # that these are the roles of the packaged functions.
+    roles = [{"Fn::GetAtt": [f"{handler.logical_id}Role", "Arn"]} for handler in found]
+    put_events = {"Action": "events:PutEvents", "Resource": bus_arn}
+    return {
+        "Type": "AWS::Events::EventBus",
+        "Properties": {
+            "Name": bus.name,
+            "Policy": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "OperatorsPutStartAndCancelEvents",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": principals},
+                        **put_events,
+                        "Condition": {
+                            "StringEquals": {
+                                "events:source": [APP_SOURCE],
+                                "events:detail-type": list(OPERATOR_DETAIL_TYPES),
+                            }
+                        },
+                    },
+                    {
+                        "Sid": "NobodyElsePutsEvents",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        **put_events,
+                        "Condition": {"ArnNotEquals": {"aws:PrincipalArn": principals + roles}},
+                    },
+                    {
+                        "Sid": "OperatorsPutNoOtherSource",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        **put_events,
+                        "Condition": {
+                            "ArnEquals": {"aws:PrincipalArn": principals},
+                            "StringNotEquals": {"events:source": [APP_SOURCE]},
+                        },
+                    },
+                    {
+                        "Sid": "OperatorsPutNoOtherDetailType",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        **put_events,
+                        "Condition": {
+                            "ArnEquals": {"aws:PrincipalArn": principals},
+                            "StringNotEquals": {"events:detail-type": list(OPERATOR_DETAIL_TYPES)},
+                        },
+                    },
+                ],
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What the merge template sets on one function besides its rule's retries."""
+
+    app_bus: str  # the bus the app's own events are put on
+    reserved_concurrency: int  # 0: none reserved
+    environment: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def _function_resources(
+    stage: str, handler: Handler, dlq_arn: Any, settings: FunctionSettings
+) -> dict[str, Any]:
     function_name = handler.function_name(stage)
     event: dict[str, Any] = {
         "RetryPolicy": RULE_RETRY_POLICY,
@@ -467,16 +647,28 @@ def _function_resources(stage: str, handler: Handler, dlq_arn: Any) -> dict[str,
         # same rule under its current name, has both.
         event_type = "EventBridgeRule"
         event["RuleName"] = handler.rule_name(stage)
-        if handler.name in ACCOUNT_PINNED:
+        assert handler.pattern is not None
+        if patterns.is_own(handler.pattern):
+            # Whoever may put events on the bus (another account, if a policy allowed it)
+            # cannot drive this app: its rules take this account's events only.
             event["Pattern"] = {"account": [{"Ref": "AWS::AccountId"}]}
+        if handler.bus(settings.app_bus) != patterns.DEFAULT_BUS:
+            event["EventBusName"] = {"Ref": EVENT_BUS}  # also: the bus is created first
     log_group = f"{handler.logical_id}LogGroup"
+    properties: dict[str, Any] = {"FunctionName": function_name}
+    skips = FUNCTION_SKIPS
+    if settings.reserved_concurrency:
+        properties["ReservedConcurrentExecutions"] = settings.reserved_concurrency
+        skips = [skip for skip in FUNCTION_SKIPS if skip["id"] != "CKV_AWS_115"]
+    if settings.environment:
+        properties["Environment"] = {"Variables": settings.environment}
     return {
         handler.logical_id: {
             # The role may only write to this log group, so it must exist first.
             "DependsOn": [log_group],
-            "Metadata": {"checkov": {"skip": FUNCTION_SKIPS}},
+            "Metadata": {"checkov": {"skip": skips}},
             "Properties": {
-                "FunctionName": function_name,
+                **properties,
                 "EventInvokeConfig": {
                     "MaximumRetryAttempts": ASYNC_RETRY_ATTEMPTS,
                     "MaximumEventAgeInSeconds": ASYNC_MAX_EVENT_AGE_SECONDS,
@@ -580,6 +772,19 @@ def template_problems(template: dict[str, Any]) -> list[str]:
     resources = template["Resources"]
     if "{{" in json.dumps(template):
         problems.append("a {{Token}} is left unrendered")
+    if EVENT_BUS in resources:
+        roles = {
+            resource["Properties"]["Role"]["Fn::GetAtt"][0]
+            for resource in resources.values()
+            if resource["Type"] == "AWS::Serverless::Function"
+        }
+        named = {
+            node["Fn::GetAtt"][0]
+            for node in _nodes(resources[EVENT_BUS]["Properties"]["Policy"])
+            if isinstance(node, dict) and "Fn::GetAtt" in node
+        }
+        if named != roles:
+            problems.append(f"the bus policy names roles {sorted(named)}, not {sorted(roles)}")
     for logical_id, resource in resources.items():
         if resource["Type"] != "AWS::Serverless::Function":
             continue
@@ -597,15 +802,24 @@ def template_problems(template: dict[str, Any]) -> list[str]:
     return problems
 
 
-def package(stage: str, out: Path) -> Package:
-    """Render, merge, `chalice package` and post-process; see the module docstring."""
+def _nodes(node: Any) -> Iterable[Any]:
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    for child in children:
+        yield from _nodes(child)
+
+
+def package(stage: str, out: Path, overrides: dict[str, str] | None = None) -> Package:
+    """Render, merge, `chalice package` and post-process; see the module docstring.
+    `overrides`: configuration keys laid over the stage's (a variant of the stage)."""
     found = handlers()
-    rendered = render_policies(stage, [handler.name for handler in found])
+    rendered = render_policies(stage, [handler.name for handler in found], overrides)
+    start_bus(stage, stage_settings(stage, overrides))  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("sam.json", "deployment.zip"):
         (out / stale).unlink(missing_ok=True)
     merge = out / "merge.json"
-    merge.write_text(json.dumps(merge_template(stage, found), indent=2) + "\n")
+    merge.write_text(json.dumps(merge_template(stage, found, overrides), indent=2) + "\n")
     run_chalice(stage, merge, out)
     template_path = out / "sam.json"
     template = json.loads(template_path.read_text())
@@ -670,12 +884,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prepost.package", description=__doc__)
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "package")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a configuration key laid over the stage's (repeatable), e.g. to check a "
+        "variant of a stage without editing .chalice/config.json",
+    )
     args = parser.parse_args(argv)
+    overrides = dict(item.partition("=")[::2] for item in args.set)
     if shutil.which("chalice", path=str(Path(sys.executable).parent)) is None:
         print("error: chalice is not installed next to this Python", file=sys.stderr)
         return 2
     try:
-        result = package(args.stage, args.out)
+        result = package(args.stage, args.out, overrides)
     except PackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,11 @@
 `AWS::Events::Rule` and `AWS::Lambda::EventInvokeConfig` resources SAM generates from
 them. This runs the SAM transform (aws-sam-translator, offline) and checks those: every
 rule target retries and dead-letters, the dead-letter queue accepts every rule and no
-other, and every function's failed async invocations reach the queue. Only the standard
-library and samtranslator are imported, so it runs outside the project's virtualenv.
+other, every function's failed async invocations reach the queue, and every rule listens
+on the right bus (AWS service events: the default bus, the only one AWS services put
+events on; the app's own events: the stack's dedicated bus when it has one). Only the
+standard library and samtranslator are imported, so it runs outside the project's
+virtualenv.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DEAD_LETTER_QUEUE = "DeadLetterQueue"
+AWS_SOURCE_PREFIX = "aws."
 RETRY_LIMITS = {"MaximumRetryAttempts": (0, 185), "MaximumEventAgeInSeconds": (60, 86400)}
 
 
@@ -57,10 +61,20 @@ def problems(template: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
         by_type.setdefault(resource["Type"], []).append(logical_id)
     functions = by_type.get("AWS::Lambda::Function", [])
     rules = by_type.get("AWS::Events::Rule", [])
-    rule_names = []
+    buses = by_type.get("AWS::Events::EventBus", [])
+    if len(buses) > 1:
+        found.append(f"{len(buses)} event buses: the app puts its events on one")
+    rule_names = []  # as the rule's ARN ends: rule/[bus/]name
     for rule_id in rules:
         properties = resources[rule_id]["Properties"]
-        rule_names.append(properties.get("Name"))
+        bus = properties.get("EventBusName", "default")
+        expected = _expected_bus(properties.get("EventPattern"), buses)
+        if bus != expected:
+            found.append(f"{rule_id} listens on {bus}, not {expected}")
+        on_bus = ""
+        if isinstance(bus, dict) and bus.get("Ref") in buses:
+            on_bus = f"{resources[bus['Ref']]['Properties']['Name']}/"
+        rule_names.append(f"{on_bus}{properties.get('Name')}")
         if not properties.get("Name"):
             found.append(f"{rule_id} has no fixed Name (the queue policy names each rule)")
         for target in properties.get("Targets", []):
@@ -94,8 +108,25 @@ def problems(template: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
             found.append(f"{function_id} has no EventInvokeConfig")
     if len(rules) != len(functions):
         found.append(f"{len(rules)} rules for {len(functions)} functions")
-    counts = {"functions": len(functions), "rules": len(rules), "invoke configs": len(configs)}
+    on_buses = sum("/" in name for name in rule_names)
+    counts = {
+        "functions": len(functions),
+        "rules": len(rules),
+        "rules on the dedicated bus": on_buses,
+        "invoke configs": len(configs),
+    }
     return found, counts
+
+
+def _expected_bus(pattern: Any, buses: list[str]) -> Any:
+    """Where a rule with `pattern` must listen: AWS services put their events on the
+    default bus only; the app's own events go to the stack's bus when it has one."""
+    if pattern is None:  # a schedule
+        return "default"
+    sources = pattern.get("source", [])
+    if sources and all(str(source).startswith(AWS_SOURCE_PREFIX) for source in sources):
+        return "default"
+    return {"Ref": buses[0]} if buses else "default"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"SAM transform of {path}: {summary}; every rule target has a RetryPolicy and the "
-        "dead-letter queue, every function sends failed invocations there"
+        "dead-letter queue, every function sends failed invocations there, every rule "
+        "listens on its bus"
     )
     return 0
 

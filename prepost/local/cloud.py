@@ -8,7 +8,11 @@
   invocation status, EC2 state changes, Backup job states), built from the real-shaped
   samples in `events/`, with the outcomes and durations of `Behaviour`.
 - `LocalBus` delivers every event, in virtual time, to the app's handlers whose
-  EventBridge patterns match it, through `chalice.test.Client`.
+  EventBridge patterns match it and whose rules listen on the event's bus
+  (`chalicelib.patterns.listens_on`), through `chalice.test.Client`. AWS services put
+  their events on the default bus; the app and operators put theirs on the stage's
+  configured bus (`PREPOST_EVENT_BUS_NAME`), which is created in moto as the template
+  creates it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any
 import boto3
 from botocore.awsrequest import AWSResponse
 
+from chalicelib.models.events import APP_SOURCE
+from chalicelib.patterns import DEFAULT_BUS, listens_on
 from prepost.local import ROOT
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
@@ -292,6 +298,7 @@ class LocalCloud:
         self.session = _hooked_session(self.region)
         LocalCloud.active = self
         self.table_name = env["PREPOST_TABLE_NAME"]
+        self._create_bus(env.get("PREPOST_EVENT_BUS_NAME", DEFAULT_BUS))
         self.opt_in_tag = env["PREPOST_OPT_IN_TAG"]  # key=value
 
         from chalice.test import Client
@@ -385,6 +392,24 @@ class LocalCloud:
         # Read the settings now: under an invocation, Chalice's test client would lay the
         # stage's configuration from disk over these keys.
         dependencies.services()
+        if "PREPOST_EVENT_BUS_NAME" in keys:
+            self._create_bus(keys["PREPOST_EVENT_BUS_NAME"])
+
+    @property
+    def app_bus(self) -> str:
+        """The stage's configured bus, where the app puts its events and operators theirs."""
+        from chalicelib.dependencies import services
+
+        return services().settings.event_bus_name
+
+    def _create_bus(self, name: str) -> None:
+        """A dedicated bus, as the packaged template creates it (moto refuses PutEvents to
+        a bus that does not exist, as AWS does)."""
+        if name == DEFAULT_BUS:
+            return
+        events = boto3.session.Session(region_name=self.region).client("events")
+        if name not in {bus["Name"] for bus in events.list_event_buses()["EventBuses"]}:
+            events.create_event_bus(Name=name)
 
     def notify_topic(self, notify_on: str = "failures", name: str = "ops-notifications") -> str:
         """Create an SNS topic and have the app notify it (`notify_on`: failures, always)."""
@@ -414,24 +439,34 @@ class LocalCloud:
     # -- running ---------------------------------------------------------------------------
 
     def start_event(self, detail: Any, event_id: str | None = None) -> dict[str, Any]:
-        """The seed's start event (default bus, source prepost-backup) carrying `detail`."""
+        """The seed's start event (source prepost-backup) carrying `detail`."""
         event = load_event("start-seed-example")
         event.update(id=event_id or self.new_id(), time=_iso_s(self.clock.now()))
         event["detail"] = detail
         return event
 
-    def run(self, detail: Any, event_id: str | None = None, max_events: int = 200_000) -> str:
-        """Publish a start event, deliver every event until the system is quiet; the run id."""
+    def run(
+        self,
+        detail: Any,
+        event_id: str | None = None,
+        max_events: int = 200_000,
+        bus: str | None = None,
+    ) -> str:
+        """Publish a start event (on the configured bus unless `bus` says otherwise),
+        deliver every event until the system is quiet; the run id."""
         from chalicelib.logic.decisions import run_id_for
         from chalicelib.models.events import AwsEvent
 
         event = self.start_event(detail, event_id)
-        self.publish(event)
+        self.publish(event, bus=bus)
         self.drain(max_events)
         return run_id_for(event["id"], AwsEvent.model_validate(event).time)
 
-    def publish(self, event: dict[str, Any], delay: float = 0) -> None:
-        self.schedule(delay, lambda: event)
+    def publish(self, event: dict[str, Any], delay: float = 0, bus: str | None = None) -> None:
+        """Put `event` on `bus` after `delay` virtual seconds. By default the app's events
+        go on the configured bus (as operators put them), AWS service events on the
+        default bus (as AWS puts them)."""
+        self.schedule(delay, self.deliver, event, bus or self.bus_of(event))
         self._keep_ticking()
 
     def _keep_ticking(self) -> None:
@@ -492,18 +527,25 @@ class LocalCloud:
             due, _, make_event, args = heapq.heappop(self._queue)
             self.clock.advance_to(due)
             event = make_event(*args)
-            if event is not None:  # a retry delivers itself and returns nothing
+            if event is not None:  # AWS's events; a retry or a publish delivers itself
                 self.deliver(event)
             delivered += 1
         return delivered
 
-    def deliver(self, event: dict[str, Any]) -> None:
-        """Invoke every handler whose pattern matches `event`, as EventBridge would."""
+    def bus_of(self, event: dict[str, Any]) -> str:
+        """Where `event` is put unless said otherwise: the app's own events on the
+        configured bus, AWS service events on the default bus."""
+        return self.app_bus if event.get("source") == APP_SOURCE else DEFAULT_BUS
+
+    def deliver(self, event: dict[str, Any], bus: str | None = None) -> None:
+        """Invoke every handler whose rule is on `bus` (by default `bus_of(event)`) and
+        whose pattern matches `event`, as EventBridge would."""
+        bus = bus or self.bus_of(event)
         delay = self.behaviour.delay(event) if self.behaviour.delay else 0
         if delay > 0 and event["id"] not in self._delayed:
             self._delayed.add(event["id"])
             self.timeline.append((self.clock.now(), f"late {event['source']} {_summary(event)}"))
-            self.schedule(delay, lambda: event)
+            self.schedule(delay, self.deliver, event, bus)
             return
         lose = self.behaviour.lose_event
         if lose is not None and lose(event):
@@ -511,9 +553,12 @@ class LocalCloud:
             return
         self.timeline.append((self.clock.now(), f"event {event['source']} {_summary(event)}"))
         copies = max(1, self.behaviour.copies(event) if self.behaviour.copies else 1)
+        app_bus = self.app_bus
         for source in self.app.event_sources:
             pattern = getattr(source, "event_pattern", None)
-            if pattern is None or not matches(pattern, event):
+            if pattern is None or listens_on(pattern, app_bus) != bus:
+                continue
+            if not matches(pattern, event):
                 continue
             if copies > 1 and self.behaviour.concurrent_copies:
                 with ThreadPoolExecutor(max_workers=copies) as pool:
@@ -740,7 +785,9 @@ class LocalCloud:
                 "detail": json.loads(entry["Detail"]),
             }
             self.emitted.append(event)
-            self.publish(event)
+            # EventBusName may be a name or an ARN (…:event-bus/NAME); absent: default.
+            bus = entry.get("EventBusName", DEFAULT_BUS).rsplit("event-bus/", 1)[-1]
+            self.publish(event, bus=bus)
 
 
 def _iso_s(moment: datetime) -> str:

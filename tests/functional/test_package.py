@@ -1,7 +1,9 @@
 """The packaged CloudFormation template (`make package`): what the deployment relies on.
 
-The packager runs once for the module (Chalice itself, with the merge template); every
-test reads the `sam.json` it produced. No AWS call is made.
+The packager runs twice for the module (Chalice itself, with the merge template): the dev
+stage, and the dev stage with a dedicated event bus (configuration keys laid over the
+stage's, as `python -m prepost.package --set` does); the tests read the `sam.json` they
+produced. No AWS call is made.
 """
 
 from __future__ import annotations
@@ -25,6 +27,34 @@ from prepost.local.cloud import stage_environment
 
 STAGE = "dev"
 DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+BUS = "prepost-backup-dev-start"
+OPERATORS = [
+    "arn:aws:iam::123456789012:role/BackupOperator",
+    "arn:aws:iam::123456789012:user/ops/alice",
+]
+WITH_BUS = {"PREPOST_EVENT_BUS_NAME": BUS, "PREPOST_START_PRINCIPALS": ",".join(OPERATORS)}
+# The rules on the app's own events (source prepost-backup), and the functions that run
+# once per group or per instance.
+ON_APP_EVENTS = {
+    "start_run_handler",
+    "cancel_run",
+    "run_scripts",
+    "stop_instances",
+    "start_backups",
+    "start_instances",
+    "finalize_group",
+    "notify_run_completed",
+}
+FAN_OUT = {
+    "run_scripts",
+    "stop_instances",
+    "start_backups",
+    "start_instances",
+    "script_invocation_changed",
+    "instance_state_changed",
+    "backup_job_changed",
+    "finalize_group",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +64,13 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> package.Package:
 
 @pytest.fixture(scope="module")
 def template(packaged: package.Package) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(packaged.template.read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def bus_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    packaged = package.package(STAGE, tmp_path_factory.mktemp("package-bus"), WITH_BUS)
     loaded: dict[str, Any] = json.loads(packaged.template.read_text())
     return loaded
 
@@ -159,15 +196,22 @@ def test_roles_carry_the_rendered_policy_files(template: dict[str, Any]) -> None
                     assert key == "Fn::Sub", value
 
 
-def test_no_policy_allows_any_principal(template: dict[str, Any]) -> None:
-    principals = [s.get("Principal") for _, s in statements(template)]
+@pytest.mark.parametrize("variant", ["template", "bus_template"])
+def test_no_policy_allows_any_principal(variant: str, request: pytest.FixtureRequest) -> None:
+    template = request.getfixturevalue(variant)
+    found = [s for _, s in statements(template)]
+    principals = [s.get("Principal") for s in found if s["Effect"] == "Allow"]
     assert any(principals), "the template has resource policies: the test must see them"
     for principal in principals:
         assert principal != "*"
         if isinstance(principal, dict):
             for value in principal.values():
                 assert "*" not in as_list(value), principal
-    assert '"Principal": "*"' not in json.dumps(template)
+    # "*" only where everyone is denied something, bar the principals the condition names.
+    for statement in found:
+        if statement.get("Principal") == "*":
+            assert statement["Effect"] == "Deny", statement
+            assert "aws:PrincipalArn" in json.dumps(statement["Condition"]), statement
     assert '"AWS": "*"' not in json.dumps(template)
 
 
@@ -189,19 +233,141 @@ def test_pass_role_names_the_allowed_backup_roles_only(template: dict[str, Any])
         }
 
 
-def test_start_and_cancel_rules_are_pinned_to_this_account(template: dict[str, Any]) -> None:
-    by_name = {python_name(f): f for f in functions(template).values()}
-    for name, pattern in (
-        ("start_run_handler", patterns.START_RUN),
-        ("cancel_run", patterns.CANCEL_RUN),
-    ):
-        (event,) = by_name[name]["Properties"]["Events"].values()
-        assert event["Properties"]["Pattern"] == {
-            **pattern,
-            "account": [{"Ref": "AWS::AccountId"}],
-        }
+def rules(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The properties of each function's rule, by the function's Python name."""
+    found = {}
+    for function in functions(template).values():
+        (event,) = function["Properties"]["Events"].values()
+        found[python_name(function)] = event["Properties"]
+    return found
+
+
+@pytest.mark.parametrize("variant", ["template", "bus_template"])
+def test_every_rule_on_the_apps_events_is_pinned_to_this_account(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    from app import app as chalice_app
+
+    subscribed = {
+        source.name: source.event_pattern
+        for source in chalice_app.event_sources
+        if hasattr(source, "event_pattern")
+    }
+    on_app_events = {n for n, p in subscribed.items() if p["source"] == ["prepost-backup"]}
+    assert on_app_events == ON_APP_EVENTS
+    for name, rule in rules(request.getfixturevalue(variant)).items():
+        if name in ON_APP_EVENTS:
+            assert rule["Pattern"] == {**subscribed[name], "account": [{"Ref": "AWS::AccountId"}]}
+        else:  # AWS services' events carry the account they happened in; schedules
+            assert "account" not in rule.get("Pattern", {}), name
     assert patterns.START_RUN["source"] == ["prepost-backup"]
     assert patterns.START_RUN["detail-type"] == ["BackupSolution-PrePostScript"]
+
+
+def test_on_the_default_bus_every_rule_listens_there(template: dict[str, Any]) -> None:
+    assert not of_type(template, "AWS::Events::EventBus")
+    for name, rule in rules(template).items():
+        assert rule.get("EventBusName", "default") == "default", name
+
+
+def test_the_apps_rules_listen_on_the_dedicated_bus(bus_template: dict[str, Any]) -> None:
+    """The app puts its events on PREPOST_EVENT_BUS_NAME: its rules must listen there,
+    and the AWS service rules on the default bus, the only one AWS services put on."""
+    (bus_id,) = of_type(bus_template, "AWS::Events::EventBus")
+    assert bus_template["Resources"][bus_id]["Properties"]["Name"] == BUS
+    for name, rule in rules(bus_template).items():
+        if name in ON_APP_EVENTS:
+            assert rule["EventBusName"] == {"Ref": bus_id}, name
+        else:
+            assert rule.get("EventBusName", "default") == "default", name
+    # The functions put their events on that bus.
+    for function in functions(bus_template).values():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["PREPOST_EVENT_BUS_NAME"] == BUS
+    # A rule on a custom bus has the bus's name in its ARN: the dead-letter queue must
+    # accept its undelivered events under that ARN.
+    policy = bus_template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
+    allowed = {
+        arn["Fn::Sub"].rsplit(":rule/", 1)[1]
+        for arn in policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"]
+    }
+    expected = {
+        (f"{BUS}/" if name in ON_APP_EVENTS else "") + (rule.get("RuleName") or rule["Name"])
+        for name, rule in rules(bus_template).items()
+    }
+    assert allowed == expected
+
+
+def test_the_dedicated_bus_lets_only_operators_and_functions_put_events(
+    bus_template: dict[str, Any],
+) -> None:
+    (bus,) = of_type(bus_template, "AWS::Events::EventBus").values()
+    policy = bus["Properties"]["Policy"]
+    by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
+    arn_prefix = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}"
+    bus_arn = {"Fn::Sub": f"{arn_prefix}:event-bus/{BUS}"}
+    operator_events = {
+        "events:source": ["prepost-backup"],
+        "events:detail-type": ["BackupSolution-PrePostScript", "PrePostBackup Cancel Requested"],
+    }
+    for statement in policy["Statement"]:
+        assert statement["Action"] == "events:PutEvents"
+        assert statement["Resource"] == bus_arn
+    allow = by_sid["OperatorsPutStartAndCancelEvents"]
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"AWS": OPERATORS}
+    assert allow["Condition"] == {"StringEquals": operator_events}
+
+    # An Allow does not stop a same-account principal whose own policy allows PutEvents
+    # on *: a Deny for every principal but the operators and the functions' roles does.
+    roles = [
+        {"Fn::GetAtt": [function["Properties"]["Role"]["Fn::GetAtt"][0], "Arn"]}
+        for function in functions(bus_template).values()
+    ]
+    assert len(roles) >= 11
+    deny_others = by_sid["NobodyElsePutsEvents"]
+    assert deny_others["Effect"] == "Deny"
+    assert deny_others["Principal"] == "*"
+    excepted = deny_others["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+    assert sorted(map(json.dumps, excepted)) == sorted(map(json.dumps, OPERATORS + roles))
+
+    # The operators may put start and cancel events, nothing else.
+    denied_to_operators = {}
+    for statement in policy["Statement"]:
+        condition = statement["Condition"]
+        if statement["Effect"] == "Deny" and "ArnEquals" in condition:
+            assert statement["Principal"] == "*"
+            assert condition["ArnEquals"] == {"aws:PrincipalArn": OPERATORS}
+            denied_to_operators.update(condition["StringNotEquals"])
+    assert denied_to_operators == operator_events
+    assert len(policy["Statement"]) == 4
+
+
+def test_fan_out_functions_have_reserved_concurrency(bus_template: dict[str, Any]) -> None:
+    default = int(stage_environment(STAGE)["PREPOST_RESERVED_CONCURRENCY"])
+    assert default == 10
+    for function in functions(bus_template).values():
+        name = python_name(function)
+        skipped = {skip["id"] for skip in function["Metadata"]["checkov"]["skip"]}
+        if name in FAN_OUT:
+            assert function["Properties"]["ReservedConcurrentExecutions"] == default, name
+            assert "CKV_AWS_115" not in skipped, name
+        else:
+            assert "ReservedConcurrentExecutions" not in function["Properties"], name
+            assert "CKV_AWS_115" in skipped, name
+
+
+def test_reserved_concurrency_zero_reserves_none() -> None:
+    found = package.handlers()
+    merged = package.merge_template(STAGE, found, {"PREPOST_RESERVED_CONCURRENCY": "0"})
+    for handler in found:
+        function = merged["Resources"][handler.logical_id]
+        assert "ReservedConcurrentExecutions" not in function["Properties"]
+        assert "CKV_AWS_115" in {skip["id"] for skip in function["Metadata"]["checkov"]["skip"]}
+    merged = package.merge_template(STAGE, found, {"PREPOST_RESERVED_CONCURRENCY": "25"})
+    assert merged["Resources"]["RunScripts"]["Properties"]["ReservedConcurrentExecutions"] == 25
+    with pytest.raises(package.PackageError, match="PREPOST_RESERVED_CONCURRENCY"):
+        package.merge_template(STAGE, found, {"PREPOST_RESERVED_CONCURRENCY": "ten"})
 
 
 def test_every_function_has_its_log_group_and_a_short_timeout(template: dict[str, Any]) -> None:
@@ -293,6 +459,37 @@ def test_a_stage_without_backup_roles_is_refused(tmp_path: Path) -> None:
     (line,) = result.stderr.splitlines()
     assert "PREPOST_ALLOWED_BACKUP_ROLES" in line
     assert "stages.prod.environment_variables" in line
+    assert not (tmp_path / "sam.json").exists()
+
+
+def test_a_dedicated_bus_without_start_principals_is_refused(tmp_path: Path) -> None:
+    assert stage_environment(STAGE)["PREPOST_START_PRINCIPALS"] == ""
+    dedicated = {"PREPOST_EVENT_BUS_NAME": BUS}
+    with pytest.raises(package.PackageError, match="PREPOST_START_PRINCIPALS is empty"):
+        package.package(STAGE, tmp_path, dedicated)
+    assert not (tmp_path / "sam.json").exists()
+    with pytest.raises(package.PackageError, match="not an IAM role or user ARN: alice"):
+        package.package(STAGE, tmp_path, dedicated | {"PREPOST_START_PRINCIPALS": "alice"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prepost.package",
+            "--stage",
+            STAGE,
+            "--out",
+            str(tmp_path),
+            "--set",
+            f"PREPOST_EVENT_BUS_NAME={BUS}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"stages.{STAGE}.environment_variables.PREPOST_START_PRINCIPALS" in line
     assert not (tmp_path / "sam.json").exists()
 
 
