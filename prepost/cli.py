@@ -42,7 +42,7 @@ def demo() -> None:
     """Back up a simulated fleet of five with the seed README's example input, locally."""
     _simulate(
         "seed-example", instances=5, seed=0, input_file=None, as_json=False,
-        show_timeline=True, store="dynamodb",
+        show_timeline=True, store="dynamodb", stage=None,
     )  # fmt: skip
 
 
@@ -64,9 +64,15 @@ def simulate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     show_timeline: Annotated[bool, typer.Option("--timeline", help="Print the timeline.")] = False,
     store: StoreOption = "dynamodb",
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            help="Apply this stage of .chalice/config.json (allow lists, limits) as deployed."
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario on a simulated fleet, locally; exit code 0 only if it SUCCEEDED."""
-    _simulate(scenario, instances, seed, input_file, as_json, show_timeline, store)
+    _simulate(scenario, instances, seed, input_file, as_json, show_timeline, store, stage)
 
 
 def _simulate(
@@ -77,12 +83,20 @@ def _simulate(
     as_json: bool,
     show_timeline: bool,
     store: str,
+    stage: str | None,
 ) -> None:
+    from prepost.local.cloud import stage_environment
     from prepost.local.scenario import Scenario
     from prepost.local.simulate import simulate as run
 
     if store not in ("dynamodb", "memory"):
         raise typer.BadParameter("dynamodb or memory", param_hint="--store")
+    if stage is not None:
+        try:
+            stage_environment(stage)
+        except KeyError as exc:
+            console.print(f"[red]no stage {stage!r} in .chalice/config.json[/]")
+            raise typer.Exit(2) from exc
     try:
         scenario = Scenario.load(scenario_name)
     except FileNotFoundError as exc:
@@ -98,19 +112,21 @@ def _simulate(
     if scenario.schedule is not None:  # a scheduled profile over virtual hours
         from prepost.local.simulate import simulate_schedule
 
-        result = simulate_schedule(scenario, instances, seed, store)
+        result = simulate_schedule(scenario, instances, seed, store, stage)
         if as_json:
             print(json.dumps(result.report, indent=2))
         else:
             _print_schedule_report(scenario.description, result.report)
         raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
     if as_json:
-        result = run(scenario, instances, seed, run_input, store)
+        result = run(scenario, instances, seed, run_input, store, stage=stage)
         print(json.dumps(result.report, indent=2))
     else:
         console.print(f"[bold]{scenario.description}[/]")
         with _LiveView() as view:
-            result = run(scenario, instances, seed, run_input, store, progress=view.update)
+            result = run(
+                scenario, instances, seed, run_input, store, progress=view.update, stage=stage
+            )
         if show_timeline:
             _print_timeline(result.timeline)
         _print_report(result.report)

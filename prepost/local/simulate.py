@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from prepost.local.cloud import LocalCloud
+from prepost.local.cloud import LocalCloud, stage_environment
 from prepost.local.scenario import Scenario
 from prepost.report import run_report, seconds_between
 
@@ -31,13 +32,12 @@ def simulate(
     run_input: dict[str, Any] | None = None,
     store: str = "dynamodb",
     progress: Progress | None = None,
+    stage: str | None = None,
 ) -> Simulation:
-    """Run `scenario` (its fleet resized to `instances`) and report the run."""
-    if instances is not None:
-        scenario = scenario.model_copy(
-            update={"fleet": scenario.fleet.model_copy(update={"count": instances})}
-        )
-    with LocalCloud(behaviour=scenario.behaviour(seed), store=store) as cloud, _quiet():
+    """Run `scenario` (its fleet resized to `instances`) under `stage`'s configuration
+    (local mode's own by default) and report the run."""
+    scenario = _resized(scenario, instances)
+    with _cloud(scenario, seed, store, stage) as cloud, _quiet():
         ids = scenario.prepare(cloud)
         detail = run_input if run_input is not None else scenario.run_input()
         event = cloud.start_event(detail)
@@ -58,7 +58,11 @@ def simulate(
 
 
 def simulate_schedule(
-    scenario: Scenario, instances: int | None = None, seed: int = 0, store: str = "dynamodb"
+    scenario: Scenario,
+    instances: int | None = None,
+    seed: int = 0,
+    store: str = "dynamodb",
+    stage: str | None = None,
 ) -> Simulation:
     """Store the scenario's input as a scheduled profile, let its virtual hours pass with
     the scheduler ticking, and report every run (and missed slot) of the profile."""
@@ -68,11 +72,8 @@ def simulate_schedule(
     spec = scenario.schedule
     if spec is None:
         raise ValueError("the scenario has no schedule")
-    if instances is not None:
-        scenario = scenario.model_copy(
-            update={"fleet": scenario.fleet.model_copy(update={"count": instances})}
-        )
-    with LocalCloud(behaviour=scenario.behaviour(seed), store=store) as cloud, _quiet():
+    scenario = _resized(scenario, instances)
+    with _cloud(scenario, seed, store, stage) as cloud, _quiet():
         scenario.prepare(cloud)
         document = spec.document(scenario.run_input())
         cloud.store.put_profile(
@@ -105,9 +106,31 @@ def simulate_schedule(
                 "status": "SUCCEEDED" if fine else "COMPLETED_WITH_ERRORS",
                 "runs": rows,
                 "lambda_invocations": sum(cloud.invocations.values()),
+                "aws_calls": aws_calls(cloud),
             },
             timeline=timeline(cloud),
         )
+
+
+def _resized(scenario: Scenario, instances: int | None) -> Scenario:
+    if instances is None:
+        return scenario
+    fleet = scenario.fleet.model_copy(update={"count": instances})
+    return scenario.model_copy(update={"fleet": fleet})
+
+
+def _cloud(scenario: Scenario, seed: int, store: str, stage: str | None) -> LocalCloud:
+    """The local cloud of a simulation; KeyError for a stage `.chalice/config.json` lacks."""
+    if stage is None:
+        return LocalCloud(behaviour=scenario.behaviour(seed), store=store)
+    stage_environment(stage)  # an unknown stage fails here, before anything starts
+    return LocalCloud(behaviour=scenario.behaviour(seed), store=store, stage=stage)
+
+
+def aws_calls(cloud: LocalCloud) -> dict[str, int]:
+    """How many calls of each `service:Operation` the app's handlers made."""
+    made = Counter(f"{service}:{operation}" for _, service, operation, _ in cloud.handler_calls)
+    return dict(sorted(made.items()))
 
 
 def _run_id(cloud: LocalCloud) -> str | None:
@@ -123,6 +146,7 @@ def report(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
     return run_report(run, cloud.store.list_instances(run_id)) | {
         "virtual_duration_seconds": seconds_between(run.created_at, run.finished_at),
         "lambda_invocations": sum(cloud.invocations.values()),
+        "aws_calls": aws_calls(cloud),
     }
 
 
