@@ -1,7 +1,8 @@
 """The packaged CloudFormation template (`make package`): what the deployment relies on.
 
-The packager runs once for the module (Chalice itself, with the merge template); every
-test reads the `sam.json` it produced. No AWS call is made.
+The packager runs once for the module (Chalice itself, with the merge template) on the
+local stage, as `make template-checks` does (`--for-checks`: its example values are never
+deployed); every test reads the `sam.json` it produced. No AWS call is made.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from chalicelib.gateways.state_store import TTL_ATTRIBUTE, table_definition
 from chalicelib.models.state import RunStatus
 from prepost import package, policies
 from prepost.local import ROOT
+from prepost.local import STAGE as LOCAL_STAGE
 from prepost.local.cloud import stage_environment
 
-STAGE = "dev"
+STAGE = LOCAL_STAGE
 DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> package.Package:
-    return package.package(STAGE, tmp_path_factory.mktemp("package"))
+    return package.package(STAGE, tmp_path_factory.mktemp("package"), for_checks=True)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,7 @@ def test_state_table_uses_the_key_schema_of_the_code(template: dict[str, Any]) -
     }
     assert TTL_ATTRIBUTE == "expires_at"
     assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    assert properties["DeletionProtectionEnabled"] is True
 
 
 def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -> None:
@@ -115,7 +118,16 @@ def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -
     assert all(rule_names)
     # The queue takes undelivered events from these rules, and no other sender.
     policy = template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
-    (statement,) = policy["Statement"]
+    (statement, tls_only) = policy["Statement"]
+    assert tls_only == {
+        "Sid": "OnlyOverTls",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "sqs:*",
+        "Resource": DLQ_ARN,
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    assert statement["Effect"] == "Allow"
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Action"] == "sqs:SendMessage"
     allowed = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
@@ -160,15 +172,19 @@ def test_roles_carry_the_rendered_policy_files(template: dict[str, Any]) -> None
 
 
 def test_no_policy_allows_any_principal(template: dict[str, Any]) -> None:
-    principals = [s.get("Principal") for _, s in statements(template)]
+    principals = [s.get("Principal") for _, s in statements(template) if s["Effect"] == "Allow"]
     assert any(principals), "the template has resource policies: the test must see them"
     for principal in principals:
         assert principal != "*"
         if isinstance(principal, dict):
             for value in principal.values():
                 assert "*" not in as_list(value), principal
-    assert '"Principal": "*"' not in json.dumps(template)
-    assert '"AWS": "*"' not in json.dumps(template)
+    # Anyone appears only to be denied: the queue refuses requests without TLS.
+    anyone = [(logical_id, s) for logical_id, s in statements(template)
+              if s.get("Principal") in ("*", {"AWS": "*"})]  # fmt: skip
+    assert [(logical_id, s["Effect"]) for logical_id, s in anyone] == [
+        ("DeadLetterQueuePolicy", "Deny")
+    ]
 
 
 def test_pass_role_names_the_allowed_backup_roles_only(template: dict[str, Any]) -> None:
@@ -299,3 +315,58 @@ def test_a_stage_without_backup_roles_is_refused(tmp_path: Path) -> None:
 def test_an_unknown_stage_is_refused() -> None:
     with pytest.raises(package.PackageError, match="unknown stage 'nope'"):
         package.render_policies("nope", ["start_run_handler"])
+
+
+def test_functions_run_on_the_declared_runtime_which_runs_the_tests(
+    template: dict[str, Any],
+) -> None:
+    assert {f["Properties"]["Runtime"] for f in functions(template).values()} == {"python3.13"}
+    assert package.LAMBDA_RUNTIME == "python3.13"
+    # Tests and local mode run on the functions' runtime; so did `chalice package`.
+    assert package.runtime_of(tuple(sys.version_info)) == package.LAMBDA_RUNTIME
+
+
+def test_another_interpreter_is_refused() -> None:
+    package.check_runtime((3, 13, 0))
+    with pytest.raises(package.PackageError, match=r"this is python3\.11, but the functions"):
+        package.check_runtime((3, 11, 7))
+
+
+def refusal(stage: str, out: Path, *options: str) -> str:
+    """What `python -m prepost.package` says when it refuses `stage`: one line, exit 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prepost.package", "--stage", stage, "--out", str(out), *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert not (out / "sam.json").exists()
+    return line
+
+
+def test_dev_as_shipped_is_refused_until_its_placeholders_are_filled(tmp_path: Path) -> None:
+    env = stage_environment("dev")
+    placeholders = [
+        "PREPOST_ALLOWED_BACKUP_ROLES",
+        "PREPOST_ALLOWED_BACKUP_VAULTS",
+        "PREPOST_ALLOWED_OUTPUT_BUCKETS",
+        "PREPOST_ALLOWED_SCRIPT_SOURCES",
+    ]
+    assert all(package.PLACEHOLDER.search(env[key]) for key in placeholders)
+    line = refusal("dev", tmp_path)
+    for key in placeholders:
+        assert f"stages.dev.environment_variables.{key}" in line
+    assert "123456789012" not in json.dumps(env)  # no one else's account to allow-list
+    assert "backup-status-bucket-example" not in json.dumps(env)
+    with pytest.raises(package.PackageError, match="placeholders"):
+        package.check_stage("dev")
+
+
+def test_the_local_stage_is_packaged_for_the_checks_only(tmp_path: Path) -> None:
+    line = refusal(LOCAL_STAGE, tmp_path)
+    assert "never deployed" in line
+    package.check_stage(LOCAL_STAGE, for_checks=True)
+    assert not any(package.PLACEHOLDER.search(v) for v in stage_environment(LOCAL_STAGE).values())
