@@ -215,7 +215,7 @@ def runtime_of(version: tuple[int, ...]) -> str:
     return f"python{version[0]}.{version[1]}"
 
 
-def check_runtime(version: tuple[int, ...] = tuple(sys.version_info)) -> None:
+def check_runtime(version: tuple[int, ...] = sys.version_info[:2]) -> None:
     """Refuse an interpreter that is not the functions' runtime: Chalice would declare its
     version as the runtime, and the bytecode in the zip would not load on LAMBDA_RUNTIME."""
     if runtime_of(version) != LAMBDA_RUNTIME:

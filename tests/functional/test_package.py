@@ -180,8 +180,7 @@ def test_no_policy_allows_any_principal(template: dict[str, Any]) -> None:
             for value in principal.values():
                 assert "*" not in as_list(value), principal
     # Anyone appears only to be denied: the queue refuses requests without TLS.
-    anyone = [(logical_id, s) for logical_id, s in statements(template)
-              if s.get("Principal") in ("*", {"AWS": "*"})]  # fmt: skip
+    anyone = [(i, s) for i, s in statements(template) if s.get("Principal") in ("*", {"AWS": "*"})]
     assert [(logical_id, s["Effect"]) for logical_id, s in anyone] == [
         ("DeadLetterQueuePolicy", "Deny")
     ]
@@ -323,7 +322,7 @@ def test_functions_run_on_the_declared_runtime_which_runs_the_tests(
     assert {f["Properties"]["Runtime"] for f in functions(template).values()} == {"python3.13"}
     assert package.LAMBDA_RUNTIME == "python3.13"
     # Tests and local mode run on the functions' runtime; so did `chalice package`.
-    assert package.runtime_of(tuple(sys.version_info)) == package.LAMBDA_RUNTIME
+    assert package.runtime_of(sys.version_info[:2]) == package.LAMBDA_RUNTIME
 
 
 def test_another_interpreter_is_refused() -> None:

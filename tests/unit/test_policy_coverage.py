@@ -24,6 +24,11 @@ ROLE = "arn:aws:iam::123456789012:role/BackupJobExecutionRole"
 TABLE = f"prepost-backup-{STAGE}-state"
 TABLE_ARN = f"arn:aws:dynamodb:us-east-1:123456789012:table/{TABLE}"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+KEYS = "{{KmsKeyArns}}"
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def refused(
@@ -95,17 +100,16 @@ def test_an_empty_optional_token_drops_its_statement_and_a_required_one_stops() 
     document = {
         "Statement": [
             {"Sid": "Kept", "Effect": "Allow", "Action": "ec2:StartInstances", "Resource": "*"},
-            {"Sid": "Keys", "Effect": "Allow", "Action": "kms:CreateGrant",
-             "Resource": "{{KmsKeyArns}}"},
+            {"Sid": "Keys", "Effect": "Allow", "Action": "kms:CreateGrant", "Resource": KEYS},
         ]
-    }  # fmt: skip
+    }
     values = policies.stage_values(STAGE, "start_instances")
     assert [s["Sid"] for s in policies.render(document, values)["Statement"]] == ["Kept"]
     with_key = values | {"KmsKeyArns": [KEY]}
     [_, keys] = policies.render(document, with_key)["Statement"]
     assert keys["Resource"] == [KEY]
-    required = {"Statement": [{"Effect": "Allow", "Action": "iam:PassRole",
-                               "Resource": "{{BackupRoleArns}}"}]}  # fmt: skip
+    roles = {"Effect": "Allow", "Action": "iam:PassRole", "Resource": "{{BackupRoleArns}}"}
+    required = {"Statement": [roles]}
     with pytest.raises(policies.PolicyError, match="PREPOST_ALLOWED_BACKUP_ROLES"):
         policies.render(required, values | {"BackupRoleArns": []})
 
@@ -144,9 +148,8 @@ def test_no_policy_lists_an_action_iam_does_not_have() -> None:
         (name, action.lower())
         for name in policies.functions()
         for statement in policies.load(name)["Statement"]
-        for action in (statement["Action"] if isinstance(statement["Action"], list)
-                       else [statement["Action"]])
-    }  # fmt: skip
+        for action in as_list(statement["Action"])
+    }
     assert len(listed) > 50, "the test must see the policies' actions"
     unknown = {action.lower() for action in NOT_IAM_ACTIONS}
     assert sorted((name, a) for name, a in listed if a in unknown) == []
@@ -155,10 +158,14 @@ def test_no_policy_lists_an_action_iam_does_not_have() -> None:
 # -- KMS: starting an instance whose volumes use a customer managed key ------------------------
 
 
+def on_key(instance_id: str) -> list[str]:
+    """Every instance has a volume encrypted with KEY."""
+    return [KEY]
+
+
 def start_refused(handler: str, overrides: dict[str, str] | None = None) -> list[str]:
     call = Call(handler, "ec2", "StartInstances", {"InstanceIds": ["i-0123456789abcdef0"]})
-    verdict = check([call], STAGE, "us-east-1", TABLE, lambda _: OPTED_IN, overrides,
-                    keys_of=lambda _: [KEY])  # fmt: skip
+    verdict = check([call], STAGE, "us-east-1", TABLE, lambda _: OPTED_IN, overrides, on_key)
     return verdict.refused
 
 
