@@ -1,26 +1,46 @@
 # Two commands do everything on a fresh clone: `make demo` and `make test`.
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
-PYTHON ?= python3
 STAGE  ?= dev
+# The functions' runtime, declared once (prepost/package.py); the virtualenvs, the tests and
+# local mode run on the same version, and the packager refuses any other.
+RUNTIME := $(shell sed -n 's/^LAMBDA_RUNTIME = "\(.*\)"$$/\1/p' prepost/package.py)
+# An interpreter of that version: PATH first, then pyenv's versions directory. A pyenv shim
+# that does not run (another version selected) is skipped. `make PYTHON=...` overrides.
+ifndef PYTHON
+PYTHON := $(shell for p in $$(IFS=:; for d in $$PATH; do echo "$$d/$(RUNTIME)"; done) \
+	$${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$(RUNTIME); do \
+	[ -x "$$p" ] && "$$p" -c 'import sys; sys.exit("python%d.%d" % sys.version_info[:2] != "$(RUNTIME)")' \
+	2>/dev/null && { echo "$$p"; break; }; done)
+endif
+NO_PYTHON := error: no working $(RUNTIME) (the functions' runtime) was found on PATH or in pyenv's versions directory, so install it (e.g. with pyenv install 3.13) or run make PYTHON=/path/to/$(RUNTIME).
+STAMP  := $(VENV)/.installed-$(RUNTIME)
 # Template checks (cfn-lint, checkov, the SAM transform) pin other versions of boto3 and
 # pydantic than the app: they get their own virtualenv.
 CHECKS       := .venv-checks
-CHECKS_STAMP := $(CHECKS)/.installed-stamp
+CHECKS_STAMP := $(CHECKS)/.installed-$(RUNTIME)
 PACKAGE_DIR  := build/package
+# What the template checks lint and scan: the local stage (the values local mode simulates),
+# packaged with --for-checks because it is never deployed; dev and prod hold values a
+# deployer fills in (`make package STAGE=...`).
+CHECKS_DIR   := build/checks
+BUS_CHECKS_DIR := build/checks-bus
+BUS_VARIANT := --set PREPOST_EVENT_BUS_NAME=prepost-backup-local-start \
+	--set PREPOST_START_PRINCIPALS=arn:aws:iam::123456789012:role/BackupOperator
 
 .PHONY: demo test lint format bench clean package template-checks
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 2; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 $(CHECKS_STAMP): requirements-checks.txt
-	$(PYTHON) -m venv $(CHECKS)
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 2; }
+	$(PYTHON) -m venv --clear $(CHECKS)
 	$(CHECKS)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKS)/bin/python -m pip install --quiet -r requirements-checks.txt
 	touch $(CHECKS_STAMP)
@@ -38,19 +58,20 @@ bench: $(STAMP)
 package: $(STAMP)
 	$(PY) -m prepost.package --stage $(STAGE) --out $(PACKAGE_DIR)
 
-# The packaged template (the dev stage unless STAGE says otherwise), linted and scanned;
-# then the same stage with a dedicated event bus (README, Deploy), whose bus, bus policy
-# and rules on that bus the first template does not have.
-BUS_PACKAGE_DIR := build/package-bus
-BUS_VARIANT := --set PREPOST_EVENT_BUS_NAME=prepost-backup-$(STAGE)-start \
-	--set PREPOST_START_PRINCIPALS=arn:aws:iam::123456789012:role/BackupOperator
-template-checks: $(CHECKS_STAMP) package
-	$(PY) -m prepost.package --stage $(STAGE) --out $(BUS_PACKAGE_DIR) $(BUS_VARIANT)
-	for template in $(PACKAGE_DIR)/sam.json $(BUS_PACKAGE_DIR)/sam.json; do \
-		$(CHECKS)/bin/cfn-lint $$template && \
-		$(CHECKS)/bin/checkov -f $$template --framework cloudformation \
+# The local stage's template, and the same stage with a dedicated event bus (README, Deploy),
+# whose bus, bus policy and rules on that bus the first lacks: each linted and scanned, its
+# rules and queue checked after the SAM transform, and linted again after the transform,
+# which is when cfn-lint sees the roles' policies (W3037: unknown IAM actions).
+template-checks: $(STAMP) $(CHECKS_STAMP)
+	$(PY) -m prepost.package --stage local --for-checks --out $(CHECKS_DIR)
+	$(PY) -m prepost.package --stage local --for-checks --out $(BUS_CHECKS_DIR) $(BUS_VARIANT)
+	for dir in $(CHECKS_DIR) $(BUS_CHECKS_DIR); do \
+		$(CHECKS)/bin/cfn-lint $$dir/sam.json && \
+		$(CHECKS)/bin/checkov -f $$dir/sam.json --framework cloudformation \
 			--quiet --compact --skip-download && \
-		$(CHECKS)/bin/python -m prepost.template_check $$template || exit 1; \
+		$(CHECKS)/bin/python -m prepost.template_check $$dir/sam.json \
+			--write $$dir/transformed.json && \
+		$(CHECKS)/bin/cfn-lint $$dir/transformed.json || exit 1; \
 	done
 
 lint: $(STAMP)

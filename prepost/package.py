@@ -1,7 +1,11 @@
 """Package the app for a CloudFormation deployment (operator tooling, not deployed).
 
-    python -m prepost.package --stage dev --out build/package
+    python -m prepost.package --stage prod --out build/package
 
+0. Refuse what must not be deployed: an interpreter other than the functions' runtime
+   (`LAMBDA_RUNTIME`), a stage that still holds placeholders (`<your-...>`), and the
+   `local` stage that local mode simulates (unless `--for-checks`: the template checks
+   lint and scan its template, which nobody deploys).
 1. Render every function's policy (`.chalice/policies/<function>.json`) for the stage,
    first, so that a stage that cannot be deployed stops here (exit 2, one line).
 2. Build a merge template (`OUT/merge.json`) with what Chalice has no setting for: the
@@ -49,9 +53,16 @@ from chalicelib.models.state import RunStatus
 from chalicelib.observability import NAMESPACE, SERVICE
 from prepost import policies
 from prepost.local import ROOT
+from prepost.local import STAGE as LOCAL_STAGE
 from prepost.local.cloud import stage_environment
 
 APP_NAME = "prepost-backup"
+# The functions' runtime. Chalice takes it from the interpreter that runs `chalice package`
+# (and downloads wheels for it), and `add_bytecode` compiles with this interpreter: the
+# package is only right when the two agree, so any other interpreter is refused.
+LAMBDA_RUNTIME = "python3.13"
+# How `.chalice/config.json` marks a value the deployer must replace: `<your-...>`.
+PLACEHOLDER = re.compile(r"<[^<>\s]+>")
 ZIP_LIMIT_BYTES = 10 * 1000 * 1000
 IMPORT_RATIO_LIMIT = 2.0
 IMPORT_RUNS = 9
@@ -228,6 +239,45 @@ def handlers() -> list[Handler]:
     return found
 
 
+# -- what may be packaged ----------------------------------------------------------------------
+
+
+def runtime_of(version: tuple[int, ...]) -> str:
+    """The Lambda runtime name of a Python version."""
+    return f"python{version[0]}.{version[1]}"
+
+
+def check_runtime(version: tuple[int, ...] = sys.version_info[:2]) -> None:
+    """Refuse an interpreter that is not the functions' runtime: Chalice would declare its
+    version as the runtime, and the bytecode in the zip would not load on LAMBDA_RUNTIME."""
+    if runtime_of(version) != LAMBDA_RUNTIME:
+        raise PackageError(
+            f"this is {runtime_of(version)}, but the functions run on {LAMBDA_RUNTIME}: "
+            f"package with {LAMBDA_RUNTIME} (`make package` finds it; see README, Deploy)"
+        )
+
+
+def check_stage(
+    stage: str, for_checks: bool = False, overrides: dict[str, str] | None = None
+) -> None:
+    """Refuse a stage that must not be deployed: one that still holds placeholders, and
+    the local stage, unless it is packaged only for the template checks."""
+    env = stage_settings(stage, overrides)
+    if stage == LOCAL_STAGE and not for_checks:
+        raise PackageError(
+            f"stage {stage!r} is what local mode simulates and is never deployed (its allow "
+            "lists name a bucket and a role of account 123456789012, which you do not own): "
+            "package dev or prod, with your own values"
+        )
+    unfilled = sorted(key for key, value in env.items() if PLACEHOLDER.search(value))
+    if unfilled:
+        raise PackageError(
+            f"stage {stage!r} still holds placeholders: replace the <...> in "
+            + ", ".join(f"stages.{stage}.environment_variables.{key}" for key in unfilled)
+            + " in .chalice/config.json with your own values (see README, Deploy)"
+        )
+
+
 # -- policies ----------------------------------------------------------------------------------
 
 
@@ -254,6 +304,8 @@ def render_policies(
             raise PackageError(f"{name} has no policy file .chalice/policies/{name}.json") from exc
         values = policies.stage_values(stage, name, overrides)
         for token in policies.TOKEN.findall(json.dumps(documents[name])):
+            if token in policies.OPTIONAL:  # empty: its statement is left out
+                continue
             if values.get(token) in ([], ""):  # the policy would allow nothing
                 setting = policies.CONFIG_KEYS.get(token, f"{{{{{token}}}}}")
                 missing.setdefault(setting, set()).add(name)
@@ -363,6 +415,8 @@ def table_resource(table_name: str) -> dict[str, Any]:
         "Metadata": {"checkov": {"skip": TABLE_SKIPS}},
         "Properties": {
             **definition,
+            # The run history outlives the stack (Retain) and a stray DeleteTable too.
+            "DeletionProtectionEnabled": True,
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             "SSESpecification": {"SSEEnabled": True},
             "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
@@ -418,7 +472,15 @@ def merge_template(
                                     ]
                                 }
                             },
-                        }
+                        },
+                        {
+                            "Sid": "OnlyOverTls",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "sqs:*",
+                            "Resource": dlq_arn,
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        },
                     ],
                 },
             },
@@ -809,9 +871,14 @@ def _nodes(node: Any) -> Iterable[Any]:
         yield from _nodes(child)
 
 
-def package(stage: str, out: Path, overrides: dict[str, str] | None = None) -> Package:
-    """Render, merge, `chalice package` and post-process; see the module docstring.
-    `overrides`: configuration keys laid over the stage's (a variant of the stage)."""
+def package(
+    stage: str, out: Path, overrides: dict[str, str] | None = None, for_checks: bool = False
+) -> Package:
+    """Check, render, merge, `chalice package` and post-process; see the module docstring.
+    `overrides`: configuration keys laid over the stage's (a variant of the stage);
+    `for_checks`: the local stage may be packaged, for the template checks only."""
+    check_runtime()
+    check_stage(stage, for_checks, overrides)
     found = handlers()
     rendered = render_policies(stage, [handler.name for handler in found], overrides)
     start_bus(stage, stage_settings(stage, overrides))  # refused before anything is written
@@ -833,8 +900,8 @@ def add_bytecode(zip_path: Path) -> None:
     """Compile every module in the zip into its `__pycache__`. Lambda's file system is
     read-only, so Python cannot cache what it compiles: without these, every cold start
     would compile the app and its libraries again. Chalice's runtime is this
-    interpreter's version (`python3.11` here), so the bytecode matches; it is checked by
-    hash, not by timestamps the zip does not keep."""
+    interpreter's version, LAMBDA_RUNTIME (`check_runtime`), so the bytecode matches; it
+    is checked by hash, not by timestamps the zip does not keep."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         with zipfile.ZipFile(zip_path) as archive:
@@ -892,13 +959,19 @@ def main(argv: list[str] | None = None) -> int:
         help="a configuration key laid over the stage's (repeatable), e.g. to check a "
         "variant of a stage without editing .chalice/config.json",
     )
+    parser.add_argument(
+        "--for-checks",
+        action="store_true",
+        help=f"allow the {LOCAL_STAGE} stage, whose template is linted and scanned by "
+        "`make template-checks` and never deployed",
+    )
     args = parser.parse_args(argv)
     overrides = dict(item.partition("=")[::2] for item in args.set)
     if shutil.which("chalice", path=str(Path(sys.executable).parent)) is None:
         print("error: chalice is not installed next to this Python", file=sys.stderr)
         return 2
     try:
-        result = package(args.stage, args.out, overrides)
+        result = package(args.stage, args.out, overrides, args.for_checks)
     except PackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

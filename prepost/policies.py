@@ -3,10 +3,12 @@
 Each function has one policy file, `.chalice/policies/<function>.json`, named by
 `.chalice/config.json` with `autogen_policy` off. A file holds two kinds of placeholder:
 
-- `{{Token}}`: a value of the stage's configuration (see `TOKENS`). A token that stands
-  for a list (the allowed backup roles, say) turns the string holding it into one string
-  per item; a list with no item is an error, since the policy would allow nothing and
-  the deployment could not work.
+- `{{Token}}`: a value of the stage's configuration (see `CONFIG_KEYS`). A token that
+  stands for a list (the allowed backup roles, say) turns the string holding it into one
+  string per item. A list with no item is an error, since the policy would allow nothing
+  and the deployment could not work, unless the token is *optional* (`OPTIONAL`): then
+  the statement that holds it is left out (no notification topic, no KMS key), rather
+  than rendered to a wildcard or to a stand-in.
 - `${AWS::Partition}`, `${AWS::Region}`, `${AWS::AccountId}`: filled by CloudFormation in
   the packaged template (the string becomes an `Fn::Sub`), by the given values in tests.
 
@@ -28,8 +30,9 @@ POLICY_DIR = ROOT / ".chalice" / "policies"
 TOKEN = re.compile(r"\{\{(\w+)\}\}")
 PSEUDO = re.compile(r"\$\{AWS::(\w+)\}")
 DEFAULT_OPT_IN_TAG = "prepost-backup:opt-in=true"
-SNS_ARN_PREFIX = "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:"
-# The stage configuration key behind each list token.
+# A KMS key ARN (not an alias: IAM authorises kms:CreateGrant against the key itself).
+KMS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+")
+# The stage configuration key behind each token.
 CONFIG_KEYS = {
     "TableName": "PREPOST_TABLE_NAME",
     "EventBusName": "PREPOST_EVENT_BUS_NAME",
@@ -37,7 +40,11 @@ CONFIG_KEYS = {
     "OptInTagValue": "PREPOST_OPT_IN_TAG",
     "BackupRoleArns": "PREPOST_ALLOWED_BACKUP_ROLES",
     "BackupVaultNames": "PREPOST_ALLOWED_BACKUP_VAULTS",
+    "NotifyTopicArns": "PREPOST_NOTIFY_TOPIC_ARN",
+    "KmsKeyArns": "PREPOST_KMS_KEY_ARNS",
 }
+# List tokens that may be empty: a statement holding an empty one is left out.
+OPTIONAL = frozenset({"NotifyTopicArns", "KmsKeyArns"})
 
 
 class PolicyError(ValueError):
@@ -64,21 +71,32 @@ def stage_values(
         "OptInTagValue": value,
         "BackupRoleArns": _listed(env.get("PREPOST_ALLOWED_BACKUP_ROLES", "")),
         "BackupVaultNames": _listed(env.get("PREPOST_ALLOWED_BACKUP_VAULTS", "")),
-        "NotifyTopicArn": _notify_topic(env, stage),
+        "NotifyTopicArns": _notify_topic(env),
+        "KmsKeyArns": _kms_keys(env),
     }
 
 
-def _notify_topic(env: dict[str, str], stage: str) -> str:
-    """The configured notification topic. Without one nothing is published, and the
-    policy names the stage's own topic namespace instead (no topic outside the stack), so
-    that it still renders. Settings the functions would refuse stop the rendering."""
+def _notify_topic(env: dict[str, str]) -> list[str]:
+    """The configured notification topic, if any: without one nothing is published, and
+    the statement that would allow it is left out. Settings the functions would refuse
+    stop the rendering."""
     topic = env.get("PREPOST_NOTIFY_TOPIC_ARN", "").strip()
     if not re.fullmatch(SNS_TOPIC_ARN, topic):
         raise PolicyError(f"PREPOST_NOTIFY_TOPIC_ARN is not an SNS topic ARN: {topic!r}")
     notify_on = (env.get("PREPOST_NOTIFY_ON") or NotifyOn.FAILURES).strip().lower()
     if notify_on not in set(NotifyOn):
         raise PolicyError(f"PREPOST_NOTIFY_ON must be failures or always, not {notify_on!r}")
-    return topic or SNS_ARN_PREFIX + f"prepost-backup-{stage}-*"
+    return [topic] if topic else []
+
+
+def _kms_keys(env: dict[str, str]) -> list[str]:
+    """The customer managed KMS keys that encrypt the fleet's EBS volumes (none by
+    default): starting such an instance needs kms:CreateGrant on its key."""
+    keys = _listed(env.get("PREPOST_KMS_KEY_ARNS", ""))
+    wrong = [key for key in keys if not KMS_KEY_ARN.fullmatch(key)]
+    if wrong:
+        raise PolicyError(f"PREPOST_KMS_KEY_ARNS holds what is not a KMS key ARN: {wrong}")
+    return keys
 
 
 def functions() -> list[str]:
@@ -98,6 +116,10 @@ def render(
     """`document` with its tokens filled. With `pseudo` (Partition, Region, AccountId) the
     `${AWS::...}` placeholders are filled too; without, such strings become `Fn::Sub`."""
     if isinstance(document, dict):
+        if isinstance(document.get("Statement"), list):
+            document = document | {
+                "Statement": [s for s in document["Statement"] if not _left_out(s, values)]
+            }
         return {
             _one(_fill(key, values), key): render(item, values, pseudo)
             for key, item in document.items()
@@ -116,6 +138,12 @@ def render(
         listed = any(isinstance(values.get(name), list) for name in TOKEN.findall(document))
         return finished if listed else finished[0]
     return document
+
+
+def _left_out(statement: Any, values: dict[str, str | list[str]]) -> bool:
+    """Whether `statement` names an optional list token that is empty in this stage."""
+    names = TOKEN.findall(json.dumps(statement))
+    return any(name in OPTIONAL and values.get(name) == [] for name in names)
 
 
 def _fill(text: str, values: dict[str, str | list[str]]) -> list[str]:

@@ -1,20 +1,24 @@
 """Check the packaged template after the SAM transform (run in .venv-checks).
 
-    .venv-checks/bin/python -m prepost.template_check build/package/sam.json
+    .venv-checks/bin/python -m prepost.template_check build/checks/sam.json \
+        --write build/checks/transformed.json
 
 `sam.json` declares rules as SAM events of each function; what AWS deploys are the
 `AWS::Events::Rule` and `AWS::Lambda::EventInvokeConfig` resources SAM generates from
 them. This runs the SAM transform (aws-sam-translator, offline) and checks those: every
 rule target retries and dead-letters, the dead-letter queue accepts every rule and no
-other, every function's failed async invocations reach the queue, and every rule listens
-on the right bus (AWS service events: the default bus, the only one AWS services put
-events on; the app's own events: the stack's dedicated bus when it has one). Only the
-standard library and samtranslator are imported, so it runs outside the project's
-virtualenv.
+other, and only over TLS, every function's failed async invocations reach the queue, and
+every rule listens on the right bus (AWS service events: the default bus, the only one AWS
+services put events on; the app's own events: the stack's dedicated bus when it has one).
+With `--write` it also writes the transformed template, for `cfn-lint` to lint what
+CloudFormation deploys: some checks (W3037, IAM actions that do not exist) only see the
+roles' policies after the transform. Only the standard library and samtranslator are
+imported, so it runs outside the project's virtualenv.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -89,10 +93,18 @@ def problems(template: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
                 found.append(f"{rule_id} target {target.get('Id')} has no DeadLetterConfig")
     policy_ids = by_type.get("AWS::SQS::QueuePolicy", [])
     allowed: list[str] = []
+    tls_only = False
     for policy_id in policy_ids:
         for statement in resources[policy_id]["Properties"]["PolicyDocument"]["Statement"]:
-            arns = statement.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn", [])
+            condition = statement.get("Condition", {})
+            if statement["Effect"] == "Deny":
+                insecure = condition.get("Bool", {}).get("aws:SecureTransport")
+                tls_only |= statement.get("Principal") == "*" and insecure == "false"
+                continue
+            arns = condition.get("ArnEquals", {}).get("aws:SourceArn", [])
             allowed += [arn["Fn::Sub"].rsplit("rule/", 1)[-1] for arn in arns]
+    if policy_ids and not tls_only:
+        found.append("the queue policy does not deny requests without TLS")
     if sorted(allowed) != sorted(name for name in rule_names if name):
         found.append(f"the queue policy allows rules {sorted(allowed)}, not {sorted(rule_names)}")
     configs = by_type.get("AWS::Lambda::EventInvokeConfig", [])
@@ -130,9 +142,14 @@ def _expected_bus(pattern: Any, buses: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0] if args else "build/package/sam.json")
+    parser = argparse.ArgumentParser(prog="python -m prepost.template_check")
+    parser.add_argument("template", type=Path, nargs="?", default=Path("build/checks/sam.json"))
+    parser.add_argument("--write", type=Path, help="where to write the transformed template")
+    args = parser.parse_args(argv)
+    path: Path = args.template
     template = transformed(json.loads(path.read_text()))
+    if args.write:
+        args.write.write_text(json.dumps(template, indent=2) + "\n")
     found, counts = problems(template)
     summary = ", ".join(f"{count} {what}" for what, count in counts.items())
     if found:
@@ -141,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"SAM transform of {path}: {summary}; every rule target has a RetryPolicy and the "
-        "dead-letter queue, every function sends failed invocations there, every rule "
-        "listens on its bus"
+        "dead-letter queue (TLS only), every function sends failed invocations there, "
+        "every rule listens on its bus"
     )
     return 0
 

@@ -116,7 +116,7 @@ def _report_unused_permissions(terminalreporter: Any) -> None:
         return  # no functional test ran
     unused = sorted(
         f"{function}: {action}"
-        for function, action in policy_coverage.allowed_actions("dev") - used
+        for function, action in policy_coverage.allowed_actions() - used
         if action not in policy_coverage.RUNTIME_ACTIONS
     )
     terminalreporter.write_line(

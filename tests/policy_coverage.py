@@ -19,6 +19,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from prepost import policies
+from prepost.local import STAGE
 from prepost.local.cloud import LocalCloud
 
 ACCOUNT, PARTITION = "123456789012", "aws"
@@ -47,13 +48,42 @@ def _arn(service: str, region: str, resource: str, account: str = ACCOUNT) -> st
     return f"arn:{PARTITION}:{service}:{region}:{account}:{resource}"
 
 
+# IAM has no action for a transaction: each of its items is authorised by its own action.
+TRANSACTION_ITEM_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+# Names in the API that IAM does not know as actions (see TRANSACTION_ITEM_ACTIONS).
+NOT_IAM_ACTIONS = frozenset({"dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"})
+
+
+def no_volume_keys(instance_id: str) -> list[str]:
+    return []
+
+
 def requests_for(
-    call: Call, region: str, table: str, tags_of: Callable[[str], dict[str, str]]
+    call: Call,
+    region: str,
+    table: str,
+    tags_of: Callable[[str], dict[str, str]],
+    keys_of: Callable[[str], list[str]] = no_volume_keys,
 ) -> list[Request]:
     """The IAM requests one API call makes (the resource-level ones, per the Service
-    Authorization Reference; `docs/aws-facts.md` has the links)."""
+    Authorization Reference; `docs/aws-facts.md` has the links). `keys_of` names the
+    customer managed KMS keys of an instance's EBS volumes."""
     action = f"{call.service}:{call.operation}"
     params = call.params
+    if call.operation == "TransactWriteItems":
+        return [
+            Request(
+                TRANSACTION_ITEM_ACTIONS[kind],
+                _arn("dynamodb", region, f"table/{write['TableName']}"),
+            )
+            for item in params["TransactItems"]
+            for kind, write in item.items()
+        ]
     if call.service == "dynamodb":
         resource = _arn("dynamodb", region, f"table/{table}")
         if params.get("IndexName"):
@@ -76,8 +106,16 @@ def requests_for(
             for instance_id in params["InstanceIds"]
         ]
 
-    if call.operation in ("StopInstances", "StartInstances"):
+    if call.operation == "StopInstances":
         return on_instances("aws:ResourceTag")
+    if call.operation == "StartInstances":
+        # EC2 creates a grant on the key of each encrypted volume, on the caller's behalf.
+        for_ebs = {"kms:GrantIsForAWSResource": "true"}
+        grants = {key for instance_id in params["InstanceIds"] for key in keys_of(instance_id)}
+        return [
+            *on_instances("aws:ResourceTag"),
+            *(Request("kms:CreateGrant", key, for_ebs) for key in sorted(grants)),
+        ]
     if call.operation == "SendCommand":
         document = _arn("ssm", region, f"document/{params['DocumentName']}", account="")
         return [Request(action, document), *on_instances("ssm:resourceTag")]
@@ -109,6 +147,7 @@ def allows(statement: dict[str, Any], request: Request) -> bool:
     for operator, conditions in statement.get("Condition", {}).items():
         match = {
             "StringEquals": lambda have, want: have == want,
+            "Bool": lambda have, want: have.lower() == str(want).lower(),
             "StringLike": fnmatchcase,
             "ArnLike": fnmatchcase,
         }[operator]
@@ -137,6 +176,7 @@ def check(
     table: str,
     tags_of: Callable[[str], dict[str, str]],
     overrides: dict[str, str] | None = None,
+    keys_of: Callable[[str], list[str]] = no_volume_keys,
 ) -> Verdict:
     """Check every call against its handler's policy for `stage`, whose configuration
     `overrides` changes (a test that configured a notification topic, say)."""
@@ -148,7 +188,7 @@ def check(
         if policy is None:
             verdict.refused.append(f"{call.handler} has no policy file")
             continue
-        for request in requests_for(call, region, table, tags_of):
+        for request in requests_for(call, region, table, tags_of, keys_of):
             if statement_for(policy, request) is None:
                 verdict.refused.append(
                     f"{call.handler}: {request.action} on {request.resource} "
@@ -158,7 +198,7 @@ def check(
     return verdict
 
 
-def allowed_actions(stage: str) -> set[tuple[str, str]]:
+def allowed_actions(stage: str = STAGE) -> set[tuple[str, str]]:
     """(function, action) for every action each policy allows."""
     found = set()
     for function, policy in policies.rendered_policies(stage).items():
@@ -180,9 +220,22 @@ def check_cloud(local: LocalCloud) -> list[str]:
             tags[instance_id] = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         return tags[instance_id]
 
+    keys: dict[str, list[str]] = {}
+
+    def keys_of(instance_id: str) -> list[str]:
+        if instance_id not in keys:
+            keys[instance_id] = local.volume_keys(instance_id)
+        return keys[instance_id]
+
     calls = [Call(*call) for call in local.handler_calls]
     verdict = check(
-        calls, local.stage, local.region, local.table_name, tags_of, local.stage_overrides
+        calls,
+        local.stage,
+        local.region,
+        local.table_name,
+        tags_of,
+        local.stage_overrides,
+        keys_of,
     )
     if os.environ.get(USED_DIR):
         with open(os.path.join(os.environ[USED_DIR], f"{os.getpid()}.jsonl"), "a") as out:

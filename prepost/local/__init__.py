@@ -2,4 +2,9 @@
 
 from prepost import ROOT
 
-__all__ = ["ROOT"]
+# The stage of `.chalice/config.json` that local mode and the tests run: its allow lists
+# hold the examples of `events/` (a bucket and a role of account 123456789012 that no
+# deployer owns), so it is simulated, never deployed (`prepost.package` refuses it).
+STAGE = "local"
+
+__all__ = ["ROOT", "STAGE"]

@@ -38,7 +38,7 @@ from botocore.awsrequest import AWSResponse
 
 from chalicelib.models.events import APP_SOURCE
 from chalicelib.patterns import DEFAULT_BUS, listens_on
-from prepost.local import ROOT
+from prepost.local import ROOT, STAGE
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
 from prepost.local.memory_store import InMemoryStateStore
@@ -111,6 +111,8 @@ class SimulatedCrash(Exception):  # noqa: N818 - it is not an error of the code 
     """The Lambda function died (timeout, out of memory) right after an AWS call."""
 
 
+# The AWS managed key of EBS (`LocalCloud.launch(volume_key=...)`).
+AWS_MANAGED_EBS_KEY = "alias/aws/ebs"
 HANG = "Hang"  # a script status that never ends: the invocation stays InProgress
 
 
@@ -247,7 +249,7 @@ class LocalCloud:
         self,
         behaviour: Behaviour | None = None,
         region: str = "us-east-1",
-        stage: str = "dev",
+        stage: str = STAGE,
         clock: VirtualClock | None = None,
         store: str = "dynamodb",
         seed: int = 0,
@@ -352,10 +354,18 @@ class LocalCloud:
         tags: dict[str, str] | None = None,
         state: str = "running",
         opt_in: bool = True,
+        volume_key: str | None = None,
     ) -> list[str]:
         """Launch `count` instances in one reservation; stop them if `state` is stopped.
-        They carry the deployment's opt-in tag unless `opt_in` is false."""
+        They carry the deployment's opt-in tag unless `opt_in` is false. With `volume_key`
+        (a KMS key ARN, or `AWS_MANAGED_EBS_KEY`) each has an EBS volume encrypted with
+        that key."""
         spec: dict[str, Any] = {"ImageId": AMI, "MinCount": count, "MaxCount": count}
+        if volume_key:
+            ebs: dict[str, Any] = {"VolumeSize": 8, "Encrypted": True}
+            if volume_key != AWS_MANAGED_EBS_KEY:  # else EBS's default key, as in AWS
+                ebs["KmsKeyId"] = volume_key
+            spec["BlockDeviceMappings"] = [{"DeviceName": "/dev/sdf", "Ebs": ebs}]
         tags = dict(tags or {})
         if opt_in:
             key, _, value = self.opt_in_tag.partition("=")
@@ -375,6 +385,29 @@ class LocalCloud:
         self._queue.clear()  # the fleet's own state changes are not part of a run
         self.calls.clear()
         return ids
+
+    def create_kms_key(self) -> str:
+        """A customer managed KMS key (moto's) for encrypting volumes; its ARN."""
+        kms = boto3.session.Session(region_name=self.region).client("kms")
+        return str(kms.create_key(Description="prepost-backup test volumes")["KeyMetadata"]["Arn"])
+
+    def volume_keys(self, instance_id: str) -> list[str]:
+        """The customer managed KMS keys of the instance's EBS volumes (not the AWS
+        managed `aws/ebs`, whose key policy lets EC2 use it for any principal of the
+        account)."""
+        volumes = self.ec2.describe_volumes(
+            Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}]
+        )["Volumes"]
+        keys = {v["KmsKeyId"] for v in volumes if v.get("Encrypted") and v.get("KmsKeyId")}
+        if not keys:
+            return []
+        kms = boto3.session.Session(region_name=self.region).client("kms")
+        aws_managed = {
+            alias.get("TargetKeyId")
+            for alias in kms.list_aliases()["Aliases"]
+            if alias["AliasName"].startswith("alias/aws/")
+        }
+        return sorted(key for key in keys if key.rsplit("/", 1)[-1] not in aws_managed)
 
     def create_vault(self, name: str) -> None:
         self.backup.vaults.add(name)

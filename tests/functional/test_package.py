@@ -1,7 +1,8 @@
 """The packaged CloudFormation template (`make package`): what the deployment relies on.
 
-The packager runs twice for the module (Chalice itself, with the merge template): the dev
-stage, and the dev stage with a dedicated event bus (configuration keys laid over the
+The packager runs twice for the module (Chalice itself, with the merge template) on the
+local stage, as `make template-checks` does (`--for-checks`: its example values are never
+deployed): as configured, and with a dedicated event bus (configuration keys laid over the
 stage's, as `python -m prepost.package --set` does); the tests read the `sam.json` they
 produced. No AWS call is made.
 """
@@ -23,9 +24,10 @@ from chalicelib.gateways.state_store import TTL_ATTRIBUTE, table_definition
 from chalicelib.models.state import RunStatus
 from prepost import package, policies
 from prepost.local import ROOT
+from prepost.local import STAGE as LOCAL_STAGE
 from prepost.local.cloud import stage_environment
 
-STAGE = "dev"
+STAGE = LOCAL_STAGE
 DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 BUS = "prepost-backup-dev-start"
 OPERATORS = [
@@ -59,7 +61,7 @@ FAN_OUT = {
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> package.Package:
-    return package.package(STAGE, tmp_path_factory.mktemp("package"))
+    return package.package(STAGE, tmp_path_factory.mktemp("package"), for_checks=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def template(packaged: package.Package) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def bus_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    packaged = package.package(STAGE, tmp_path_factory.mktemp("package-bus"), WITH_BUS)
+    packaged = package.package(
+        STAGE, tmp_path_factory.mktemp("package-bus"), WITH_BUS, for_checks=True
+    )
     loaded: dict[str, Any] = json.loads(packaged.template.read_text())
     return loaded
 
@@ -133,6 +137,7 @@ def test_state_table_uses_the_key_schema_of_the_code(template: dict[str, Any]) -
     }
     assert TTL_ATTRIBUTE == "expires_at"
     assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    assert properties["DeletionProtectionEnabled"] is True
 
 
 def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -> None:
@@ -152,7 +157,16 @@ def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -
     assert all(rule_names)
     # The queue takes undelivered events from these rules, and no other sender.
     policy = template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
-    (statement,) = policy["Statement"]
+    (statement, tls_only) = policy["Statement"]
+    assert tls_only == {
+        "Sid": "OnlyOverTls",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "sqs:*",
+        "Resource": DLQ_ARN,
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    assert statement["Effect"] == "Allow"
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Action"] == "sqs:SendMessage"
     allowed = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
@@ -199,20 +213,22 @@ def test_roles_carry_the_rendered_policy_files(template: dict[str, Any]) -> None
 @pytest.mark.parametrize("variant", ["template", "bus_template"])
 def test_no_policy_allows_any_principal(variant: str, request: pytest.FixtureRequest) -> None:
     template = request.getfixturevalue(variant)
-    found = [s for _, s in statements(template)]
-    principals = [s.get("Principal") for s in found if s["Effect"] == "Allow"]
+    found = list(statements(template))
+    principals = [s.get("Principal") for _, s in found if s["Effect"] == "Allow"]
     assert any(principals), "the template has resource policies: the test must see them"
     for principal in principals:
         assert principal != "*"
         if isinstance(principal, dict):
             for value in principal.values():
                 assert "*" not in as_list(value), principal
-    # "*" only where everyone is denied something, bar the principals the condition names.
-    for statement in found:
-        if statement.get("Principal") == "*":
-            assert statement["Effect"] == "Deny", statement
-            assert "aws:PrincipalArn" in json.dumps(statement["Condition"]), statement
-    assert '"AWS": "*"' not in json.dumps(template)
+    # Anyone appears only to be denied: the queue refuses requests without TLS; the bus
+    # refuses everyone but the principals its condition names.
+    anyone = [(i, s) for i, s in found if s.get("Principal") in ("*", {"AWS": "*"})]
+    assert ("DeadLetterQueuePolicy", "Deny") in [(i, s["Effect"]) for i, s in anyone]
+    for logical_id, statement in anyone:
+        assert statement["Effect"] == "Deny", (logical_id, statement)
+        condition = json.dumps(statement["Condition"])
+        assert "aws:PrincipalArn" in condition or "aws:SecureTransport" in condition
 
 
 def test_pass_role_names_the_allowed_backup_roles_only(template: dict[str, Any]) -> None:
@@ -466,10 +482,12 @@ def test_a_dedicated_bus_without_start_principals_is_refused(tmp_path: Path) -> 
     assert stage_environment(STAGE)["PREPOST_START_PRINCIPALS"] == ""
     dedicated = {"PREPOST_EVENT_BUS_NAME": BUS}
     with pytest.raises(package.PackageError, match="PREPOST_START_PRINCIPALS is empty"):
-        package.package(STAGE, tmp_path, dedicated)
+        package.package(STAGE, tmp_path, dedicated, for_checks=True)
     assert not (tmp_path / "sam.json").exists()
     with pytest.raises(package.PackageError, match="not an IAM role or user ARN: alice"):
-        package.package(STAGE, tmp_path, dedicated | {"PREPOST_START_PRINCIPALS": "alice"})
+        package.package(
+            STAGE, tmp_path, dedicated | {"PREPOST_START_PRINCIPALS": "alice"}, for_checks=True
+        )
     result = subprocess.run(
         [
             sys.executable,
@@ -479,6 +497,7 @@ def test_a_dedicated_bus_without_start_principals_is_refused(tmp_path: Path) -> 
             STAGE,
             "--out",
             str(tmp_path),
+            "--for-checks",
             "--set",
             f"PREPOST_EVENT_BUS_NAME={BUS}",
         ],
@@ -496,3 +515,58 @@ def test_a_dedicated_bus_without_start_principals_is_refused(tmp_path: Path) -> 
 def test_an_unknown_stage_is_refused() -> None:
     with pytest.raises(package.PackageError, match="unknown stage 'nope'"):
         package.render_policies("nope", ["start_run_handler"])
+
+
+def test_functions_run_on_the_declared_runtime_which_runs_the_tests(
+    template: dict[str, Any],
+) -> None:
+    assert {f["Properties"]["Runtime"] for f in functions(template).values()} == {"python3.13"}
+    assert package.LAMBDA_RUNTIME == "python3.13"
+    # Tests and local mode run on the functions' runtime; so did `chalice package`.
+    assert package.runtime_of(sys.version_info[:2]) == package.LAMBDA_RUNTIME
+
+
+def test_another_interpreter_is_refused() -> None:
+    package.check_runtime((3, 13, 0))
+    with pytest.raises(package.PackageError, match=r"this is python3\.11, but the functions"):
+        package.check_runtime((3, 11, 7))
+
+
+def refusal(stage: str, out: Path, *options: str) -> str:
+    """What `python -m prepost.package` says when it refuses `stage`: one line, exit 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prepost.package", "--stage", stage, "--out", str(out), *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert not (out / "sam.json").exists()
+    return line
+
+
+def test_dev_as_shipped_is_refused_until_its_placeholders_are_filled(tmp_path: Path) -> None:
+    env = stage_environment("dev")
+    placeholders = [
+        "PREPOST_ALLOWED_BACKUP_ROLES",
+        "PREPOST_ALLOWED_BACKUP_VAULTS",
+        "PREPOST_ALLOWED_OUTPUT_BUCKETS",
+        "PREPOST_ALLOWED_SCRIPT_SOURCES",
+    ]
+    assert all(package.PLACEHOLDER.search(env[key]) for key in placeholders)
+    line = refusal("dev", tmp_path)
+    for key in placeholders:
+        assert f"stages.dev.environment_variables.{key}" in line
+    assert "123456789012" not in json.dumps(env)  # no one else's account to allow-list
+    assert "backup-status-bucket-example" not in json.dumps(env)
+    with pytest.raises(package.PackageError, match="placeholders"):
+        package.check_stage("dev")
+
+
+def test_the_local_stage_is_packaged_for_the_checks_only(tmp_path: Path) -> None:
+    line = refusal(LOCAL_STAGE, tmp_path)
+    assert "never deployed" in line
+    package.check_stage(LOCAL_STAGE, for_checks=True)
+    assert not any(package.PLACEHOLDER.search(v) for v in stage_environment(LOCAL_STAGE).values())

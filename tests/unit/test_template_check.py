@@ -44,6 +44,13 @@ def transformed(dedicated_bus: bool) -> dict[str, Any]:
                 "PolicyDocument": {
                     "Statement": [
                         {
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "sqs:*",
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        },
+                        {
+                            "Effect": "Allow",
                             "Condition": {
                                 "ArnEquals": {
                                     "aws:SourceArn": [
