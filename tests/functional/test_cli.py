@@ -95,3 +95,34 @@ def test_bench_prints_its_table() -> None:
                 "largest item", "AWS polling calls", "backup:StartBackupJob",
                 "seed's polling design (model)"):  # fmt: skip
         assert row in result.output, row
+
+
+def test_simulate_json_counts_the_calls_the_run_made() -> None:
+    result = runner.invoke(app, ["simulate", "seed-example", "--instances", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    calls = json.loads(result.output)["aws_calls"]
+    assert calls["ec2:StopInstances"] == 1  # one call for the group's three instances
+    assert calls["ec2:StartInstances"] == 1
+    assert calls["ssm:SendCommand"] == 2  # the pre-script and the post-script
+    assert calls["backup:StartBackupJob"] == 3
+    assert calls["events:PutEvents"] >= 1
+    assert all(":" in name and count > 0 for name, count in calls.items())
+
+
+def test_simulate_under_a_stage_applies_its_configuration_as_deployed() -> None:
+    # dev allow-lists placeholders, not the example bucket: the seed example is refused
+    # there, as it would be by a deployed dev stage, and nothing is touched.
+    result = runner.invoke(app, ["simulate", "--stage", "dev", "--instances", "2", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["status"] == "REJECTED"
+    assert any("PREPOST_ALLOWED_SCRIPT_SOURCES" in error for error in report["errors"])
+    assert not any(name.split(":")[0] in ("ec2", "ssm", "backup") for name in report["aws_calls"])
+    local = runner.invoke(app, ["simulate", "--stage", "local", "--instances", "2", "--json"])
+    assert json.loads(local.output)["status"] == "SUCCEEDED"
+
+
+def test_simulate_refuses_an_unknown_stage() -> None:
+    result = runner.invoke(app, ["simulate", "--stage", "nope"])
+    assert result.exit_code == 2
+    assert "no stage 'nope'" in result.output
