@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import cache
 
@@ -52,7 +53,12 @@ class Settings(BaseModel):
 @cache
 def get_settings() -> Settings:
     """The settings of this process, read from the environment on first use."""
-    env = os.environ
+    return settings_from(os.environ)
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Settings from a stage's environment variables (the packager checks a stage with
+    it before deploying; ValueError if a value cannot be read)."""
     tag = env.get("PREPOST_OPT_IN_TAG") or f"{DEFAULT_OPT_IN_TAG_KEY}={DEFAULT_OPT_IN_TAG_VALUE}"
     tag_key, _, tag_value = tag.partition("=")
     return Settings(

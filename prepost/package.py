@@ -276,6 +276,31 @@ def check_stage(
             + ", ".join(f"stages.{stage}.environment_variables.{key}" for key in unfilled)
             + " in .chalice/config.json with your own values (see README, Deploy)"
         )
+    unreadable = settings_problems(env)
+    if unreadable:
+        raise PackageError(f"stage {stage!r}: " + "; ".join(unreadable))
+
+
+def settings_problems(env: dict[str, str]) -> list[str]:
+    """What the functions would misread in a stage's settings, each naming its key."""
+    from pydantic import ValidationError
+
+    from chalicelib.config import settings_from
+    from chalicelib.models.s3 import S3Location, S3LocationError
+
+    try:
+        settings = settings_from(env)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    except ValueError as exc:  # a number that is not one
+        return [f"a numeric setting cannot be read: {exc}"]
+    problems = []
+    for source in settings.allowed_script_sources:
+        try:
+            S3Location.parse(source, prefix=True)
+        except S3LocationError as exc:
+            problems.append(f"PREPOST_ALLOWED_SCRIPT_SOURCES: {source!r} {exc}")
+    return problems
 
 
 # -- policies ----------------------------------------------------------------------------------

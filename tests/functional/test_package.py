@@ -570,3 +570,20 @@ def test_the_local_stage_is_packaged_for_the_checks_only(tmp_path: Path) -> None
     assert "never deployed" in line
     package.check_stage(LOCAL_STAGE, for_checks=True)
     assert not any(package.PLACEHOLDER.search(v) for v in stage_environment(LOCAL_STAGE).values())
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("PREPOST_ALLOWED_SCRIPT_SOURCES", "s3://bucket/../etc/", "must not contain the dot"),
+        ("PREPOST_ALLOWED_SCRIPT_SOURCES", "https://example.com/scripts/", "not an Amazon S3"),
+        ("PREPOST_MAX_INSTANCES_PER_RUN", "lots", "numeric setting"),
+        ("PREPOST_MAX_INSTANCES_PER_RUN", "0", "max_instances_per_run"),
+    ],
+)
+def test_a_setting_the_functions_would_misread_is_refused(
+    tmp_path: Path, setting: str, value: str, said: str
+) -> None:
+    with pytest.raises(package.PackageError, match=said):
+        package.package(STAGE, tmp_path, {setting: value}, for_checks=True)
+    assert not (tmp_path / "sam.json").exists()
