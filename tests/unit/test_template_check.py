@@ -58,8 +58,8 @@ def transformed(dedicated_bus: bool) -> dict[str, Any]:
                                         {"Fn::Sub": f"{SUB}state"},
                                     ]
                                 }
-                            }
-                        }
+                            },
+                        },
                     ]
                 }
             },
