@@ -105,13 +105,17 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     if refused:
         _reject(services, run_id, envelope, refused, "not allowed by this deployment")
         return run_id
+    kept = stored_input(detail)
+    if kept is None:  # a resumed start re-reads the input: a run must keep it whole
+        _reject(services, run_id, envelope, [])
+        return run_id
     now, now_epoch = services.clock.now(), services.now_epoch()
     run = RunRecord(
         run_id=run_id,
         status=RunStatus.STARTING,
         created_at=iso(now),
         event_id=envelope.id,
-        input_json=stored_input(detail) or "null",
+        input_json=kept,
         **origin,
     )
     # The header first: it claims the start, so a concurrent duplicate stops right here.
