@@ -6,7 +6,7 @@ from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions
-from chalicelib.models.events import DetailType, PhaseCompleted
+from chalicelib.models.events import DetailType, PhaseCompleted, RunCompleted
 from chalicelib.models.state import DONE, InstanceStatus, RunRecord, RunStatus
 
 
@@ -49,8 +49,9 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     finished_at = iso(services.clock.now())
     for instance in instances:  # before the run is complete, so a crash cannot keep them
         store.release_lease(instance.instance_id, run.run_id)
-    announce_by = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
-    if not store.complete_run(run.run_id, status, counts, reason, finished_at, announce_by):
+    if not store.complete_run(
+        run.run_id, status, counts, reason, finished_at, announce_by(services)
+    ):
         return
     observability.count(f"RUN_{status}")
     duration = (parse_iso(finished_at) - parse_iso(run.created_at)).total_seconds()
@@ -66,23 +67,15 @@ def finalize_run(services: Services, run: RunRecord) -> None:
 
 
 def announce(services: Services, run: RunRecord) -> None:
-    """Put the run's Run Completed event, then note it. The run stays due until then, so
-    if this handler dies first, the reconciler announces it (at least once)."""
-    services.events.emit(
-        [
-            (
-                DetailType.RUN_COMPLETED,
-                {
-                    "run_id": run.run_id,
-                    "status": str(run.status),
-                    "reason": run.reason,
-                    "errors": [],
-                    "counts": run.counts,
-                    "instance_count": run.instance_count,
-                    "created_at": run.created_at,
-                    "finished_at": run.finished_at,
-                },
-            )
-        ]
-    )
+    """Put the run's Run Completed event, then note it. Every path that ends a run writes
+    its final record due by `announce_by` first, and the run stays due until it is noted:
+    if EventBridge refuses the event or this handler dies first, the reconciler announces
+    it (at least once)."""
+    completed = RunCompleted.of(run).model_dump(mode="json")
+    services.events.emit([(DetailType.RUN_COMPLETED, completed)])
     services.store.mark_announced(run.run_id, iso(services.clock.now()))
+
+
+def announce_by(services: Services) -> int:
+    """When the reconciler announces a finished run whose own handler could not."""
+    return services.now_epoch() + decisions.REQUEST_GRACE_SECONDS

@@ -18,6 +18,7 @@ from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic.decisions import slot_run_id
+from chalicelib.logic.finalize import announce, announce_by
 from chalicelib.models.events import DetailType
 from chalicelib.models.profile import Profile, catch_up
 from chalicelib.models.state import RunRecord, RunStatus
@@ -81,20 +82,9 @@ def _record_missed(services: Services, profile: Profile, slot: str, reason: str)
         profile=profile.name,
         slot=slot,
     )
-    if not services.store.put_run_if_new(run, services.now_epoch()):
-        return  # recorded (or run) already
+    if not services.store.put_run_if_new(run, services.now_epoch(), due_at=announce_by(services)):
+        return  # recorded (or run) already; the reconciler announces it if need be
     observability.logger().warning("scheduled slot missed", profile=profile.name, slot=slot,
                                    reason=reason)  # fmt: skip
     observability.count("SlotsMissed")
-    completed = {
-        "run_id": run.run_id,
-        "status": str(RunStatus.MISSED),
-        "reason": reason,
-        "profile": profile.name,
-        "slot": slot,
-        "counts": {},
-        "instance_count": 0,
-        "created_at": slot,
-        "finished_at": now,
-    }
-    services.events.emit([(DetailType.RUN_COMPLETED, completed)])
+    announce(services, run)

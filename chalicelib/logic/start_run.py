@@ -13,7 +13,7 @@ from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions, policy
-from chalicelib.logic.finalize import finalize_run
+from chalicelib.logic.finalize import announce, announce_by, finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
 from chalicelib.models.profile import Profile, ProfileRequest, catch_up
@@ -212,27 +212,11 @@ def _reject(
         errors=errors,
         reason=reason,
     )
-    if not services.store.put_run_if_new(run, services.now_epoch()):
+    if not services.store.put_run_if_new(run, services.now_epoch(), due_at=announce_by(services)):
         return
     observability.logger().warning("run rejected", errors=errors)
     observability.count("RunsRejected")
-    services.events.emit(
-        [
-            (
-                DetailType.RUN_COMPLETED,
-                {
-                    "run_id": run_id,
-                    "status": str(RunStatus.REJECTED),
-                    "reason": run.reason,
-                    "errors": errors,
-                    "counts": {},
-                    "instance_count": 0,
-                    "created_at": run.created_at,
-                    "finished_at": run.finished_at,
-                },
-            )
-        ]
-    )
+    announce(services, run)
 
 
 def _shortened(error: str) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from chalicelib.errors import PoisonEventError
-from chalicelib.models.state import Phase
+from chalicelib.models.state import Phase, RunRecord
 
 APP_SOURCE = "prepost-backup"
 
@@ -128,8 +128,10 @@ class PhaseCompletedEvent(AwsEvent):
 class RunCompleted(_Detail):
     """Detail of `PrePostBackup Run Completed`: a run reached its final status.
 
-    Only `run_id` is relied on: whoever acts on it reads the run's record, so a forged or
-    stale event can announce nothing the record does not say.
+    Built from the run's record by `of`, on every path that ends a run (finished,
+    rejected, a missed slot, cancelled, timed out). Only `run_id` is relied on by the
+    receiver: whoever acts on it reads the run's record, so a forged or stale event can
+    announce nothing the record does not say.
     """
 
     run_id: str = Field(min_length=1)
@@ -140,6 +142,24 @@ class RunCompleted(_Detail):
     instance_count: int = 0
     created_at: str | None = None
     finished_at: str | None = None
+    profile: str | None = None  # the stored profile the run was started from, if any
+    slot: str | None = None  # its scheduled slot, if the scheduler asked for it
+
+    @classmethod
+    def of(cls, run: RunRecord) -> RunCompleted:
+        """The public event of a finished run, from its record."""
+        return cls(
+            run_id=run.run_id,
+            status=str(run.status),
+            reason=run.reason,
+            errors=run.errors,
+            counts=run.counts,
+            instance_count=run.instance_count,
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            profile=run.profile,
+            slot=run.slot,
+        )
 
 
 class RunCompletedEvent(AwsEvent):

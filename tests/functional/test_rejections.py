@@ -85,8 +85,9 @@ def test_invalid_input_is_rejected_with_the_field_named_and_nothing_touched(
     }
     assert made == {
         ("dynamodb", "GetItem"),  # is this a redelivered start event?
-        ("dynamodb", "PutItem"),  # the REJECTED record
+        ("dynamodb", "PutItem"),  # the REJECTED record, due until announced
         ("events", "PutEvents"),  # PrePostBackup Run Completed
+        ("dynamodb", "UpdateItem"),  # noted as announced
     }
     [completed] = completed_events(cloud, run_id)
     assert completed["status"] == "REJECTED"

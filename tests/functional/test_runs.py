@@ -60,6 +60,8 @@ def test_seed_example_unchanged_succeeds_with_stop_and_start(cloud: LocalCloud) 
             "instance_count": 3,
             "created_at": run.created_at,
             "finished_at": run.finished_at,
+            "profile": None,  # not started from a stored profile
+            "slot": None,
         }
     ]
     # Leases are released at the end of the run.
