@@ -110,6 +110,7 @@ ALARMED_METRICS = {
     ),
     "PoisonEvents": ("PoisonEvents", "an event that can never be processed was dropped"),
     "ReconcileErrors": ("ReconcileErrors", "the reconciler failed on a group"),
+    "ScheduleErrors": ("ScheduleErrors", "the scheduler failed on a profile"),
 }
 
 LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096]

@@ -29,10 +29,19 @@ MAX_SLOTS_PER_TICK = 50
 
 
 def tick(services: Services) -> None:
-    """One scheduler tick over every stored profile."""
+    """One scheduler tick over every stored profile. A profile that fails (EventBridge
+    refusing its start event, say) is logged and counted (`ScheduleErrors`, alarmed) and
+    left where it was, so the next tick tries it again; it holds up no other profile."""
     for profile in services.store.list_profiles():
-        if profile.schedule is not None:
+        if profile.schedule is None:
+            continue
+        try:
             advance(services, profile)
+        except Exception as exc:  # one profile's trouble must not starve the others
+            observability.logger().exception(
+                "scheduling a profile failed", profile=profile.name, error=str(exc)
+            )
+            observability.count("ScheduleErrors")
 
 
 def advance(services: Services, profile: Profile) -> None:

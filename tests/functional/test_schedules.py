@@ -204,3 +204,26 @@ def test_a_due_slot_named_by_anyone_is_still_one_run(cloud: LocalCloud) -> None:
     assert run.status is RunStatus.SUCCEEDED
     completed = [e["detail"] for e in cloud.emitted if e["detail-type"].endswith("Completed")]
     assert [c["status"] for c in completed if "status" in c] == ["SUCCEEDED"]
+
+
+def test_a_profile_that_fails_holds_up_no_other_and_is_tried_again(
+    cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a-first", "b-second"):  # two fleets, so that neither run holds the other's
+        cloud.launch(2, tags={"backup-job": name})
+        doc = document()
+        doc["Input"]["TargetEC2TagValue"] = name
+        cloud.store.put_profile(Profile.from_document(name, doc, iso(cloud.clock.now())))
+    cloud.behaviour.refuse_events = {"BackupSolution-PrePostScript": 1}  # a-first's, once
+    cloud.clock.advance_to(START + timedelta(minutes=31))
+    cloud.scheduler_tick()
+
+    asked = [e["detail"]["Profile"] for e in cloud.emitted if "Profile" in e["detail"]]
+    assert asked == ["b-second"]  # the same tick went on past the failing profile
+    assert cloud.dead_letters == []  # contained: the tick itself did not fail
+    assert '"ScheduleErrors":[1.0]' in capsys.readouterr().out
+
+    cloud.scheduler_tick()  # the next tick: a-first's cursor had not moved
+    cloud.drain()
+    assert [run.status for run in runs_of(cloud, "a-first")] == [RunStatus.SUCCEEDED]
+    assert [run.status for run in runs_of(cloud, "b-second")] == [RunStatus.SUCCEEDED]
