@@ -95,3 +95,23 @@ def test_a_phase_whose_declared_poll_learns_nothing_times_out(
     run, instances = outcome(cloud, run_id)
     assert run.status is RunStatus.TIMED_OUT
     assert instances[instance_id].phase(Phase.BACKUP).timed_out
+
+
+@pytest.mark.parametrize("retried", [False, True])
+def test_the_errors_a_phase_retries_are_its_declaration(
+    behaviour: Behaviour, cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, retried: bool
+) -> None:
+    code = "UnsupportedOperation"  # failed at once, unless the declaration retries it
+    if retried:
+        declare(monkeypatch, Phase.STOP, retry_later=frozenset({code}))
+    (instance_id,) = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.power_errors[(instance_id, "StopInstances")] = code
+    run_id = cloud.run(seed_input())
+
+    _, instances = outcome(cloud, run_id)
+    stop = instances[instance_id].phase(Phase.STOP)
+    assert stop.status is PhaseStatus.FAILED
+    assert code in (stop.reason or "")
+    assert bool(stop.timed_out) is retried  # retried until the deadline, or refused at once
+    assert bool(stop.refused) is not retried
+    assert bool(stop.last_error) is retried
