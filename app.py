@@ -30,6 +30,7 @@ from chalicelib.logic import (
     cancel,
     finalize,
     notify,
+    phase_table,
     phases,
     reconcile,
     results,
@@ -64,27 +65,28 @@ def cancel_run(event: CloudWatchEvent) -> None:
     cancel.cancel_run(services(), parse(CancelRequestEvent, event.to_dict()).detail)
 
 
-# -- a group enters a phase: one handler per side effect -------------------------------------
+# -- a group enters a phase: one function per side effect; what a phase is, and which
+#    function acts for it, is declared once in `chalicelib.logic.phase_table` ------------------
 
 
-@app.on_cw_event(patterns.phase_requested("PRE_SCRIPT", "POST_SCRIPT"))
+@app.on_cw_event(patterns.phase_requested(*phase_table.requested_phases("run_scripts")))
 def run_scripts(event: CloudWatchEvent) -> None:
-    phases.run_scripts(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
+    phases.enter_phase(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
-@app.on_cw_event(patterns.phase_requested("STOP"))
+@app.on_cw_event(patterns.phase_requested(*phase_table.requested_phases("stop_instances")))
 def stop_instances(event: CloudWatchEvent) -> None:
-    phases.stop_instances(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
+    phases.enter_phase(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
-@app.on_cw_event(patterns.phase_requested("BACKUP"))
+@app.on_cw_event(patterns.phase_requested(*phase_table.requested_phases("start_backups")))
 def start_backups(event: CloudWatchEvent) -> None:
-    phases.start_backups(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
+    phases.enter_phase(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
-@app.on_cw_event(patterns.phase_requested("START"))
+@app.on_cw_event(patterns.phase_requested(*phase_table.requested_phases("start_instances")))
 def start_instances(event: CloudWatchEvent) -> None:
-    phases.start_instances(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
+    phases.enter_phase(services(), parse(PhaseRequestEvent, event.to_dict()).detail)
 
 
 # -- AWS reports what happened ----------------------------------------------------------------

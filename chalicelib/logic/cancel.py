@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from chalicelib import observability
 from chalicelib.dependencies import Services
-from chalicelib.logic.decisions import FORWARD_PHASES
+from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import finish
 from chalicelib.models.events import CancelRequest
 from chalicelib.models.state import GroupPhaseState, Phase, PhaseStatus
@@ -26,9 +26,7 @@ def cancel_run(services: Services, request: CancelRequest) -> None:
     observability.count("RunsCancelled")
     for group in store.list_groups(request.run_id):
         store.cancel_group(request.run_id, group.group_id)
-        if group.phase_state is not GroupPhaseState.OPEN or Phase(group.phase) not in (
-            FORWARD_PHASES
-        ):
+        if group.phase_state is not GroupPhaseState.OPEN or not PHASES[Phase(group.phase)].forward:
             continue  # a requested forward phase will skip its work; backward ones go on
         phase = Phase(group.phase)
         for member in store.list_instances(request.run_id, group.group_id):

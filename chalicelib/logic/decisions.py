@@ -8,7 +8,8 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from chalicelib.models.run_input import OnPreScriptFailure, RunInput
+from chalicelib.logic.phase_declaration import declared
+from chalicelib.models.run_input import OnPreScriptFailure, RunInput, ScriptDetails
 from chalicelib.models.state import (
     PHASE_ORDER,
     Consistency,
@@ -59,15 +60,8 @@ def script_output_prefix(key_prefix: str | None, run_id: str, phase: Phase) -> s
 
 
 def plan(run_input: RunInput) -> list[Phase]:
-    """The phases of a run, in order, leaving out those not asked for."""
-    wanted = {
-        Phase.PRE_SCRIPT: run_input.pre_script is not None,
-        Phase.STOP: run_input.start_stop_ec2_required,
-        Phase.BACKUP: True,
-        Phase.START: run_input.start_stop_ec2_required,
-        Phase.POST_SCRIPT: run_input.post_script is not None,
-    }
-    return [phase for phase in PHASE_ORDER if wanted[phase]]
+    """The phases of a run, in order, leaving out those its declaration does not include."""
+    return [phase for phase in PHASE_ORDER if declared(phase).in_plan(run_input)]
 
 
 def next_phase(phases: list[Phase], current: Phase) -> Phase | None:
@@ -113,59 +107,60 @@ class MemberDecision:
 
 
 ACT = MemberDecision(act=True)
+ABORTED = MemberDecision(False, "a pre-script of this group failed and OnPreScriptFailure is abort")
+
+# Which members a phase acts on, once the rules common to every phase (a terminated
+# instance, a cancelled run) have let them through: each phase declares one of these.
 
 
-FORWARD_PHASES = frozenset({Phase.PRE_SCRIPT, Phase.STOP, Phase.BACKUP})
-
-
-def decide_member(
-    phase: Phase,
-    instance: InstanceRecord,
-    aborted: bool,
-    run_input: RunInput,
-    cancelled: bool = False,
+def pre_script_member(
+    instance: InstanceRecord, aborted: bool, run_input: RunInput
 ) -> MemberDecision:
-    """Whether `phase` acts on one member of a group, or why it skips it."""
-    was_running = instance.original_state in RUNNING_STATES
-    if instance.terminated:
-        return MemberDecision(False, "instance was terminated during the run")
-    if cancelled and phase in FORWARD_PHASES:
-        return MemberDecision(False, "run cancelled")
-    if phase is Phase.PRE_SCRIPT:
-        if not was_running:
-            return MemberDecision(False, "instance was not running; SSM cannot reach it")
-        return ACT
-    if phase in (Phase.STOP, Phase.BACKUP) and aborted:
-        return MemberDecision(
-            False, "a pre-script of this group failed and OnPreScriptFailure is abort"
-        )
-    if phase is Phase.STOP:
-        if not was_running:
-            return MemberDecision(False, f"instance was already {instance.original_state}")
-        return ACT
-    if phase is Phase.BACKUP:
-        stop = instance.phase(Phase.STOP)
-        if stop.status is PhaseStatus.FAILED and (
-            run_input.on_pre_script_failure is OnPreScriptFailure.ABORT
-        ):
-            return MemberDecision(False, "the stop failed and OnPreScriptFailure is abort")
-        return ACT
-    if phase is Phase.START:
-        stop = instance.phase(Phase.STOP)
-        # A stop that was tried may have stopped the instance even if it never said so:
-        # sent but unreported, or made by a handler that died before recording it (then
-        # timed out or cancelled). Start it to be sure; starting a running instance
-        # changes nothing. Only a stop never tried, or refused by EC2, stopped nothing.
-        never = stop.started_at is None or stop.refused
-        if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent and never:
-            return MemberDecision(False, "this run did not stop the instance")
-        return ACT
-    # POST_SCRIPT: always thaw where the pre-script was sent.
+    if instance.original_state not in RUNNING_STATES:
+        return MemberDecision(False, "instance was not running; SSM cannot reach it")
+    return ACT
+
+
+def stop_member(instance: InstanceRecord, aborted: bool, run_input: RunInput) -> MemberDecision:
+    if aborted:
+        return ABORTED
+    if instance.original_state not in RUNNING_STATES:
+        return MemberDecision(False, f"instance was already {instance.original_state}")
+    return ACT
+
+
+def backup_member(instance: InstanceRecord, aborted: bool, run_input: RunInput) -> MemberDecision:
+    if aborted:
+        return ABORTED
+    stop = instance.phase(Phase.STOP)
+    if stop.status is PhaseStatus.FAILED and (
+        run_input.on_pre_script_failure is OnPreScriptFailure.ABORT
+    ):
+        return MemberDecision(False, "the stop failed and OnPreScriptFailure is abort")
+    return ACT
+
+
+def start_member(instance: InstanceRecord, aborted: bool, run_input: RunInput) -> MemberDecision:
+    stop = instance.phase(Phase.STOP)
+    # A stop that was tried may have stopped the instance even if it never said so:
+    # sent but unreported, or made by a handler that died before recording it (then
+    # timed out or cancelled). Start it to be sure; starting a running instance
+    # changes nothing. Only a stop never tried, or refused by EC2, stopped nothing.
+    never = stop.started_at is None or stop.refused
+    if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent and never:
+        return MemberDecision(False, "this run did not stop the instance")
+    return ACT
+
+
+def post_script_member(
+    instance: InstanceRecord, aborted: bool, run_input: RunInput
+) -> MemberDecision:
+    """Always thaw where the pre-script was sent."""
     if run_input.pre_script is not None:
         pre = instance.phase(Phase.PRE_SCRIPT)
         if pre.status in (PhaseStatus.SKIPPED, PhaseStatus.PENDING):
             return MemberDecision(False, "no pre-script was sent to this instance")
-    elif not was_running:
+    elif instance.original_state not in RUNNING_STATES:
         return MemberDecision(False, "instance was not running; SSM cannot reach it")
     # Sent even to an instance left stopped: SSM delivers it if the instance is started
     # within the delivery timeout, and otherwise reports it Undeliverable, not hidden.
@@ -271,27 +266,22 @@ SCRIPT_MARGIN_SECONDS = 5 * 60
 REQUEST_GRACE_SECONDS = 5 * 60
 # How soon a side effect that AWS refused for now (throttling, capacity) is tried again.
 RETRY_SECONDS = 5 * 60
-# How often the reconciler asks AWS about members whose report has not come.
-POLL_SECONDS = {
-    Phase.PRE_SCRIPT: 10 * 60,
-    Phase.STOP: 10 * 60,
-    Phase.BACKUP: 30 * 60,
-    Phase.START: 10 * 60,
-    Phase.POST_SCRIPT: 10 * 60,
-}
 
 
 def phase_budget_seconds(phase: Phase, run_input: RunInput) -> int:
     """How long a phase may take before its unfinished members are timed out."""
-    if phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
-        script = run_input.pre_script if phase is Phase.PRE_SCRIPT else run_input.post_script
-        if script is None:
-            return 0
-        # SSM's own limit: the delivery timeout plus the execution timeout.
-        delivery = script.timeout_in_seconds or DEFAULT_DELIVERY_TIMEOUT_SECONDS
-        return delivery + script.execution_timeout_in_seconds + SCRIPT_MARGIN_SECONDS
-    if phase in (Phase.STOP, Phase.START):
-        return STOP_START_BUDGET_SECONDS
+    return declared(phase).budget_seconds(run_input)
+
+
+def script_budget_seconds(script: ScriptDetails | None) -> int:
+    if script is None:
+        return 0
+    # SSM's own limit: the delivery timeout plus the execution timeout.
+    delivery = script.timeout_in_seconds or DEFAULT_DELIVERY_TIMEOUT_SECONDS
+    return delivery + script.execution_timeout_in_seconds + SCRIPT_MARGIN_SECONDS
+
+
+def backup_budget_seconds(run_input: RunInput) -> int:
     backup = run_input.backup_details
     # The complete window counts from when the job was scheduled, not after the start.
     if backup.complete_window_minutes:
@@ -302,6 +292,8 @@ def phase_budget_seconds(phase: Phase, run_input: RunInput) -> int:
 def run_budget_seconds(run_input: RunInput) -> int:
     """How long a run may take at most: its phases' budgets and the reconciler's delays."""
     return sum(
-        phase_budget_seconds(phase, run_input) + REQUEST_GRACE_SECONDS + POLL_SECONDS[phase]
+        phase_budget_seconds(phase, run_input)
+        + REQUEST_GRACE_SECONDS
+        + declared(phase).poll_seconds
         for phase in plan(run_input)
     )

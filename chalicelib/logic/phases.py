@@ -1,5 +1,8 @@
 """A group enters a phase: decide per member, then make the phase's side effect.
 
+What a phase is (whom it acts on, its side effect, its deadline, when the reconciler looks)
+is read from its declaration (`phase_table.PHASES`); this module is the same for every phase.
+
 Crash safety: the handler that opens a phase holds a claim on making its side effects.
 Each member is marked IN_PROGRESS before any call (so no report can arrive before its
 intent) and `sent` after the call is recorded. A retry after a crash, or the reconciler,
@@ -11,20 +14,14 @@ simply asked again (EC2 answers with the state the instance is in).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
-
 from chalicelib import observability
-from chalicelib.clock import iso, parse_iso
+from chalicelib.clock import iso
 from chalicelib.dependencies import Services
-from chalicelib.errors import GatewayError
-from chalicelib.gateways.aws import chunks
-from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
-from chalicelib.logic import decisions, policy
-from chalicelib.logic.transitions import close_phase, finish, leased_instance
+from chalicelib.logic.phase_table import PHASES, decide_member
+from chalicelib.logic.side_effects import PhaseContext
+from chalicelib.logic.transitions import close_phase
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.run_input import RunInput
-from chalicelib.models.script_command import CommandRejectedError
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
@@ -38,31 +35,6 @@ from chalicelib.models.state import (
 # Longer than any phase handler may run (their Lambda timeout), shorter than a reconciler
 # poll: a duplicate request meanwhile is ignored, a retry after a crash takes over.
 EXECUTION_CLAIM_SECONDS = 300
-# Errors after which the side effect is tried again later rather than failed at once.
-RETRY_LATER = {
-    Phase.BACKUP: frozenset({"LimitExceededException", "ServiceUnavailableException"}),
-    Phase.START: frozenset({"InsufficientInstanceCapacity", "InstanceLimitExceeded"}),
-}
-
-# (services, run, its input, the group, the members to act on, whether this is a resumption)
-Executor = Callable[[Services, RunRecord, RunInput, GroupRecord, list[InstanceRecord], bool], None]
-
-
-def run_scripts(services: Services, request: PhaseRequest) -> None:
-    """PRE_SCRIPT and POST_SCRIPT: AWS-RunRemoteScript by explicit ids, 50 per command."""
-    enter_phase(services, request)
-
-
-def stop_instances(services: Services, request: PhaseRequest) -> None:
-    enter_phase(services, request)
-
-
-def start_backups(services: Services, request: PhaseRequest) -> None:
-    enter_phase(services, request)
-
-
-def start_instances(services: Services, request: PhaseRequest) -> None:
-    enter_phase(services, request)
 
 
 def enter_phase(services: Services, request: PhaseRequest) -> None:
@@ -81,18 +53,19 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         return
     run, run_input = _run(services, request.run_id)
     members = store.list_instances(request.run_id, request.group_id)
+    declared = PHASES[request.phase]
     choices = [
-        (m, decisions.decide_member(request.phase, m, group.aborted, run_input, group.cancelled))
+        (m, decide_member(request.phase, m, group.aborted, run_input, group.cancelled))
         for m in members
     ]
     actors = [m for m, choice in choices if choice.act]
     skipped = [(m, choice.reason) for m, choice in choices if not choice.act]
     now_epoch = services.now_epoch()
-    deadline = now_epoch + decisions.phase_budget_seconds(request.phase, run_input)
+    deadline = now_epoch + declared.budget_seconds(run_input)
     if not store.open_phase(
         request.run_id, request.group_id, request.phase, len(actors), len(skipped),
         deadline=deadline,
-        due_at=min(deadline, now_epoch + decisions.POLL_SECONDS[request.phase]),
+        due_at=min(deadline, now_epoch + declared.poll_seconds),
         claim_until=now_epoch + EXECUTION_CLAIM_SECONDS,
     ):  # fmt: skip
         log.info("phase request ignored: already opened", **request.model_dump(mode="json"))
@@ -122,7 +95,7 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     if opened is None:
         return
     if actors:
-        EXECUTORS[request.phase](services, run, run_input, opened, actors, False)
+        _execute(services, run, run_input, opened, actors, resuming=False)
     else:
         close_phase(services, opened)
 
@@ -148,7 +121,7 @@ def resume_phase(services: Services, group: GroupRecord) -> None:
         "resuming side effects", phase=phase, group_id=group.group_id, members=len(unsent)
     )
     run, run_input = _run(services, group.run_id)
-    EXECUTORS[phase](services, run, run_input, group, unsent, True)
+    _execute(services, run, run_input, group, unsent, resuming=True)
 
 
 def _run(services: Services, run_id: str) -> tuple[RunRecord, RunInput]:
@@ -158,45 +131,7 @@ def _run(services: Services, run_id: str) -> tuple[RunRecord, RunInput]:
     return run, RunInput.model_validate_json(run.input_json)
 
 
-def _fail(
-    services: Services, group: GroupRecord, phase: Phase, instance_id: str, error: Exception
-) -> None:
-    finish(
-        services, group.run_id, group.group_id, instance_id, phase, PhaseStatus.FAILED,
-        reason=str(error), refused=True,
-    )  # fmt: skip
-
-
-def _mark_sent(
-    services: Services, group: GroupRecord, phase: Phase, instance_id: str, **ids: str
-) -> None:
-    services.store.annotate_phase(
-        group.run_id, group.group_id, instance_id, phase, sent=True, **ids
-    )
-
-
-def _retry_later(
-    services: Services,
-    group: GroupRecord,
-    phase: Phase,
-    member: InstanceRecord,
-    error: GatewayError,
-) -> bool:
-    """Whether `error` is one to try again later (the reconciler will, until the deadline)."""
-    if error.code not in RETRY_LATER.get(phase, frozenset()):
-        return False
-    services.store.annotate_phase(
-        group.run_id, group.group_id, member.instance_id, phase, last_error=str(error)
-    )
-    observability.logger().warning(
-        "side effect refused for now; will retry", instance_id=member.instance_id, phase=phase,
-        error=error.code,
-    )  # fmt: skip
-    observability.count(f"{phase}_RETRIED")
-    return True
-
-
-def _send_scripts(
+def _execute(
     services: Services,
     run: RunRecord,
     run_input: RunInput,
@@ -204,189 +139,6 @@ def _send_scripts(
     members: list[InstanceRecord],
     resuming: bool,
 ) -> None:
-    phase = Phase(group.phase)
-    script = run_input.pre_script if phase is Phase.PRE_SCRIPT else run_input.post_script
-    if script is None:
-        raise ValueError(f"{phase} is in the plan but the input has no script for it")
-    prefix = decisions.script_output_prefix(script.output_s3_key_prefix, run.run_id, phase)
-    comment = script_comment(run.run_id, phase)
-    unsent = []
-    for member in members:
-        started = member.phase(phase).started_at
-        if resuming and started:  # a script sent by a handler that died is adopted
-            found = services.ssm.find_command(member.instance_id, comment, parse_iso(started))
-            if found:
-                _record_command(services, run.run_id, group, phase, found, [member.instance_id])
-                continue
-        unsent.append(member)
-    try:
-        remote = policy.remote_script(script, services.settings, prefix)
-    except CommandRejectedError as exc:
-        # Allowed when the run started; the deployment's configuration changed since.
-        for member in unsent:
-            _fail(services, group, phase, member.instance_id, exc)
-        return
-    for batch in chunks(unsent, MAX_INSTANCES_PER_COMMAND):
-        ids = [member.instance_id for member in batch]
-        try:
-            command_id = services.ssm.send_script(ids, remote, comment)
-        except GatewayError as exc:
-            if len(ids) == 1:
-                _fail(services, group, phase, ids[0], exc)
-                continue
-            # One bad instance fails the whole command: send one by one so it fails alone.
-            for instance_id in ids:
-                try:
-                    single = services.ssm.send_script([instance_id], remote, comment)
-                except GatewayError as single_exc:
-                    _fail(services, group, phase, instance_id, single_exc)
-                else:
-                    _record_command(services, run.run_id, group, phase, single, [instance_id])
-            continue
-        _record_command(services, run.run_id, group, phase, command_id, ids)
-
-
-def script_comment(run_id: str, phase: Phase) -> str:
-    """The comment of this run's script commands: how a lost command id is found again."""
-    return f"prepost-backup {run_id} {phase}"
-
-
-def adopt_command(
-    services: Services, command_id: str, instance_id: str
-) -> tuple[str, str, Phase] | None:
-    """A report names a command whose id was never recorded (its sender died): if it is
-    the script this instance's run is waiting for, record it now; (run, group, phase)."""
-    instance = leased_instance(services, instance_id)
-    if instance is None:
-        return None
-    for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
-        result = instance.phases.get(phase)
-        if result is None or result.status is not PhaseStatus.IN_PROGRESS or result.command_id:
-            continue
-        if services.ssm.comment_of(command_id) == script_comment(instance.run_id, phase):
-            group = services.store.get_group(instance.run_id, instance.group_id)
-            if group is not None:
-                _record_command(services, instance.run_id, group, phase, command_id, [instance_id])
-                return instance.run_id, instance.group_id, phase
-    return None
-
-
-def _record_command(
-    services: Services,
-    run_id: str,
-    group: GroupRecord,
-    phase: Phase,
-    command_id: str,
-    instance_ids: list[str],
-) -> None:
-    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
-    for instance_id in instance_ids:
-        _mark_sent(services, group, phase, instance_id, command_id=command_id)
-    observability.logger().info(
-        "script sent", phase=phase, command_id=command_id, instances=len(instance_ids)
-    )
-
-
-def _change_power(
-    services: Services,
-    group: GroupRecord,
-    members: list[InstanceRecord],
-    call: Callable[[list[str]], dict[str, str | GatewayError]],
-    arrived: str,
-) -> None:
-    """Stop or start; an instance already in the wanted state finishes at once (no event
-    will come for it), the others finish on their state-change event."""
-    phase = Phase(group.phase)
-    by_id = {member.instance_id: member for member in members}
-    outcome = call(list(by_id))
-    for instance_id, state in outcome.items():
-        if isinstance(state, GatewayError):
-            if not _retry_later(services, group, phase, by_id[instance_id], state):
-                _fail(services, group, phase, instance_id, state)
-            continue
-        _mark_sent(services, group, phase, instance_id)
-        if state == arrived:
-            finish(
-                services, group.run_id, group.group_id, instance_id, phase,
-                PhaseStatus.SUCCEEDED,
-            )  # fmt: skip
-
-
-def _stop(
-    services: Services,
-    run: RunRecord,
-    run_input: RunInput,
-    group: GroupRecord,
-    members: list[InstanceRecord],
-    resuming: bool,
-) -> None:
-    _change_power(services, group, members, services.ec2.stop, "stopped")
-
-
-def _start(
-    services: Services,
-    run: RunRecord,
-    run_input: RunInput,
-    group: GroupRecord,
-    members: list[InstanceRecord],
-    resuming: bool,
-) -> None:
-    _change_power(services, group, members, services.ec2.start, "running")
-
-
-def _start_backups(
-    services: Services,
-    run: RunRecord,
-    run_input: RunInput,
-    group: GroupRecord,
-    members: list[InstanceRecord],
-    resuming: bool,
-) -> None:
-    details = run_input.backup_details
-    window = timedelta(minutes=details.start_window_minutes)
-    for member in members:
-        started = member.phase(Phase.BACKUP).started_at
-        if resuming and started and services.clock.now() > parse_iso(started) + window:
-            last_error = member.phase(Phase.BACKUP).last_error
-            reason = "no backup job could be started within the start window" + (
-                f" (last error: {last_error})" if last_error else ""
-            )
-            _fail(services, group, Phase.BACKUP, member.instance_id, RuntimeError(reason))
-            continue
-        label = decisions.consistency(member, run_input)
-        tags = details.recovery_point_tags | {
-            "prepost:run-id": run.run_id,
-            "prepost:consistency": str(label),
-        }
-        try:
-            # The token makes a repeated call (a resumption) return the same job.
-            job_id = services.backup.start_backup_job(
-                member.arn or "",
-                details,
-                decisions.idempotency_token(run.run_id, member.instance_id),
-                tags,
-            )
-        except GatewayError as exc:
-            if not _retry_later(services, group, Phase.BACKUP, member, exc):
-                _fail(services, group, Phase.BACKUP, member.instance_id, exc)
-            continue
-        services.store.put_job(
-            job_id, run.run_id, group.group_id, member.instance_id, services.now_epoch()
-        )
-        _mark_sent(
-            services, group, Phase.BACKUP, member.instance_id,
-            backup_job_id=job_id, consistency=str(label),
-        )  # fmt: skip
-        observability.logger().info(
-            "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
-            consistency=label,
-        )  # fmt: skip
-
-
-EXECUTORS: dict[Phase, Executor] = {
-    Phase.PRE_SCRIPT: _send_scripts,
-    Phase.STOP: _stop,
-    Phase.BACKUP: _start_backups,
-    Phase.START: _start,
-    Phase.POST_SCRIPT: _send_scripts,
-}
+    declared = PHASES[Phase(group.phase)]
+    context = PhaseContext(services, run, run_input, group, declared, resuming)
+    declared.execute(context, members)

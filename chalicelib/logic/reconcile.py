@@ -2,7 +2,8 @@
 
 Runs on a schedule. It reads only the groups that are due (a sparse index), so its cost
 grows with overdue work, not with the fleet. Every answer goes through the same code an
-event would (`results.record_*`, `phases.enter_phase`, `finalize.group_completed`).
+event would (`results.record_*` through the poll each phase declares, `phases.enter_phase`,
+`finalize.group_completed`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
-from chalicelib.logic import decisions, finalize, phases, results, start_run
+from chalicelib.logic import decisions, finalize, phases, start_run
+from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import close_phase, finish
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
-    InstanceRecord,
     Phase,
     PhaseStatus,
     RunStatus,
@@ -86,7 +87,7 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and member.phase(phase).sent
     ]
     for member in waiting:
-        _ask_aws(services, member, phase)
+        PHASES[phase].poll(services, member, phase)  # as its event would have been recorded
     deadline = group.deadline or now
     if now >= deadline:
         _time_out(services, group, phase)
@@ -99,27 +100,8 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
             m.phase(phase).status is PhaseStatus.IN_PROGRESS and not m.phase(phase).sent
             for m in store.list_instances(run_id, group_id)
         )
-        wait = decisions.RETRY_SECONDS if unsent else decisions.POLL_SECONDS[phase]
+        wait = decisions.RETRY_SECONDS if unsent else PHASES[phase].poll_seconds
         store.rearm(run_id, group_id, group.phase, min(deadline, now + wait))
-
-
-def _ask_aws(services: Services, member: InstanceRecord, phase: Phase) -> None:
-    """Feed what AWS says now about one member into the transition an event would make."""
-    key = (member.run_id, member.group_id, member.instance_id)
-    result = member.phase(phase)
-    if phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
-        if result.command_id:
-            invocation = services.ssm.invocation(result.command_id, member.instance_id)
-            if invocation is not None:
-                results.record_script_status(services, key, phase, *invocation)
-    elif phase in (Phase.STOP, Phase.START):
-        state = services.ec2.states([member.instance_id]).get(member.instance_id, "terminated")
-        results.record_power_state(services, key, state)
-    elif result.backup_job_id:
-        job = services.backup.describe_job(result.backup_job_id)
-        results.record_backup_state(
-            services, key, job.state, job.status_message, job.recovery_point_arn
-        )
 
 
 def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:

@@ -1,7 +1,8 @@
 """What AWS reports (by event, or when the reconciler asks) becomes an instance's result.
 
-The event handlers and the reconciler both go through the `record_*` functions, so a
-report means the same thing whichever way it arrives.
+The event handlers and the reconciler (through the `poll_*` functions its phases declare)
+both go through the `record_*` functions, so a report means the same thing whichever way it
+arrives. Which reported statuses end a phase is read from the phase's declaration.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import CorrelationPendingError
-from chalicelib.logic import decisions, phases
+from chalicelib.logic import decisions
+from chalicelib.logic.phase_declaration import EC2_REPORTS, declarations, declared
+from chalicelib.logic.side_effects import adopt_command
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
 from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
@@ -21,7 +24,7 @@ def record_script_status(
     services: Services, key: InstanceKey, phase: Phase, status: str, details: str = ""
 ) -> None:
     """One instance's script reached `status`. Only `Success` counts as success."""
-    outcome = decisions.ssm_outcome(status)
+    outcome = declared(phase).ends_on(status)
     if outcome is None:
         return
     reason = None
@@ -32,11 +35,13 @@ def record_script_status(
 
 def record_power_state(services: Services, key: InstanceKey, state: str) -> None:
     """An instance is now `state`: a stop or start finished, or the instance is gone."""
-    if state == "stopped":
-        finish(services, *key, Phase.STOP, PhaseStatus.SUCCEEDED)
-    elif state == "running":
-        finish(services, *key, Phase.START, PhaseStatus.SUCCEEDED)
-    elif state in decisions.GONE_STATES:
+    for phase, declaration in declarations().items():
+        if declaration.reported_by == EC2_REPORTS:
+            outcome = declaration.ends_on(state)
+            if outcome is not None:
+                finish(services, *key, phase, outcome)
+                return
+    if state in decisions.GONE_STATES:
         instance = services.store.get_instance(*key)
         if instance is None:
             return
@@ -56,7 +61,7 @@ def record_backup_state(
     recovery_point_arn: str | None,
 ) -> None:
     """A backup job reached `state`. Only `COMPLETED` counts as success."""
-    outcome = decisions.backup_outcome(state)
+    outcome = declared(Phase.BACKUP).ends_on(state)
     if outcome is None:
         return
     reason = None
@@ -67,6 +72,31 @@ def record_backup_state(
     finish(
         services, *key, Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn
     )
+
+
+# -- the reconciler asks AWS (each phase declares which of these it polls with) ------------
+
+
+def poll_script(services: Services, member: InstanceRecord, phase: Phase) -> None:
+    result = member.phase(phase)
+    if result.command_id:
+        invocation = services.ssm.invocation(result.command_id, member.instance_id)
+        if invocation is not None:
+            key = (member.run_id, member.group_id, member.instance_id)
+            record_script_status(services, key, phase, *invocation)
+
+
+def poll_power_state(services: Services, member: InstanceRecord, phase: Phase) -> None:
+    state = services.ec2.states([member.instance_id]).get(member.instance_id, "terminated")
+    record_power_state(services, (member.run_id, member.group_id, member.instance_id), state)
+
+
+def poll_backup_job(services: Services, member: InstanceRecord, phase: Phase) -> None:
+    result = member.phase(phase)
+    if result.backup_job_id:
+        job = services.backup.describe_job(result.backup_job_id)
+        key = (member.run_id, member.group_id, member.instance_id)
+        record_backup_state(services, key, job.state, job.status_message, job.recovery_point_arn)
 
 
 # -- the events -------------------------------------------------------------------------------
@@ -80,7 +110,7 @@ def script_invocation_changed(services: Services, event: SsmInvocationEvent) -> 
     if command is not None:
         run_id, group_id, phase = command["run_id"], command["group_id"], Phase(command["phase"])
     else:
-        adopted = phases.adopt_command(services, detail.command_id, detail.instance_id)
+        adopted = adopt_command(services, detail.command_id, detail.instance_id)
         if adopted is None:
             if _script_awaiting_its_command_id(services, detail.instance_id):
                 # SSM does not list the command yet: retry rather than drop the report.
@@ -103,7 +133,7 @@ def instance_state_changed(services: Services, event: Ec2StateEvent) -> None:
 
 def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
     detail = event.detail
-    if decisions.backup_outcome(detail.state) is None:
+    if declared(Phase.BACKUP).ends_on(detail.state) is None:
         return
     job = services.store.get_job(detail.backup_job_id)
     if job is None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.logic import decisions
+from chalicelib.logic import decisions, phase_table
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     Consistency,
@@ -69,26 +69,28 @@ def test_success_means_success_for_backup() -> None:
 def test_stopped_instance_gets_no_script_and_no_power_change() -> None:
     stopped = instance("stopped")
     for phase in (Phase.PRE_SCRIPT, Phase.STOP, Phase.START, Phase.POST_SCRIPT):
-        assert not decisions.decide_member(phase, stopped, False, run_input()).act
-    assert decisions.decide_member(Phase.BACKUP, stopped, False, run_input()).act
+        assert not phase_table.decide_member(phase, stopped, False, run_input()).act
+    assert phase_table.decide_member(Phase.BACKUP, stopped, False, run_input()).act
 
 
 def test_abort_skips_stop_and_backup_but_always_thaws() -> None:
     thawing = instance(PRE_SCRIPT=PhaseStatus.FAILED)
-    assert not decisions.decide_member(Phase.STOP, thawing, True, run_input()).act
-    skip = decisions.decide_member(Phase.BACKUP, thawing, True, run_input())
+    assert not phase_table.decide_member(Phase.STOP, thawing, True, run_input()).act
+    skip = phase_table.decide_member(Phase.BACKUP, thawing, True, run_input())
     assert not skip.act
     assert skip.reason is not None
     assert "abort" in skip.reason
-    assert decisions.decide_member(Phase.POST_SCRIPT, thawing, True, run_input()).act
+    assert phase_table.decide_member(Phase.POST_SCRIPT, thawing, True, run_input()).act
 
 
 def test_start_only_what_this_run_stopped() -> None:
-    assert decisions.decide_member(
+    assert phase_table.decide_member(
         Phase.START, instance(STOP=PhaseStatus.SUCCEEDED), False, run_input()
     ).act
     for stop in (PhaseStatus.FAILED, PhaseStatus.SKIPPED):
-        assert not decisions.decide_member(Phase.START, instance(STOP=stop), False, run_input()).act
+        assert not phase_table.decide_member(
+            Phase.START, instance(STOP=stop), False, run_input()
+        ).act
 
 
 def test_start_whatever_a_stop_may_have_stopped() -> None:
@@ -99,18 +101,18 @@ def test_start_whatever_a_stop_may_have_stopped() -> None:
         tried.phases[Phase.STOP] = tried.phases[Phase.STOP].model_copy(
             update={"started_at": "2026-11-26T02:00:30Z", **how}
         )
-        assert decisions.decide_member(Phase.START, tried, False, run_input()).act
+        assert phase_table.decide_member(Phase.START, tried, False, run_input()).act
     # A stop EC2 refused outright stopped nothing.
     refused = instance(STOP=PhaseStatus.FAILED)
     refused.phases[Phase.STOP] = refused.phases[Phase.STOP].model_copy(
         update={"started_at": "2026-11-26T02:00:30Z", "refused": True}
     )
-    assert not decisions.decide_member(Phase.START, refused, False, run_input()).act
+    assert not phase_table.decide_member(Phase.START, refused, False, run_input()).act
 
 
 def test_post_script_follows_the_pre_script() -> None:
     for pre in (PhaseStatus.SUCCEEDED, PhaseStatus.FAILED):
-        assert decisions.decide_member(
+        assert phase_table.decide_member(
             Phase.POST_SCRIPT, instance(PRE_SCRIPT=pre), False, run_input()
         ).act
     stuck = instance(
@@ -118,13 +120,13 @@ def test_post_script_follows_the_pre_script() -> None:
     )
     # Always thaw: even an instance left stopped is sent its post-script (SSM reports it
     # Undeliverable unless someone starts the instance within the delivery timeout).
-    assert decisions.decide_member(Phase.POST_SCRIPT, stuck, False, run_input()).act
+    assert phase_table.decide_member(Phase.POST_SCRIPT, stuck, False, run_input()).act
 
 
 def test_terminated_instance_is_skipped_everywhere() -> None:
     gone = instance().model_copy(update={"terminated": True})
     for phase in ALL:
-        assert not decisions.decide_member(phase, gone, False, run_input()).act
+        assert not phase_table.decide_member(phase, gone, False, run_input()).act
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,246 @@
+"""The side effects of the phases: what each one asks AWS to do for the members it acts on.
+
+Each executor takes a `PhaseContext` (the run, its input, the group, the phase's
+declaration, whether this is a resumption) and the members to act on; see `phases.py` for
+how they are called and resumed safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from chalicelib import observability
+from chalicelib.clock import parse_iso
+from chalicelib.dependencies import Services
+from chalicelib.errors import GatewayError
+from chalicelib.gateways.aws import chunks
+from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
+from chalicelib.logic import decisions, policy
+from chalicelib.logic.phase_declaration import PhaseDeclaration
+from chalicelib.logic.transitions import finish, leased_instance
+from chalicelib.models.run_input import RunInput
+from chalicelib.models.script_command import CommandRejectedError
+from chalicelib.models.state import (
+    GroupRecord,
+    InstanceRecord,
+    Phase,
+    PhaseStatus,
+    RunRecord,
+)
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    """What a side effect needs to know: one group of one run, in one declared phase."""
+
+    services: Services
+    run: RunRecord
+    run_input: RunInput
+    group: GroupRecord
+    declaration: PhaseDeclaration
+    resuming: bool  # members may have had their side effect from a handler that died
+
+    @property
+    def phase(self) -> Phase:
+        return self.declaration.phase
+
+    def fail(self, instance_id: str, error: Exception) -> None:
+        """AWS refused the side effect outright: the member fails the phase."""
+        finish(
+            self.services, self.group.run_id, self.group.group_id, instance_id, self.phase,
+            PhaseStatus.FAILED, reason=str(error), refused=True,
+        )  # fmt: skip
+
+    def mark_sent(self, instance_id: str, **ids: str) -> None:
+        self.services.store.annotate_phase(
+            self.group.run_id, self.group.group_id, instance_id, self.phase, sent=True, **ids
+        )
+
+    def refused(self, member: InstanceRecord, error: GatewayError) -> None:
+        """Try again later (the reconciler will, until the deadline) if the phase declares
+        `error` as one to retry; otherwise fail the member."""
+        if error.code not in self.declaration.retry_later:
+            self.fail(member.instance_id, error)
+            return
+        self.services.store.annotate_phase(
+            self.group.run_id, self.group.group_id, member.instance_id, self.phase,
+            last_error=str(error),
+        )  # fmt: skip
+        observability.logger().warning(
+            "side effect refused for now; will retry", instance_id=member.instance_id,
+            phase=self.phase, error=error.code,
+        )  # fmt: skip
+        observability.count(f"{self.phase}_RETRIED")
+
+
+# -- scripts (PRE_SCRIPT, POST_SCRIPT) ---------------------------------------------------------
+
+
+def send_scripts(context: PhaseContext, members: list[InstanceRecord]) -> None:
+    """AWS-RunRemoteScript by explicit instance ids, 50 per command."""
+    services, run, phase = context.services, context.run, context.phase
+    script = (
+        context.run_input.pre_script if phase is Phase.PRE_SCRIPT else context.run_input.post_script
+    )
+    if script is None:
+        raise ValueError(f"{phase} is in the plan but the input has no script for it")
+    prefix = decisions.script_output_prefix(script.output_s3_key_prefix, run.run_id, phase)
+    comment = script_comment(run.run_id, phase)
+    unsent = []
+    for member in members:
+        started = member.phase(phase).started_at
+        if context.resuming and started:  # a script sent by a handler that died is adopted
+            found = services.ssm.find_command(member.instance_id, comment, parse_iso(started))
+            if found:
+                adopted = [member.instance_id]
+                _record_command(services, run.run_id, context.group, phase, found, adopted)
+                continue
+        unsent.append(member)
+    try:
+        remote = policy.remote_script(script, services.settings, prefix)
+    except CommandRejectedError as exc:
+        # Allowed when the run started; the deployment's configuration changed since.
+        for member in unsent:
+            context.fail(member.instance_id, exc)
+        return
+    for batch in chunks(unsent, MAX_INSTANCES_PER_COMMAND):
+        ids = [member.instance_id for member in batch]
+        try:
+            command_id = services.ssm.send_script(ids, remote, comment)
+        except GatewayError as exc:
+            if len(ids) == 1:
+                context.fail(ids[0], exc)
+                continue
+            # One bad instance fails the whole command: send one by one so it fails alone.
+            for instance_id in ids:
+                try:
+                    single = services.ssm.send_script([instance_id], remote, comment)
+                except GatewayError as single_exc:
+                    context.fail(instance_id, single_exc)
+                else:
+                    _record_command(
+                        services, run.run_id, context.group, phase, single, [instance_id]
+                    )
+            continue
+        _record_command(services, run.run_id, context.group, phase, command_id, ids)
+
+
+def script_comment(run_id: str, phase: Phase) -> str:
+    """The comment of this run's script commands: how a lost command id is found again."""
+    return f"prepost-backup {run_id} {phase}"
+
+
+def adopt_command(
+    services: Services, command_id: str, instance_id: str
+) -> tuple[str, str, Phase] | None:
+    """A report names a command whose id was never recorded (its sender died): if it is
+    the script this instance's run is waiting for, record it now; (run, group, phase)."""
+    instance = leased_instance(services, instance_id)
+    if instance is None:
+        return None
+    for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
+        result = instance.phases.get(phase)
+        if result is None or result.status is not PhaseStatus.IN_PROGRESS or result.command_id:
+            continue
+        if services.ssm.comment_of(command_id) == script_comment(instance.run_id, phase):
+            group = services.store.get_group(instance.run_id, instance.group_id)
+            if group is not None:
+                _record_command(services, instance.run_id, group, phase, command_id, [instance_id])
+                return instance.run_id, instance.group_id, phase
+    return None
+
+
+def _record_command(
+    services: Services,
+    run_id: str,
+    group: GroupRecord,
+    phase: Phase,
+    command_id: str,
+    instance_ids: list[str],
+) -> None:
+    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
+    for instance_id in instance_ids:
+        services.store.annotate_phase(
+            group.run_id, group.group_id, instance_id, phase, sent=True, command_id=command_id
+        )
+    observability.logger().info(
+        "script sent", phase=phase, command_id=command_id, instances=len(instance_ids)
+    )
+
+
+# -- power (STOP, START) -------------------------------------------------------------------------
+
+
+def stop_instances(context: PhaseContext, members: list[InstanceRecord]) -> None:
+    _change_power(context, members, context.services.ec2.stop)
+
+
+def start_instances(context: PhaseContext, members: list[InstanceRecord]) -> None:
+    _change_power(context, members, context.services.ec2.start)
+
+
+def _change_power(
+    context: PhaseContext,
+    members: list[InstanceRecord],
+    call: Callable[[list[str]], dict[str, str | GatewayError]],
+) -> None:
+    """Stop or start; an instance already in a state that ends the phase finishes at once
+    (no event will come for it), the others finish on their state-change event."""
+    by_id = {member.instance_id: member for member in members}
+    outcome = call(list(by_id))
+    for instance_id, state in outcome.items():
+        if isinstance(state, GatewayError):
+            context.refused(by_id[instance_id], state)
+            continue
+        context.mark_sent(instance_id)
+        ended = context.declaration.ends_on(state)
+        if ended is not None:
+            finish(
+                context.services, context.group.run_id, context.group.group_id, instance_id,
+                context.phase, ended,
+            )  # fmt: skip
+
+
+# -- backup ---------------------------------------------------------------------------------------
+
+
+def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
+    """StartBackupJob, one per instance, labelled with what the backup really is."""
+    services, run, run_input = context.services, context.run, context.run_input
+    details = run_input.backup_details
+    window = timedelta(minutes=details.start_window_minutes)
+    for member in members:
+        started = member.phase(Phase.BACKUP).started_at
+        if context.resuming and started and services.clock.now() > parse_iso(started) + window:
+            last_error = member.phase(Phase.BACKUP).last_error
+            reason = "no backup job could be started within the start window" + (
+                f" (last error: {last_error})" if last_error else ""
+            )
+            context.fail(member.instance_id, RuntimeError(reason))
+            continue
+        label = decisions.consistency(member, run_input)
+        tags = details.recovery_point_tags | {
+            "prepost:run-id": run.run_id,
+            "prepost:consistency": str(label),
+        }
+        try:
+            # The token makes a repeated call (a resumption) return the same job.
+            job_id = services.backup.start_backup_job(
+                member.arn or "",
+                details,
+                decisions.idempotency_token(run.run_id, member.instance_id),
+                tags,
+            )
+        except GatewayError as exc:
+            context.refused(member, exc)
+            continue
+        services.store.put_job(
+            job_id, run.run_id, context.group.group_id, member.instance_id, services.now_epoch()
+        )
+        context.mark_sent(member.instance_id, backup_job_id=job_id, consistency=str(label))
+        observability.logger().info(
+            "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
+            consistency=label,
+        )  # fmt: skip
