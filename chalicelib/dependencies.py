@@ -19,13 +19,14 @@ from chalicelib.gateways.events import EventsGateway
 from chalicelib.gateways.sns import NotificationGateway
 from chalicelib.gateways.ssm import SsmGateway
 from chalicelib.gateways.state_store import StateStore
+from chalicelib.store import Store
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     clock: Clock
-    store: StateStore
+    store: Store
     ec2: Ec2Gateway
     ssm: SsmGateway
     backup: BackupGateway
@@ -40,7 +41,7 @@ _injected: dict[str, Any] = {}
 
 
 def configure(
-    session: Any | None = None, clock: Clock | None = None, store: Any | None = None
+    session: Any | None = None, clock: Clock | None = None, store: Store | None = None
 ) -> None:
     """Use this boto3 session, clock and state store from now on (operator tooling and
     tests: local mode's emulated AWS, virtual time, an in-memory store for big runs)."""

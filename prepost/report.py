@@ -64,8 +64,8 @@ def phase_timeline(instances: list[InstanceRecord]) -> list[dict[str, Any]]:
     members: dict[tuple[str, str], list[PhaseResult]] = {}
     for instance in instances:
         group = instance.group_label or instance.group_id
-        for phase, result in instance.phases.items():
-            members.setdefault((group, str(phase)), []).append(result)
+        for each_phase, result in instance.phases.items():
+            members.setdefault((group, str(each_phase)), []).append(result)
     order = {str(phase): n for n, phase in enumerate(PHASE_ORDER)}
     rows = []
     for group, phase in sorted(members, key=lambda key: (key[0], order[key[1]])):

@@ -116,6 +116,12 @@ class GroupRecord(_Record):
     cancelled: bool = False  # no more forward side effects; only the compensation
     finalized: bool = False
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
+    # The reconciler's failures on this item while it was due, and why it was set aside
+    # (taken out of the due index) if it was: see `Store.note_due_failure`, `set_aside`.
+    reconcile_failures: int = 0
+    last_reconcile_error: str | None = None
+    last_reconcile_failure_at: int | None = None  # epoch seconds
+    set_aside_reason: str | None = None
 
     def count(self, phase: Phase, status: PhaseStatus) -> int:
         return self.counts.get(f"{phase}_{status}", 0)
@@ -140,6 +146,11 @@ class RunRecord(_Record):
     announced_at: str | None = None  # when its Run Completed event was put
     profile: str | None = None  # the stored profile the run was started from, if any
     slot: str | None = None  # the scheduled slot it runs for, if the scheduler started it
+    # As on a group: the reconciler's failures on the header while it was due.
+    reconcile_failures: int = 0
+    last_reconcile_error: str | None = None
+    last_reconcile_failure_at: int | None = None  # epoch seconds
+    set_aside_reason: str | None = None
 
 
 class Lease(_Record):

@@ -55,6 +55,8 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
             run_id = cloud.run(scenario.run_input())
             wall = time.perf_counter() - started
         run = cloud.store.get_run(run_id)
+        if run is None:
+            raise LookupError(f"the bench's run {run_id} left no record")
         calls = Counter(f"{service}:{operation}" for service, operation, _ in cloud.calls)
         writes = sum(_items_written(op, p) for s, op, p in cloud.calls if s == "dynamodb"
                      and op in DYNAMODB_WRITES)  # fmt: skip

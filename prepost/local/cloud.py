@@ -38,6 +38,7 @@ from botocore.awsrequest import AWSResponse
 
 from chalicelib.models.events import APP_SOURCE
 from chalicelib.patterns import DEFAULT_BUS, listens_on
+from chalicelib.store import Store
 from prepost.local import ROOT, STAGE
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
@@ -254,7 +255,8 @@ class LocalCloud:
         store: str = "dynamodb",
         seed: int = 0,
     ) -> None:
-        """`store`: "dynamodb" (moto's) or "memory" (same semantics, for big runs)."""
+        """`store`: "dynamodb" (moto's) or "memory" (the same transitions on dicts, for
+        big runs)."""
         self._store_kind = store
         # Ids the emulation makes (events, jobs) come from this, so a run repeats exactly.
         self._random = random.Random(seed)
@@ -310,7 +312,11 @@ class LocalCloud:
         from chalicelib.gateways.state_store import create_table
 
         create_table(self.session.client("dynamodb"), self.table_name)
-        self._memory = InMemoryStateStore() if self._store_kind == "memory" else None
+        self._memory = (
+            InMemoryStateStore(after_write=self._crash_if_due)
+            if self._store_kind == "memory"
+            else None
+        )
         dependencies.configure(session=self.session, clock=self.clock, store=self._memory)
         self.app = app
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
@@ -334,7 +340,7 @@ class LocalCloud:
                 os.environ[key] = value
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         from chalicelib.dependencies import services
 
         return services().store
@@ -641,12 +647,13 @@ class LocalCloud:
     def _after_call(
         self, http_response: Any, parsed: Any, model: Any, context: Any, **_: Any
     ) -> None:
-        react = {
+        reactions: dict[str, Callable[..., None]] = {
             "SendCommand": self._after_send_command,
             "StopInstances": self._after_stop,
             "StartInstances": self._after_start,
             "PutEvents": self._after_put_events,
-        }.get(model.name)
+        }
+        react = reactions.get(model.name)
         if react is not None:
             react(http_response=http_response, parsed=parsed, context=context)
         self._maybe_crash(http_response=http_response, model=model)
@@ -662,11 +669,18 @@ class LocalCloud:
             self.timeline.append((self.clock.now(), f"call {service}:{model.name}"))
 
     def _maybe_crash(self, http_response: Any, model: Any, **_: Any) -> None:
-        left = self.behaviour.crash_after.get(model.name, 0)
-        if left and http_response.status_code < 300:
-            self.behaviour.crash_after[model.name] = left - 1
-            self.timeline.append((self.clock.now(), f"crash after {model.name}"))
-            raise SimulatedCrash(f"the function died right after {model.name}")
+        if http_response.status_code < 300:
+            self._crash_if_due(model.name)
+
+    def _crash_if_due(self, operation: str) -> None:
+        """Die right after `operation` succeeded, if `Behaviour.crash_after` says so: after
+        an AWS call, or after a write of the in-memory state store (named as its DynamoDB
+        call would be), so that the same faults act on both stores."""
+        left = self.behaviour.crash_after.get(operation, 0)
+        if left:
+            self.behaviour.crash_after[operation] = left - 1
+            self.timeline.append((self.clock.now(), f"crash after {operation}"))
+            raise SimulatedCrash(f"the function died right after {operation}")
 
     def _backup_call(self, model: Any, context: Any, **_: Any) -> Any:
         params = context["local_params"]
@@ -728,7 +742,7 @@ class LocalCloud:
         """ListCommandInvocations (moto lacks it) by CommandId and/or InstanceId."""
         params = context["local_params"]
         invocations = []
-        for (command_id, instance_id), _ in self.invocations_ssm.items():
+        for command_id, instance_id in self.invocations_ssm:
             if params.get("CommandId") not in (None, command_id):
                 continue
             if params.get("InstanceId") not in (None, instance_id):

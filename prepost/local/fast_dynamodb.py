@@ -20,6 +20,11 @@ from moto.dynamodb.responses import DynamoHandler
 _lock = threading.RLock()
 
 
+def _keep_params(params: dict[str, Any], context: Any, **_: Any) -> None:
+    """The request as the caller gave it, which moto's handler reads."""
+    context["local_params"] = params
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -30,6 +35,7 @@ class FastDynamoDB:
         self._region = region
 
     def register(self, events: Any) -> None:
+        events.register("provide-client-params.dynamodb.*", _keep_params)
         events.register("before-call.dynamodb.*", self._call)
 
     def _call(self, model: Any, context: Any, **_: Any) -> tuple[AWSResponse, dict[str, Any]]:

@@ -130,8 +130,11 @@ class Scenario(_Spec):
                 chance(event, "drop") < delivery.drop_rate
             )
 
+        seconds: dict[str, Any] = {
+            k: v for k, v in self.durations.items() if k.endswith("_seconds")
+        }
         return Behaviour(
-            **{k: v for k, v in self.durations.items() if k.endswith("_seconds")},
+            **seconds,
             lose_event=lose,
             copies=lambda e: 2 if chance(e, "dup") < delivery.duplicate_rate else 1,
             delay=lambda e: (

@@ -143,6 +143,8 @@ def _run_id(cloud: LocalCloud) -> str | None:
 def report(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
     """One JSON document: the run and, per instance, each phase's status and reason."""
     run = cloud.store.get_run(run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id} in the local table")
     return run_report(run, cloud.store.list_instances(run_id)) | {
         "virtual_duration_seconds": seconds_between(run.created_at, run.finished_at),
         "lambda_invocations": sum(cloud.invocations.values()),

@@ -4,8 +4,10 @@ Hundreds of random fault schedules (duplicates, drops, delays that reorder, a cr
 after a side effect, throttling, failing scripts, backups and starts) on fleets of 5 to
 20 instances in one to three groups, sometimes with a second run overlapping the first.
 After each, the invariants below are checked on what the emulated AWS saw and on the
-records. It runs on the in-memory state store (held to the DynamoDB one by
-`tests/functional/test_memory_store.py`) so that 300 schedules fit in the test budget.
+records. Most schedules run on the in-memory state store, so that 300 fit in the test
+budget; one in ten runs on moto's DynamoDB. Both stores interpret the same transitions
+(`chalicelib/models/state_machine.py`; `test_store_contract.py` holds them to the same
+results), and a crash after a call (`TransactWriteItems` included) fires on both.
 """
 
 from __future__ import annotations
@@ -30,8 +32,20 @@ from tests.conftest import VAULT, seed_input
 SCHEDULES = int(__import__("os").environ.get("PREPOST_SCHEDULES", "300"))
 SSM_FAILURES = ["Failed", "TimedOut", "Cancelled", "Undeliverable", "Execution Timed Out", HANG]
 BACKUP_FAILURES = ["FAILED", "ABORTED", "EXPIRED", "PARTIAL", "RUNNING"]  # RUNNING: never ends
-CRASHABLE = ["SendCommand", "StopInstances", "StartBackupJob", "StartInstances", "PutEvents",
-             "TransactWriteItems", "DescribeInstances"]  # fmt: skip
+CRASHABLE = [
+    "SendCommand",
+    "StopInstances",
+    "StartBackupJob",
+    "StartInstances",
+    "PutEvents",
+    "DescribeInstances",
+    # On DynamoDB the call, on the memory store the write named so. Not yet UpdateItem: a
+    # crash right after the start's activate_run loses Run Started (start_run.py resumes
+    # only STARTING runs), which 27 of 292 schedules found; it belongs to the start path.
+    "TransactWriteItems",
+]
+# The state store a schedule runs on: one in ten on moto's DynamoDB (slower).
+STORES = ["memory"] * 9 + ["dynamodb"]
 TERMINAL = {RunStatus.SUCCEEDED, RunStatus.COMPLETED_WITH_ERRORS, RunStatus.FAILED,
             RunStatus.TIMED_OUT, RunStatus.CANCELLED}  # fmt: skip
 
@@ -56,6 +70,7 @@ class Schedule:
     crash: tuple[str, int] | None
     second_run_after: int | None
     cloud_seed: int = 0  # the ids local mode hands out, which the fault decisions hash
+    store: str = "memory"  # "memory" or "dynamodb" (LocalCloud's store)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,6 +112,7 @@ def schedules(draw: Any) -> Schedule:
         crash=draw(st.none() | st.tuples(st.sampled_from(CRASHABLE), st.integers(1, 2))),
         second_run_after=draw(st.none() | st.integers(0, 3 * 3600)),
         cloud_seed=draw(st.integers(0, 10**6)),
+        store=draw(st.sampled_from(STORES)),
     )
 
 
@@ -159,7 +175,9 @@ def input_for(schedule: Schedule) -> dict[str, Any]:
 
 def run_schedule(schedule: Schedule) -> list[str]:
     """Run one schedule; the invariants it broke (none, we hope)."""
-    cloud = LocalCloud(behaviour=behaviour_for(schedule), store="memory", seed=schedule.cloud_seed)
+    cloud = LocalCloud(
+        behaviour=behaviour_for(schedule), store=schedule.store, seed=schedule.cloud_seed
+    )
     with cloud:
         cloud.create_vault(VAULT)
         ids: list[str] = []
@@ -262,7 +280,7 @@ def _time(text: str | None) -> datetime:
 
 
 def test_fault_schedules_keep_every_guarantee(record_property: Any) -> None:
-    seen = {"schedules": 0, "violations": 0}
+    seen = {"schedules": 0, "violations": 0, "on dynamodb": 0}
 
     @settings(
         max_examples=SCHEDULES,
@@ -275,6 +293,7 @@ def test_fault_schedules_keep_every_guarantee(record_property: Any) -> None:
     @example(schedule=STOP_CRASHED_TWICE)
     def one(schedule: Schedule) -> None:
         seen["schedules"] += 1
+        seen["on dynamodb"] += schedule.store == "dynamodb"
         broken = run_schedule(schedule)
         seen["violations"] += len(broken)
         assert broken == [], (schedule, broken)
@@ -282,6 +301,9 @@ def test_fault_schedules_keep_every_guarantee(record_property: Any) -> None:
     try:
         one()
     finally:
-        line = f"fault schedules: {seen['schedules']}, invariant violations: {seen['violations']}"
+        line = (
+            f"fault schedules: {seen['schedules']}, invariant violations: {seen['violations']}"
+            f" ({seen['on dynamodb']} on DynamoDB)"
+        )
         record_property("summary", line)
         print(line)

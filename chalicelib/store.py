@@ -1,0 +1,429 @@
+"""The state store: what the handlers call, and its one implementation.
+
+`Store` is the public surface (a protocol, checked by mypy): the handlers depend on it and
+on nothing else of a store. `TableStore` implements every method of it once, over five
+primitives of a table: read an item, query a partition, query the due index, apply a
+write of `chalicelib.models.state_machine`, put a batch of items. Two tables provide them:
+DynamoDB (`chalicelib/gateways/state_store.py`, deployed) and plain dicts
+(`prepost/local/memory_store.py`, local mode's big runs and the property test). Neither
+has a transition of its own: they only interpret the definitions.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Protocol
+
+from chalicelib.models import state_machine as sm
+from chalicelib.models.profile import Profile
+from chalicelib.models.state import (
+    GroupRecord,
+    InstanceRecord,
+    InstanceStatus,
+    Lease,
+    Phase,
+    PhaseResult,
+    PhaseStatus,
+    RunRecord,
+    RunStatus,
+)
+
+
+class Store(Protocol):
+    """Typed reads and conditional writes of the state table. A write that answers a bool
+    answers False when its precondition did not hold (nothing was written)."""
+
+    def expiry(self, now_epoch: int) -> int: ...
+
+    # runs
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+    def put_run_if_new(self, run: RunRecord, now_epoch: int, due_at: int | None = None) -> bool: ...
+    def activate_run(self, run: RunRecord, due_at: int) -> bool: ...
+    def reclaim_start(self, run_id: str, now_epoch: int, until: int) -> bool: ...
+    def complete_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        reason: str | None,
+        at: str,
+        announce_by: int,
+    ) -> bool: ...
+    def mark_announced(self, run_id: str, at: str) -> None: ...
+    def cancel_run(self, run_id: str) -> bool: ...
+    def rearm_run(self, run_id: str, due_at: int) -> None: ...
+    def mark_run_notified(self, run_id: str, at: str) -> bool: ...
+    def unmark_run_notified(self, run_id: str, at: str) -> None: ...
+
+    # the reconciler
+    def due_items(self, now_epoch: int) -> list[tuple[str, str]]: ...
+    def note_due_failure(self, run_id: str, group_id: str, error: str, now_epoch: int) -> int: ...
+    def set_aside(self, run_id: str, group_id: str, reason: str) -> bool: ...
+
+    # groups and instances
+    def put_groups_and_instances(
+        self, groups: list[GroupRecord], instances: list[InstanceRecord], now_epoch: int
+    ) -> None: ...
+    def get_group(self, run_id: str, group_id: str) -> GroupRecord | None: ...
+    def list_groups(self, run_id: str) -> list[GroupRecord]: ...
+    def get_instance(
+        self, run_id: str, group_id: str, instance_id: str
+    ) -> InstanceRecord | None: ...
+    def list_instances(self, run_id: str, group_id: str | None = None) -> list[InstanceRecord]: ...
+    def open_phase(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        pending: int,
+        skipped: int,
+        deadline: int,
+        due_at: int,
+        claim_until: int,
+    ) -> bool: ...
+    def claim_phase(
+        self, run_id: str, group_id: str, phase: Phase, now_epoch: int, until: int
+    ) -> bool: ...
+    def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None: ...
+    def cancel_group(self, run_id: str, group_id: str) -> None: ...
+    def annotate_late_report(
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, status: str, text: str
+    ) -> None: ...
+    def set_phase_result(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        phase: Phase,
+        result: PhaseResult,
+        expected: PhaseStatus,
+    ) -> bool: ...
+    def annotate_phase(
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool
+    ) -> None: ...
+    def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None: ...
+    def finish_phase(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        phase: Phase,
+        status: PhaseStatus,
+        fields: dict[str, Any],
+    ) -> bool: ...
+    def advance_group(
+        self,
+        run_id: str,
+        group_id: str,
+        from_phase: Phase,
+        to_phase: Phase | None,
+        aborted: bool,
+        due_at: int,
+    ) -> bool: ...
+    def finish_group(self, run_id: str, group_id: str) -> bool: ...
+    def set_instance_outcome(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        status: InstanceStatus,
+        reason: str | None,
+    ) -> None: ...
+
+    # profiles
+    def put_profile(self, profile: Profile) -> None: ...
+    def get_profile(self, name: str) -> Profile | None: ...
+    def list_profiles(self) -> list[Profile]: ...
+    def delete_profile(self, name: str) -> bool: ...
+    def advance_profile(
+        self, name: str, updated_at: str, previous: str | None, slot: str
+    ) -> bool: ...
+
+    # leases
+    def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None: ...
+    def get_lease(self, instance_id: str) -> Lease | None: ...
+    def release_lease(self, instance_id: str, run_id: str) -> None: ...
+
+    # correlation
+    def put_command(
+        self, command_id: str, run_id: str, group_id: str, phase: Phase, now_epoch: int
+    ) -> None: ...
+    def get_command(self, command_id: str) -> dict[str, Any] | None: ...
+    def put_job(
+        self, backup_job_id: str, run_id: str, group_id: str, instance_id: str, now_epoch: int
+    ) -> None: ...
+    def get_job(self, backup_job_id: str) -> dict[str, Any] | None: ...
+
+
+class TableStore(abc.ABC):
+    """Every method of `Store`, once: each write is a definition of `state_machine`,
+    applied by the table's `_write`."""
+
+    def __init__(self, retention_seconds: int) -> None:
+        self._retention = retention_seconds
+
+    # -- the table's primitives ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _get(self, key: sm.Key) -> dict[str, Any] | None:
+        """The item at `key` (a consistent read), or None."""
+
+    @abc.abstractmethod
+    def _query(self, partition: str, sort_prefix: str) -> list[dict[str, Any]]:
+        """The items of `partition` whose sort key starts with `sort_prefix`, by sort key."""
+
+    @abc.abstractmethod
+    def _due(self, now_epoch: int) -> list[dict[str, Any]]:
+        """The keys of the items of the due index whose `due_at` is `now_epoch` or before."""
+
+    @abc.abstractmethod
+    def _write(self, write: sm.Write) -> dict[str, Any] | None:
+        """Apply `write`; None if a precondition failed (nothing written), else the item
+        as it is afterwards for an `Update` that `returns_new`, else an empty dict."""
+
+    @abc.abstractmethod
+    def _put_batch(self, puts: list[sm.Put]) -> None:
+        """Write at most `state_machine.BATCH_SIZE` unconditional puts in one call."""
+
+    def _applied(self, write: sm.Write) -> bool:
+        return self._write(write) is not None
+
+    def expiry(self, now_epoch: int) -> int:
+        """The TTL of history items written now."""
+        return now_epoch + self._retention
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        item = self._get(sm.run_key(run_id))
+        return RunRecord.model_validate(item) if item else None
+
+    def put_run_if_new(self, run: RunRecord, now_epoch: int, due_at: int | None = None) -> bool:
+        return self._applied(sm.put_run_if_new(run, self.expiry(now_epoch), due_at))
+
+    def activate_run(self, run: RunRecord, due_at: int) -> bool:
+        return self._applied(sm.activate_run(run, due_at))
+
+    def reclaim_start(self, run_id: str, now_epoch: int, until: int) -> bool:
+        return self._applied(sm.reclaim_start(run_id, now_epoch, until))
+
+    def complete_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        reason: str | None,
+        at: str,
+        announce_by: int,
+    ) -> bool:
+        """Move a RUNNING run to its final status; False if it was not RUNNING. It stays
+        due by `announce_by` until `mark_announced`, so a lost announcement is made again."""
+        return self._applied(sm.complete_run(run_id, status, counts, reason, at, announce_by))
+
+    def mark_announced(self, run_id: str, at: str) -> None:
+        self._write(sm.mark_announced(run_id, at))
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Mark a RUNNING run cancelled; False if it is not running."""
+        return self._applied(sm.cancel_run(run_id))
+
+    def rearm_run(self, run_id: str, due_at: int) -> None:
+        self._write(sm.rearm_run(run_id, due_at))
+
+    def mark_run_notified(self, run_id: str, at: str) -> bool:
+        """Claim the run's one notification; False if it was claimed already (a repeated
+        Run Completed event) or the run is not in the table."""
+        return self._applied(sm.mark_run_notified(run_id, at))
+
+    def unmark_run_notified(self, run_id: str, at: str) -> None:
+        """Give the claim back after the publish failed, so that a retry sends it."""
+        self._write(sm.unmark_run_notified(run_id, at))
+
+    # -- the reconciler ------------------------------------------------------------------
+
+    def due_items(self, now_epoch: int) -> list[tuple[str, str]]:
+        """(run id, group id) of every item of the due index due by now, earliest first;
+        the group id is empty for a run header (a run still starting, or not announced)."""
+        return [sm.due_entry(key) for key in sorted(self._due(now_epoch), key=_due_order)]
+
+    def note_due_failure(self, run_id: str, group_id: str, error: str, now_epoch: int) -> int:
+        """Count one more failure of the reconciler on the due item (run id, group id) as
+        `due_items` names it, keeping the error; the new count (0: no such item)."""
+        item = self._write(sm.note_due_failure(run_id, group_id, error, now_epoch))
+        return int(item.get("reconcile_failures", 0)) if item else 0
+
+    def set_aside(self, run_id: str, group_id: str, reason: str) -> bool:
+        """Take the due item (run id, group id) out of the due index, with `reason`; False
+        if it was not in the index."""
+        return self._applied(sm.set_aside(run_id, group_id, reason))
+
+    # -- groups and instances ------------------------------------------------------------
+
+    def put_groups_and_instances(
+        self, groups: list[GroupRecord], instances: list[InstanceRecord], now_epoch: int
+    ) -> None:
+        """Write a run's groups and instances, in batches (not one transaction: a crash may
+        leave the first batches written; writing them again is harmless)."""
+        puts = sm.groups_and_instances(groups, instances, self.expiry(now_epoch))
+        for start in range(0, len(puts), sm.BATCH_SIZE):
+            self._put_batch(puts[start : start + sm.BATCH_SIZE])
+
+    def get_group(self, run_id: str, group_id: str) -> GroupRecord | None:
+        item = self._get(sm.group_key(run_id, group_id))
+        return sm.group_from_item(item) if item else None
+
+    def list_groups(self, run_id: str) -> list[GroupRecord]:
+        return [sm.group_from_item(item) for item in self._query(f"RUN#{run_id}", "GROUP#")]
+
+    def get_instance(self, run_id: str, group_id: str, instance_id: str) -> InstanceRecord | None:
+        item = self._get(sm.instance_key(run_id, group_id, instance_id))
+        return InstanceRecord.model_validate(item) if item else None
+
+    def list_instances(self, run_id: str, group_id: str | None = None) -> list[InstanceRecord]:
+        prefix = "INST#" if group_id is None else f"INST#{group_id}#"
+        return [InstanceRecord.model_validate(i) for i in self._query(f"RUN#{run_id}", prefix)]
+
+    def open_phase(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        pending: int,
+        skipped: int,
+        deadline: int,
+        due_at: int,
+        claim_until: int,
+    ) -> bool:
+        write = sm.open_phase(
+            run_id, group_id, phase, pending, skipped, deadline, due_at, claim_until
+        )
+        return self._applied(write)
+
+    def claim_phase(
+        self, run_id: str, group_id: str, phase: Phase, now_epoch: int, until: int
+    ) -> bool:
+        return self._applied(sm.claim_phase(run_id, group_id, phase, now_epoch, until))
+
+    def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None:
+        self._write(sm.rearm(run_id, group_id, phase, due_at))
+
+    def cancel_group(self, run_id: str, group_id: str) -> None:
+        self._write(sm.cancel_group(run_id, group_id))
+
+    def annotate_late_report(
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, status: str, text: str
+    ) -> None:
+        self._write(sm.annotate_late_report(run_id, group_id, instance_id, phase, status, text))
+
+    def set_phase_result(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        phase: Phase,
+        result: PhaseResult,
+        expected: PhaseStatus,
+    ) -> bool:
+        write = sm.set_phase_result(run_id, group_id, instance_id, phase, result, expected)
+        return self._applied(write)
+
+    def annotate_phase(
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool
+    ) -> None:
+        self._write(sm.annotate_phase(run_id, group_id, instance_id, phase, fields))
+
+    def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None:
+        self._write(sm.mark_terminated(run_id, group_id, instance_id))
+
+    def finish_phase(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        phase: Phase,
+        status: PhaseStatus,
+        fields: dict[str, Any],
+    ) -> bool:
+        write = sm.finish_phase(run_id, group_id, instance_id, phase, status, fields)
+        return self._applied(write)
+
+    def advance_group(
+        self,
+        run_id: str,
+        group_id: str,
+        from_phase: Phase,
+        to_phase: Phase | None,
+        aborted: bool,
+        due_at: int,
+    ) -> bool:
+        write = sm.advance_group(run_id, group_id, from_phase, to_phase, aborted, due_at)
+        return self._applied(write)
+
+    def finish_group(self, run_id: str, group_id: str) -> bool:
+        return self._applied(sm.finish_group(run_id, group_id))
+
+    def set_instance_outcome(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        status: InstanceStatus,
+        reason: str | None,
+    ) -> None:
+        self._write(sm.set_instance_outcome(run_id, group_id, instance_id, status, reason))
+
+    # -- profiles ------------------------------------------------------------------------
+
+    def put_profile(self, profile: Profile) -> None:
+        self._write(sm.put_profile(profile))
+
+    def get_profile(self, name: str) -> Profile | None:
+        item = self._get(sm.profile_key(name))
+        return Profile.model_validate(item) if item else None
+
+    def list_profiles(self) -> list[Profile]:
+        return [Profile.model_validate(item) for item in self._query(sm.PROFILES, "PROFILE#")]
+
+    def delete_profile(self, name: str) -> bool:
+        return self._applied(sm.delete_profile(name))
+
+    def advance_profile(self, name: str, updated_at: str, previous: str | None, slot: str) -> bool:
+        return self._applied(sm.advance_profile(name, updated_at, previous, slot))
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None:
+        """Take the lease on an instance; None if taken, else the current holder."""
+        taken = self._applied(sm.acquire_lease(lease, now_epoch))
+        return None if taken else self.get_lease(lease.instance_id)
+
+    def get_lease(self, instance_id: str) -> Lease | None:
+        item = self._get(sm.lease_key(instance_id))
+        return Lease.model_validate(item) if item else None
+
+    def release_lease(self, instance_id: str, run_id: str) -> None:
+        self._write(sm.release_lease(instance_id, run_id))
+
+    # -- correlation ---------------------------------------------------------------------
+
+    def put_command(
+        self, command_id: str, run_id: str, group_id: str, phase: Phase, now_epoch: int
+    ) -> None:
+        self._write(sm.put_command(command_id, run_id, group_id, phase, self.expiry(now_epoch)))
+
+    def get_command(self, command_id: str) -> dict[str, Any] | None:
+        return self._get(sm.command_key(command_id))
+
+    def put_job(
+        self, backup_job_id: str, run_id: str, group_id: str, instance_id: str, now_epoch: int
+    ) -> None:
+        write = sm.put_job(backup_job_id, run_id, group_id, instance_id, self.expiry(now_epoch))
+        self._write(write)
+
+    def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
+        return self._get(sm.job_key(backup_job_id))
+
+
+def _due_order(key: dict[str, Any]) -> tuple[Any, str, str]:
+    """Earliest first; items due at the same second in key order (both tables agree)."""
+    return key[sm.DUE_AT], key[sm.PARTITION_KEY], key[sm.SORT_KEY]
