@@ -288,8 +288,8 @@ def status(
     from prepost.operator import status as read_status
     from prepost.operator import table_name
 
-    run, instances = _operator(lambda: read_status(run_id, table_name(table)))
-    report = run_report(run, instances)
+    run, instances, groups = _operator(lambda: read_status(run_id, table_name(table)))
+    report = run_report(run, instances, groups)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -543,6 +543,10 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
         console.print(f"reason: {report['reason']}")
     for error in report.get("errors", []):
         console.print(f"  {error}", style="red")
+    for aside in report.get("set_aside", []):
+        console.print(
+            f"set aside by the reconciler: {aside['item']}: {aside['reason']}", style="red"
+        )
 
 
 def _duration(seconds: int) -> str:

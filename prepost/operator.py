@@ -22,7 +22,7 @@ from chalicelib.logic.decisions import run_id_for
 from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.profile import Profile
 from chalicelib.models.run_input import RunInput, validation_messages
-from chalicelib.models.state import InstanceRecord, RunRecord
+from chalicelib.models.state import GroupRecord, InstanceRecord, RunRecord
 
 
 class OperatorError(Exception):
@@ -103,17 +103,18 @@ def _put(detail_type: str, detail: Any, bus: str) -> tuple[str, str]:
     return entry["EventId"], run_id_for(entry["EventId"], moment)
 
 
-def status(run_id: str, table: str) -> tuple[RunRecord, list[InstanceRecord]]:
-    """A run's record and its instances' records."""
+def status(run_id: str, table: str) -> tuple[RunRecord, list[InstanceRecord], list[GroupRecord]]:
+    """A run's record, its instances' records and its groups' records."""
     store = StateStore(_session().client("dynamodb"), table, retention_seconds=0)
     try:
         run = store.get_run(run_id)
         instances = store.list_instances(run_id) if run else []
+        groups = store.list_groups(run_id) if run else []
     except (BotoCoreError, ClientError, GatewayError) as exc:
         raise _explain(exc, table) from exc
     if run is None:
         raise OperatorError(f"no run {run_id!r} in table {table!r}")
-    return run, instances
+    return run, instances, groups
 
 
 def runs(

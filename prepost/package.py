@@ -109,7 +109,11 @@ ALARMED_METRICS = {
         "an instance this run stopped could not be started again (STUCK_STOPPED): act now",
     ),
     "PoisonEvents": ("PoisonEvents", "an event that can never be processed was dropped"),
-    "ReconcileErrors": ("ReconcileErrors", "the reconciler failed on a group"),
+    "ReconcileErrors": ("ReconcileErrors", "the reconciler failed on a due run or group"),
+    "ItemsSetAside": (
+        "ItemsSetAside",
+        "the reconciler set a run or group aside after repeated failures: see prepost status",
+    ),
     "ScheduleErrors": ("ScheduleErrors", "the scheduler failed on a profile"),
 }
 

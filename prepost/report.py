@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from chalicelib.models.state import (
     PHASE_ORDER,
+    GroupRecord,
     InstanceRecord,
     PhaseResult,
     PhaseStatus,
@@ -26,8 +28,12 @@ def seconds_between(start: str, end: str | None) -> int:
     )
 
 
-def run_report(run: RunRecord, instances: list[InstanceRecord]) -> dict[str, Any]:
-    """The run and, per instance, each phase: status and reason always, other fields when set."""
+def run_report(
+    run: RunRecord, instances: list[InstanceRecord], groups: Sequence[GroupRecord] = ()
+) -> dict[str, Any]:
+    """The run and, per instance, each phase: status and reason always, other fields when
+    set; and what the reconciler set aside (the run or its groups), with the reason."""
+    aside = [("run", run)] + [(g.label or g.group_id, g) for g in groups]
     return {
         "run_id": run.run_id,
         "status": str(run.status),
@@ -55,6 +61,11 @@ def run_report(run: RunRecord, instances: list[InstanceRecord]) -> dict[str, Any
             for i in sorted(instances, key=lambda i: i.instance_id)
         ],
         "timeline": phase_timeline(instances),
+        "set_aside": [
+            {"item": item, "reason": record.set_aside_reason, "failures": record.reconcile_failures}
+            for item, record in aside
+            if record.set_aside_reason
+        ],
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from chalicelib import observability
 from chalicelib.dependencies import Services
-from chalicelib.errors import GatewayError
+from chalicelib.errors import EventPublishError, GatewayError
 from chalicelib.logic import decisions, finalize, phases, start_run
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import close_phase, finish
@@ -23,10 +23,18 @@ from chalicelib.models.state import (
     RunStatus,
 )
 
+# A due item that keeps failing is set aside (taken out of the due index, with the
+# reason, for `prepost status` to show): after a few tries when retrying cannot help (a
+# corrupt item, a group whose run is gone, an input that no longer validates); after four
+# hours of ticks when AWS refused (a throttled or refused call may yet go through, and a
+# run's Run Completed event must be put at least once).
+SET_ASIDE_AFTER = 3
+SET_ASIDE_AFTER_AWS = 48
+AWS_ERRORS = (GatewayError, EventPublishError)
+
 
 def reconcile(services: Services) -> int:
-    """Look at every group that is due; how many were looked at."""
-    log = observability.logger()
+    """Look at every item that is due, each on its own; how many were looked at."""
     due = services.store.due_items(services.now_epoch())
     for run_id, group_id in due:
         observability.bind_run(run_id)
@@ -35,12 +43,31 @@ def reconcile(services: Services) -> int:
                 _reconcile_group(services, run_id, group_id)
             else:
                 _reconcile_run(services, run_id)
-        except GatewayError as exc:  # one group's trouble must not starve the others
-            log.exception("reconciling a group failed", group_id=group_id, error=str(exc))
-            observability.count("ReconcileErrors")
+        except Exception as exc:  # one item's trouble must not starve or fail the others
+            _contain(services, run_id, group_id, exc)
     if due:
         observability.count("GroupsReconciled", len(due))
     return len(due)
+
+
+def _contain(services: Services, run_id: str, group_id: str, error: Exception) -> None:
+    """Log and count a due item's failure, note it on the item, and set the item aside
+    once it has failed too often to be worth another try."""
+    log, described = observability.logger(), f"{type(error).__name__}: {error}"
+    log.exception("reconciling an item failed", group_id=group_id, error=described)
+    observability.count("ReconcileErrors")
+    try:
+        failures = services.store.note_due_failure(
+            run_id, group_id, described, services.now_epoch()
+        )
+        limit = SET_ASIDE_AFTER_AWS if isinstance(error, AWS_ERRORS) else SET_ASIDE_AFTER
+        if failures >= limit:
+            reason = f"the reconciler failed on it {failures} times; last: {described}"
+            if services.store.set_aside(run_id, group_id, reason[:500]):
+                log.error("item set aside", group_id=group_id, failures=failures)
+                observability.count("ItemsSetAside")
+    except Exception:  # the table itself failing: the next tick tries the item again
+        log.exception("noting a reconciler failure failed", group_id=group_id)
 
 
 def _reconcile_run(services: Services, run_id: str) -> None:

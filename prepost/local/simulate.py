@@ -145,7 +145,8 @@ def report(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
     run = cloud.store.get_run(run_id)
     if run is None:
         raise LookupError(f"no run {run_id} in the local table")
-    return run_report(run, cloud.store.list_instances(run_id)) | {
+    instances, groups = cloud.store.list_instances(run_id), cloud.store.list_groups(run_id)
+    return run_report(run, instances, groups) | {
         "virtual_duration_seconds": seconds_between(run.created_at, run.finished_at),
         "lambda_invocations": sum(cloud.invocations.values()),
         "aws_calls": aws_calls(cloud),

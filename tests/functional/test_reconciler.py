@@ -126,3 +126,99 @@ def test_a_run_completed_event_that_could_not_be_put_is_put_by_the_reconciler(
     assert completed[0]["status"] == "SUCCEEDED"
     assert completed[0]["counts"] == {"SUCCEEDED": 2}
     assert cloud.store.due_items(int(cloud.clock.after(10**9).timestamp())) == []
+
+
+def _tick(cloud: LocalCloud) -> None:
+    """One invocation of the scheduled reconciler, now (as its Chalice schedule would)."""
+    from prepost.samples import load_event
+
+    cloud.invoke("reconcile_runs", load_event("aws-scheduled-event"))
+
+
+def _started(cloud: LocalCloud, tag: str, **changes: Any) -> str:
+    """A run over the instances tagged `tag`, left waiting in its pre-script: its id."""
+    detail = seed_input() | {"TargetEC2TagValue": tag} | changes
+    cloud.publish(cloud.start_event(detail))
+    cloud.drain()
+    [run_id] = {
+        e["detail"]["run_id"]
+        for e in cloud.emitted
+        if e["detail-type"].endswith("Run Started") and e["detail"]["run_id"] not in _SEEN
+    }
+    _SEEN.add(run_id)
+    return run_id
+
+
+_SEEN: set[str] = set()
+
+
+def test_one_tick_contains_a_corrupt_item_an_orphan_group_and_a_refused_call(
+    behaviour: Behaviour, cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chalicelib.models.state_machine import group_key, run_key
+    from prepost.report import run_report
+
+    _SEEN.clear()
+    behaviour.reconcile_every = None  # the test runs each tick itself
+    behaviour.lose_event = source("aws.ssm")  # every run waits for the reconciler's poll
+    tags = ("corrupt", "orphan", "stale", "healthy")  # the healthy run is due last
+    for tag in tags:
+        cloud.launch(1, tags={"backup-job": tag})
+    corrupt, orphan, stale, healthy = (_started(cloud, tag) for tag in tags)
+    # A run whose Run Completed EventBridge keeps refusing: due for its announcement.
+    behaviour.refuse_events = {"PrePostBackup Run Completed": 100}
+    cloud.publish(cloud.start_event({"not": "an input"}))
+    cloud.drain()
+    table, dynamodb = cloud.table_name, cloud.session.client("dynamodb")
+
+    def key(item: dict[str, str]) -> dict[str, dict[str, str]]:
+        return {name: {"S": value} for name, value in item.items()}
+
+    dynamodb.update_item(  # a group item no model reads any more
+        TableName=table, Key=key(group_key(corrupt, "run")),
+        UpdateExpression="SET phase_state = :bad",
+        ExpressionAttributeValues={":bad": {"S": "NOT_A_STATE"}},
+    )  # fmt: skip
+    dynamodb.delete_item(TableName=table, Key=key(run_key(orphan)))  # a group without a run
+    dynamodb.update_item(  # a stored input that no longer validates (a model changed)
+        TableName=table, Key=key(run_key(stale)),
+        UpdateExpression="SET input_json = :old",
+        ExpressionAttributeValues={":old": {"S": '{"RetiredField": true}'}},
+    )  # fmt: skip
+    cloud.clock.advance_to(cloud.clock.after(3600))  # everything is due
+    due = cloud.store.due_items(int(cloud.clock.now().timestamp()))
+    assert len(due) == 5
+    assert due[-1] == (healthy, "run")
+
+    _tick(cloud)
+
+    assert cloud.dead_letters == []  # the tick itself did not fail
+    assert '"ReconcileErrors":[1.0,1.0,1.0,1.0]' in capsys.readouterr().out
+    _, instances = outcome(cloud, healthy)  # the healthy run moved on in that same tick
+    [member] = instances.values()
+    assert member.phase(Phase.PRE_SCRIPT).status is PhaseStatus.SUCCEEDED
+
+    for _ in range(2):
+        cloud.clock.advance_to(cloud.clock.after(600))
+        _tick(cloud)
+    still_due = set(cloud.store.due_items(2**40))  # run headers stay, as a last resort
+    for aside in (corrupt, orphan, stale):  # each group set aside after three failures
+        assert (aside, "run") not in still_due
+    [refused] = [
+        run_id
+        for run_id, group_id in still_due
+        if not group_id
+        and (run := cloud.store.get_run(run_id))
+        and run.status is RunStatus.REJECTED
+    ]
+    refused_run = cloud.store.get_run(refused)  # an AWS refusal is tried for hours
+    assert refused_run is not None
+    assert (refused_run.reconcile_failures, refused_run.set_aside_reason) == (3, None)
+    stale_run = cloud.store.get_run(stale)
+    assert stale_run is not None
+    report = run_report(
+        stale_run, cloud.store.list_instances(stale), cloud.store.list_groups(stale)
+    )
+    [shown] = report["set_aside"]  # what `prepost status` prints
+    assert shown["failures"] == 3
+    assert "ValidationError" in shown["reason"]
