@@ -99,6 +99,10 @@ class Behaviour:
     # The handler dies right after this AWS call succeeds, this many times
     # (e.g. {"SendCommand": 1}): the call's effect happened, its record did not.
     crash_after: dict[str, int] = field(default_factory=dict)
+    # The named handler dies right after its n-th successful call of the operation
+    # (counted over its invocations from when this is set), once: e.g.
+    # {("run_scripts", "UpdateItem"): 3} dies half-way through marking a phase's members.
+    crash_at_call: dict[tuple[str, str], int] = field(default_factory=dict)
     # EventBridge refuses the entries of this detail-type, this many times
     # (PutEvents answers with FailedEntryCount and the entry's ErrorCode InternalFailure).
     refuse_events: dict[str, int] = field(default_factory=dict)
@@ -676,6 +680,15 @@ class LocalCloud:
         """Die right after `operation` succeeded, if `Behaviour.crash_after` says so: after
         an AWS call, or after a write of the in-memory state store (named as its DynamoDB
         call would be), so that the same faults act on both stores."""
+        handler_call = (_HANDLER.get() or "", operation)
+        nth = self.behaviour.crash_at_call.get(handler_call)
+        if nth is not None:
+            if nth > 1:
+                self.behaviour.crash_at_call[handler_call] = nth - 1
+            else:
+                del self.behaviour.crash_at_call[handler_call]
+                self.timeline.append((self.clock.now(), f"crash after {operation}"))
+                raise SimulatedCrash(f"the function died right after {operation}")
         left = self.behaviour.crash_after.get(operation, 0)
         if left:
             self.behaviour.crash_after[operation] = left - 1
