@@ -40,6 +40,8 @@ class Store(Protocol):
     def put_run_if_new(self, run: RunRecord, now_epoch: int, due_at: int | None = None) -> bool: ...
     def activate_run(self, run: RunRecord, due_at: int) -> bool: ...
     def reclaim_start(self, run_id: str, now_epoch: int, until: int) -> bool: ...
+    def mark_start_announced(self, run_id: str, at: str, due_at: int) -> None: ...
+    def reclaim_start_announcement(self, run_id: str, now_epoch: int, until: int) -> bool: ...
     def complete_run(
         self,
         run_id: str,
@@ -76,7 +78,6 @@ class Store(Protocol):
         group_id: str,
         phase: Phase,
         pending: int,
-        skipped: int,
         deadline: int,
         due_at: int,
         claim_until: int,
@@ -110,6 +111,7 @@ class Store(Protocol):
         phase: Phase,
         status: PhaseStatus,
         fields: dict[str, Any],
+        expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
     ) -> bool: ...
     def advance_group(
         self,
@@ -207,6 +209,12 @@ class TableStore(abc.ABC):
     def reclaim_start(self, run_id: str, now_epoch: int, until: int) -> bool:
         return self._applied(sm.reclaim_start(run_id, now_epoch, until))
 
+    def mark_start_announced(self, run_id: str, at: str, due_at: int) -> None:
+        self._write(sm.mark_start_announced(run_id, at, due_at))
+
+    def reclaim_start_announcement(self, run_id: str, now_epoch: int, until: int) -> bool:
+        return self._applied(sm.reclaim_start_announcement(run_id, now_epoch, until))
+
     def complete_run(
         self,
         run_id: str,
@@ -289,14 +297,11 @@ class TableStore(abc.ABC):
         group_id: str,
         phase: Phase,
         pending: int,
-        skipped: int,
         deadline: int,
         due_at: int,
         claim_until: int,
     ) -> bool:
-        write = sm.open_phase(
-            run_id, group_id, phase, pending, skipped, deadline, due_at, claim_until
-        )
+        write = sm.open_phase(run_id, group_id, phase, pending, deadline, due_at, claim_until)
         return self._applied(write)
 
     def claim_phase(
@@ -343,8 +348,9 @@ class TableStore(abc.ABC):
         phase: Phase,
         status: PhaseStatus,
         fields: dict[str, Any],
+        expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
     ) -> bool:
-        write = sm.finish_phase(run_id, group_id, instance_id, phase, status, fields)
+        write = sm.finish_phase(run_id, group_id, instance_id, phase, status, fields, expected)
         return self._applied(write)
 
     def advance_group(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.clock import iso
 from chalicelib.dependencies import Services
+from chalicelib.logic.decisions import MemberDecision
 from chalicelib.logic.phase_table import PHASES, decide_member
 from chalicelib.logic.side_effects import PhaseContext
 from chalicelib.logic.transitions import close_phase
@@ -58,38 +59,23 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         (m, decide_member(request.phase, m, group.aborted, run_input, group.cancelled))
         for m in members
     ]
-    actors = [m for m, choice in choices if choice.act]
-    skipped = [(m, choice.reason) for m, choice in choices if not choice.act]
     now_epoch = services.now_epoch()
     deadline = now_epoch + declared.budget_seconds(run_input)
     if not store.open_phase(
-        request.run_id, request.group_id, request.phase, len(actors), len(skipped),
+        request.run_id, request.group_id, request.phase, len(members),
         deadline=deadline,
         due_at=min(deadline, now_epoch + declared.poll_seconds),
         claim_until=now_epoch + EXECUTION_CLAIM_SECONDS,
     ):  # fmt: skip
         log.info("phase request ignored: already opened", **request.model_dump(mode="json"))
         return
-    now = iso(services.clock.now())
-    for member, reason in skipped:
-        result = PhaseResult(status=PhaseStatus.SKIPPED, reason=reason, ended_at=now)
-        store.set_phase_result(
-            run.run_id, member.group_id, member.instance_id, request.phase, result,
-            expected=PhaseStatus.PENDING,
-        )  # fmt: skip
-        observability.phase_outcome(request.phase, PhaseStatus.SKIPPED)
-    for member in actors:
-        result = PhaseResult(status=PhaseStatus.IN_PROGRESS, started_at=now)
-        store.set_phase_result(
-            run.run_id, member.group_id, member.instance_id, request.phase, result,
-            expected=PhaseStatus.PENDING,
-        )  # fmt: skip
+    actors = _mark(services, run.run_id, request.phase, choices)
     log.info(
         "phase opened",
         phase=request.phase,
         group_id=request.group_id,
         acting=len(actors),
-        skipped=len(skipped),
+        skipped=len(members) - len(actors),
     )
     opened = store.get_group(request.run_id, request.group_id)
     if opened is None:
@@ -100,17 +86,51 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         close_phase(services, opened)
 
 
+def _mark(
+    services: Services,
+    run_id: str,
+    phase: Phase,
+    choices: list[tuple[InstanceRecord, MemberDecision]],
+) -> list[InstanceRecord]:
+    """Mark PENDING members as decided: a skipped one ends the phase SKIPPED (counted out
+    of the group's `pending`), an acting one goes IN_PROGRESS; the acting members marked."""
+    store, now = services.store, iso(services.clock.now())
+    for member, choice in choices:
+        if choice.act:
+            continue
+        fields = {"ended_at": now} | ({"reason": choice.reason} if choice.reason else {})
+        if store.finish_phase(
+            run_id, member.group_id, member.instance_id, phase, PhaseStatus.SKIPPED, fields,
+            expected=PhaseStatus.PENDING,
+        ):  # fmt: skip
+            observability.phase_outcome(phase, PhaseStatus.SKIPPED)
+    actors = []
+    for member, choice in choices:
+        if not choice.act:
+            continue
+        result = PhaseResult(status=PhaseStatus.IN_PROGRESS, started_at=now)
+        if store.set_phase_result(
+            run_id, member.group_id, member.instance_id, phase, result,
+            expected=PhaseStatus.PENDING,
+        ):  # fmt: skip
+            actors.append(member)
+    return actors
+
+
 def resume_phase(services: Services, group: GroupRecord) -> None:
     """Make the side effects of members that never got them (their handler died, or the
     call is to be retried), once nobody else holds the claim."""
     phase = Phase(group.phase)
     now_epoch = services.now_epoch()
+    members = services.store.list_instances(group.run_id, group.group_id)
+    # Members its handler died before marking are decided and marked now, like unsent ones.
+    unmarked = [m for m in members if m.phase(phase).status is PhaseStatus.PENDING]
     unsent = [
         member
-        for member in services.store.list_instances(group.run_id, group.group_id)
+        for member in members
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and not member.phase(phase).sent
     ]
-    if not unsent:
+    if not unsent and not unmarked:
         return
     if not services.store.claim_phase(
         group.run_id, group.group_id, phase, now_epoch, now_epoch + EXECUTION_CLAIM_SECONDS
@@ -118,10 +138,25 @@ def resume_phase(services: Services, group: GroupRecord) -> None:
         observability.logger().info("phase is being executed elsewhere", group_id=group.group_id)
         return
     observability.logger().warning(
-        "resuming side effects", phase=phase, group_id=group.group_id, members=len(unsent)
+        "resuming side effects",
+        phase=phase,
+        group_id=group.group_id,
+        members=len(unsent),
+        unmarked=len(unmarked),
     )
     run, run_input = _run(services, group.run_id)
-    _execute(services, run, run_input, group, unsent, resuming=True)
+    if unmarked:
+        latest = services.store.get_group(group.run_id, group.group_id) or group
+        choices = [
+            (m, decide_member(phase, m, latest.aborted, run_input, latest.cancelled))
+            for m in unmarked
+        ]
+        unsent += _mark(services, group.run_id, phase, choices)
+    if unsent:
+        _execute(services, run, run_input, group, unsent, resuming=True)
+    current = services.store.get_group(group.run_id, group.group_id)
+    if current is not None and current.phase == group.phase and current.pending <= 0:
+        close_phase(services, current)  # the members marked now were all skipped
 
 
 def _run(services: Services, run_id: str) -> tuple[RunRecord, RunInput]:

@@ -71,13 +71,16 @@ def _contain(services: Services, run_id: str, group_id: str, error: Exception) -
 
 
 def _reconcile_run(services: Services, run_id: str) -> None:
-    """A run header is due: a start that never finished, a run never finalized, or one
-    finalized but never announced."""
+    """A run header is due: a start that never finished or was never announced, a run
+    never finalized, or one finalized but never announced."""
     run = services.store.get_run(run_id)
     if run is None:
         return
     if run.status is RunStatus.STARTING:
         start_run.resume_start(services, run)
+    elif run.status is RunStatus.RUNNING and run.start_announced_at is None:
+        # Activated, but its handler died before the Run Started event was put.
+        start_run.resume_announcement(services, run)
     elif run.status is RunStatus.RUNNING and run.groups_pending <= 0:
         finalize.finalize_run(services, run)
     elif run.status is RunStatus.RUNNING:
@@ -124,7 +127,8 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
     elif now < deadline:
         # Side effects refused for now (throttled, no capacity) are retried on the next pass.
         unsent = any(
-            m.phase(phase).status is PhaseStatus.IN_PROGRESS and not m.phase(phase).sent
+            m.phase(phase).status is PhaseStatus.PENDING
+            or (m.phase(phase).status is PhaseStatus.IN_PROGRESS and not m.phase(phase).sent)
             for m in store.list_instances(run_id, group_id)
         )
         wait = decisions.RETRY_SECONDS if unsent else PHASES[phase].poll_seconds
@@ -135,7 +139,9 @@ def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:
     """Past the deadline: whoever has not reported fails, and the group moves on, so the
     run's compensation (start what it stopped, thaw what it froze) follows as usual."""
     for member in services.store.list_instances(group.run_id, group.group_id):
-        if member.phase(phase).status is PhaseStatus.IN_PROGRESS:
+        # PENDING: its handler died before marking it, and nobody could resume it since.
+        status = member.phase(phase).status
+        if status in (PhaseStatus.IN_PROGRESS, PhaseStatus.PENDING):
             observability.logger().error(
                 "phase timed out", instance_id=member.instance_id, phase=phase
             )
@@ -153,5 +159,6 @@ def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:
                     if member.phase(phase).last_error
                     else ""
                 ),
+                expected=status,
                 timed_out=True,
             )

@@ -24,6 +24,7 @@ from chalicelib.models.state import (
     InstanceRecord,
     InstanceStatus,
     Lease,
+    Phase,
     PhaseResult,
     RunRecord,
     RunStatus,
@@ -72,6 +73,8 @@ def start_run(services: Services, raw_event: Any) -> str | None:
     if existing is not None:
         if existing.status is RunStatus.STARTING:
             resume_start(services, existing)  # its handler may have died half-way
+        elif existing.status is RunStatus.RUNNING and existing.start_announced_at is None:
+            resume_announcement(services, existing)  # it died right after activating it
         else:
             log.info("duplicate start event ignored", event_id=envelope.id)
         return run_id
@@ -183,6 +186,48 @@ def resume_start(services: Services, run: RunRecord) -> None:
     observability.logger().warning("resuming the start of a run")
     run_input = RunInput.model_validate_json(run.input_json)
     _begin(services, run, run_input, _resolve(services, run_input))
+
+
+def resume_announcement(services: Services, run: RunRecord) -> None:
+    """Put the Run Started and first Phase Requested events of a run whose start handler
+    died after activating it (from its redelivery, or the reconciler)."""
+    now_epoch = services.now_epoch()
+    if not services.store.reclaim_start_announcement(
+        run.run_id, now_epoch, now_epoch + START_CLAIM_SECONDS
+    ):
+        observability.logger().info("run is being announced elsewhere")
+        return
+    observability.logger().warning("announcing a started run")
+    run_input = RunInput.model_validate_json(run.input_json)
+    groups = services.store.list_groups(run.run_id)
+    skipped = run.instance_count - sum(group.size for group in groups)
+    last_resort = now_epoch + decisions.run_budget_seconds(run_input)
+    _announce_start(services, run, groups, skipped, last_resort)
+    if not groups:
+        finalize_run(services, run)
+
+
+def _announce_start(
+    services: Services, run: RunRecord, groups: list[GroupRecord], skipped: int, due_at: int
+) -> None:
+    """Put Run Started and the Phase Requested of every group still waiting for its
+    phase, then note it on the run, which is next due at `due_at` (a last resort)."""
+    started = {
+        "run_id": run.run_id,
+        "instance_count": run.instance_count,
+        "skipped_count": skipped,
+        "group_count": len(groups),
+        "plan": [str(p) for p in run.plan],
+    }
+    services.events.emit(
+        [(DetailType.RUN_STARTED, started)]
+        + [
+            (DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, Phase(group.phase)))
+            for group in groups
+            if group.phase_state is GroupPhaseState.REQUESTED
+        ]
+    )
+    services.store.mark_start_announced(run.run_id, iso(services.clock.now()), due_at)
 
 
 def _reject(
@@ -319,9 +364,9 @@ def _begin(
             "instance_count": len(requested),
         }
     )
-    # Looked at by the reconciler after the longest the run may take, as a last resort.
-    due_at = now_epoch + decisions.run_budget_seconds(run_input)
-    if not store.activate_run(run, due_at):
+    # Due soon, until its Run Started is put (this handler may die right after this write);
+    # then after the longest the run may take, as a last resort.
+    if not store.activate_run(run, now_epoch + START_CLAIM_SECONDS):
         log.info("run already started elsewhere")
         return
     log.info(
@@ -333,19 +378,7 @@ def _begin(
         plan=[str(p) for p in phases],
     )
     observability.count("RunsStarted")
-    started = {
-        "run_id": run_id,
-        "instance_count": len(requested),
-        "skipped_count": len(skipped),
-        "group_count": len(group_records),
-        "plan": [str(p) for p in phases],
-    }
-    services.events.emit(
-        [(DetailType.RUN_STARTED, started)]
-        + [
-            (DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, phases[0]))
-            for group in group_records
-        ]
-    )
+    last_resort = now_epoch + decisions.run_budget_seconds(run_input)
+    _announce_start(services, run, group_records, len(skipped), last_resort)
     if not group_records:
         finalize_run(services, run)

@@ -32,9 +32,12 @@ def finish(
     phase: Phase,
     status: PhaseStatus,
     reason: str | None = None,
+    *,
+    expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
     **details: Any,
 ) -> bool:
-    """Record a terminal result of an IN_PROGRESS phase; close the group's phase if last.
+    """Record a terminal result of an IN_PROGRESS phase (or one still `expected`, such as
+    a PENDING member timed out); close the group's phase if last.
 
     A duplicate, stale or late report finds the phase no longer IN_PROGRESS and changes
     nothing; it returns False.
@@ -43,7 +46,9 @@ def finish(
     fields = {"ended_at": iso(services.clock.now())} | {
         name: value for name, value in ({"reason": reason} | details).items() if value is not None
     }
-    if not services.store.finish_phase(run_id, group_id, instance_id, phase, status, fields):
+    if not services.store.finish_phase(
+        run_id, group_id, instance_id, phase, status, fields, expected
+    ):
         log.info(
             "report ignored: phase not in progress (duplicate, stale or late)",
             instance_id=instance_id,

@@ -144,6 +144,7 @@ class RunRecord(_Record):
     cancelled: bool = False
     notified_at: str | None = None  # when its summary went to the notification topic
     announced_at: str | None = None  # when its Run Completed event was put
+    start_announced_at: str | None = None  # when its Run Started event was put
     profile: str | None = None  # the stored profile the run was started from, if any
     slot: str | None = None  # the scheduled slot it runs for, if the scheduler started it
     # As on a group: the reconciler's failures on the header while it was due.

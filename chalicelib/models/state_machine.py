@@ -279,6 +279,28 @@ def activate_run(run: RunRecord, due_at: int) -> Update:
     )
 
 
+def mark_start_announced(run_id: str, at: str, due_at: int) -> Update:
+    """The run's Run Started event (and its groups' first Phase Requested) were put: the
+    header is next due at `due_at`, as a last resort."""
+    return Update(
+        run_key(run_id),
+        set={"start_announced_at": at, DUE_AT: due_at},
+        when=eq("status", RunStatus.RUNNING),
+    )
+
+
+def reclaim_start_announcement(run_id: str, now_epoch: int, until: int) -> Update:
+    """Take over announcing a RUNNING run whose start handler died before it put Run
+    Started (its claim, the header's due time, ran out)."""
+    return Update(
+        run_key(run_id),
+        set={DUE_AT: until},
+        when=all_of(
+            eq("status", RunStatus.RUNNING), Missing("start_announced_at"), le(DUE_AT, now_epoch)
+        ),
+    )
+
+
 def reclaim_start(run_id: str, now_epoch: int, until: int) -> Update:
     """Take over a start whose handler died (its claim ran out)."""
     return Update(
@@ -401,20 +423,20 @@ def open_phase(
     group_id: str,
     phase: Phase,
     pending: int,
-    skipped: int,
     deadline: int,
     due_at: int,
     claim_until: int,
 ) -> Update:
-    """REQUESTED -> OPEN for `phase`, with the number of members to wait for, the phase's
-    deadline, when the reconciler should look first, and the caller's claim on making the
-    side effects."""
+    """REQUESTED -> OPEN for `phase`, with the number of members to wait for (all of them:
+    each is counted out when it ends the phase, skipped ones included, so that a member
+    left PENDING by a handler that died keeps the phase open until it is resumed), the
+    phase's deadline, when the reconciler should look first, and the caller's claim on
+    making the side effects."""
     return Update(
         group_key(run_id, group_id),
         set={
             "phase_state": GroupPhaseState.OPEN,
             "pending": pending,
-            _count_name(phase, PhaseStatus.SKIPPED): skipped,
             "deadline": deadline,
             DUE_AT: due_at,
             "claim_until": claim_until,
@@ -506,8 +528,11 @@ def finish_phase(
     phase: Phase,
     status: PhaseStatus,
     fields: dict[str, Any],
+    expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
 ) -> Transaction:
-    """Record a terminal status of an IN_PROGRESS phase and count it in its group.
+    """Record a terminal status of a phase whose status is `expected` (IN_PROGRESS; or
+    PENDING, for a member skipped or timed out before it was marked) and count it in its
+    group.
 
     One transaction, so that the group's barrier counter moves exactly once per instance:
     a duplicate, stale or late report fails the condition and changes nothing. `fields`
@@ -520,7 +545,7 @@ def finish_phase(
                 instance_key(run_id, group_id, instance_id),
                 set={f"{result}.status": status}
                 | {f"{result}.{name}": value for name, value in fields.items()},
-                when=eq(f"{result}.status", PhaseStatus.IN_PROGRESS),
+                when=eq(f"{result}.status", expected),
             ),
             Update(
                 group_key(run_id, group_id),
