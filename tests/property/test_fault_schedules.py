@@ -7,7 +7,7 @@ After each, the invariants below are checked on what the emulated AWS saw and on
 records. Most schedules run on the in-memory state store, so that 300 fit in the test
 budget; one in ten runs on moto's DynamoDB. Both stores interpret the same transitions
 (`chalicelib/models/state_machine.py`; `test_store_contract.py` holds them to the same
-results), and a crash after a call (`TransactWriteItems` included) fires on both.
+results), and a crash after a call (`TransactWriteItems`, `UpdateItem` included) fires on both.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ CRASHABLE = [
     "StartInstances",
     "PutEvents",
     "DescribeInstances",
-    # On DynamoDB the call, on the memory store the write named so. Not yet UpdateItem: a
-    # crash right after the start's activate_run loses Run Started (start_run.py resumes
-    # only STARTING runs), which 27 of 292 schedules found; it belongs to the start path.
+    # On DynamoDB the call, on the memory store the write named so. A crash after the
+    # first UpdateItem falls right after the start's activate_run: Run Started is put
+    # again until it is noted on the run. (Crashes in the middle of a phase's marking of
+    # its members are aimed at in tests/functional/test_half_done.py.)
     "TransactWriteItems",
+    "UpdateItem",
 ]
 # The state store a schedule runs on: one in ten on moto's DynamoDB (slower).
 STORES = ["memory"] * 9 + ["dynamodb"]
