@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import decisions, policy
+from chalicelib.logic import cancel, decisions, policy
 from chalicelib.logic.finalize import announce, announce_by, finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
@@ -198,6 +198,8 @@ def resume_announcement(services: Services, run: RunRecord) -> None:
         observability.logger().info("run is being announced elsewhere")
         return
     observability.logger().warning("announcing a started run")
+    if cancel.apply_pending_cancel(services, run.run_id):
+        run = run.model_copy(update={"cancelled": True})
     run_input = RunInput.model_validate_json(run.input_json)
     groups = services.store.list_groups(run.run_id)
     skipped = run.instance_count - sum(group.size for group in groups)
@@ -378,6 +380,10 @@ def _begin(
         plan=[str(p) for p in phases],
     )
     observability.count("RunsStarted")
+    # Before its groups' first phase is requested: a cancel kept while the run did not
+    # exist or was STARTING, and one that came meanwhile, are applied by now.
+    if cancel.apply_pending_cancel(services, run_id):
+        run = run.model_copy(update={"cancelled": True})
     last_resort = now_epoch + decisions.run_budget_seconds(run_input)
     _announce_start(services, run, group_records, len(skipped), last_resort)
     if not group_records:
