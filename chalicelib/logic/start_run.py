@@ -344,6 +344,10 @@ def _begin(
 
     sizes = Counter(member.group_id for member in members)
     labels = {member.group_id: member.group_label or member.group_id for member in members}
+    # The reconciler looks at the groups after the run header (due by START_CLAIM_SECONDS
+    # once activated): a start that died is announced, and a kept cancel applied, before
+    # a group's first phase is requested again.
+    first_look = now_epoch + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
     group_records = [
         GroupRecord(
             run_id=run_id,
@@ -352,7 +356,7 @@ def _begin(
             size=size,
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
-            due_at=now_epoch + decisions.REQUEST_GRACE_SECONDS,
+            due_at=first_look,
         )
         for group_id, size in sizes.items()
     ]

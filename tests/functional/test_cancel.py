@@ -180,6 +180,34 @@ def test_a_cancel_sent_while_the_start_handler_is_retried_is_applied(
     _assert_cancelled_before_any_phase(cloud, run_id, ids)
 
 
+def test_a_kept_cancel_is_applied_when_the_run_is_announced_by_a_resumption(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The start is resumed and dies again right after it made the run RUNNING, before it
+    looked for the kept cancel: the resumption that announces the run applies it."""
+    cloud = any_store
+    ids = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.crash_at_call[("start_run_handler", "PutItem")] = 1
+    run_id = _start(cloud)
+    cloud.publish(cancel_event(cloud, run_id), delay=10)
+    _step_until(cloud, lambda: cloud.store.pending_cancel(run_id) is not None)
+    # The reconciler takes the start over (reclaim_start), activates the run, and dies.
+    behaviour.crash_at_call[("reconcile_runs", "UpdateItem")] = 2
+
+    def activated_unannounced() -> bool:
+        run = cloud.store.get_run(run_id)
+        return run is not None and run.status is RunStatus.RUNNING
+
+    _step_until(cloud, activated_unannounced)
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert not run.cancelled
+    assert run.start_announced_at is None
+
+    cloud.drain(EVENTS)
+    _assert_cancelled_before_any_phase(cloud, run_id, ids)
+
+
 def test_a_cancel_kept_after_the_start_handler_looked_is_applied_by_the_cancel_handler(
     behaviour: Behaviour, any_store: LocalCloud
 ) -> None:
