@@ -15,6 +15,7 @@ import abc
 from typing import Any, Protocol
 
 from chalicelib.models import state_machine as sm
+from chalicelib.models.events import CancelRequest
 from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
     GroupRecord,
@@ -52,7 +53,9 @@ class Store(Protocol):
         announce_by: int,
     ) -> bool: ...
     def mark_announced(self, run_id: str, at: str) -> None: ...
-    def cancel_run(self, run_id: str) -> bool: ...
+    def cancel_run(self, run_id: str, reason: str | None = None) -> bool: ...
+    def keep_cancel(self, request: CancelRequest, at: str, now_epoch: int) -> bool: ...
+    def pending_cancel(self, run_id: str) -> CancelRequest | None: ...
     def rearm_run(self, run_id: str, due_at: int) -> None: ...
     def mark_run_notified(self, run_id: str, at: str) -> bool: ...
     def unmark_run_notified(self, run_id: str, at: str) -> None: ...
@@ -231,9 +234,23 @@ class TableStore(abc.ABC):
     def mark_announced(self, run_id: str, at: str) -> None:
         self._write(sm.mark_announced(run_id, at))
 
-    def cancel_run(self, run_id: str) -> bool:
-        """Mark a RUNNING run cancelled; False if it is not running."""
-        return self._applied(sm.cancel_run(run_id))
+    def cancel_run(self, run_id: str, reason: str | None = None) -> bool:
+        """Mark a RUNNING run cancelled; False if it is not running, or was cancelled
+        already."""
+        return self._applied(sm.cancel_run(run_id, reason))
+
+    # A cancel that comes before its run is RUNNING is kept beside the run, for the handler
+    # that makes the run RUNNING to apply (it expires with the run's history).
+
+    def keep_cancel(self, request: CancelRequest, at: str, now_epoch: int) -> bool:
+        """Keep `request` for its run; False if one was kept already (that one stays)."""
+        write = sm.keep_cancel(request.run_id, request.reason, at, self.expiry(now_epoch))
+        return self._applied(write)
+
+    def pending_cancel(self, run_id: str) -> CancelRequest | None:
+        """The cancel kept for the run, if any."""
+        item = self._get(sm.pending_cancel_key(run_id))
+        return CancelRequest.model_validate(item) if item else None
 
     def rearm_run(self, run_id: str, due_at: int) -> None:
         self._write(sm.rearm_run(run_id, due_at))

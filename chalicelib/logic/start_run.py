@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import decisions, policy
+from chalicelib.logic import cancel, decisions, policy
 from chalicelib.logic.finalize import announce, announce_by, finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
@@ -198,6 +198,8 @@ def resume_announcement(services: Services, run: RunRecord) -> None:
         observability.logger().info("run is being announced elsewhere")
         return
     observability.logger().warning("announcing a started run")
+    if cancel.apply_pending_cancel(services, run.run_id):
+        run = run.model_copy(update={"cancelled": True})
     run_input = RunInput.model_validate_json(run.input_json)
     groups = services.store.list_groups(run.run_id)
     skipped = run.instance_count - sum(group.size for group in groups)
@@ -342,6 +344,10 @@ def _begin(
 
     sizes = Counter(member.group_id for member in members)
     labels = {member.group_id: member.group_label or member.group_id for member in members}
+    # The reconciler looks at the groups after the run header (due by START_CLAIM_SECONDS
+    # once activated): a start that died is announced, and a kept cancel applied, before
+    # a group's first phase is requested again.
+    first_look = now_epoch + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
     group_records = [
         GroupRecord(
             run_id=run_id,
@@ -350,7 +356,7 @@ def _begin(
             size=size,
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
-            due_at=now_epoch + decisions.REQUEST_GRACE_SECONDS,
+            due_at=first_look,
         )
         for group_id, size in sizes.items()
     ]
@@ -378,6 +384,10 @@ def _begin(
         plan=[str(p) for p in phases],
     )
     observability.count("RunsStarted")
+    # Before its groups' first phase is requested: a cancel kept while the run did not
+    # exist or was STARTING, and one that came meanwhile, are applied by now.
+    if cancel.apply_pending_cancel(services, run_id):
+        run = run.model_copy(update={"cancelled": True})
     last_resort = now_epoch + decisions.run_budget_seconds(run_input)
     _announce_start(services, run, group_records, len(skipped), last_resort)
     if not group_records:

@@ -18,6 +18,7 @@ Item keys:
     RUN#<run_id>      RUN                          the run header
     RUN#<run_id>      GROUP#<group_id>             a group
     RUN#<run_id>      INST#<group_id>#<instance>   an instance of the run
+    RUN#<run_id>      CANCEL                       a cancel kept until the run is RUNNING
     LEASE#<instance>  LEASE                        which run holds the instance
     CMD#<command_id>  CMD                          SSM command -> run, group, phase
     JOB#<job_id>      JOB                          backup job -> run, group, instance
@@ -75,6 +76,10 @@ def group_key(run_id: str, group_id: str) -> Key:
 
 def instance_key(run_id: str, group_id: str, instance_id: str) -> Key:
     return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: f"INST#{group_id}#{instance_id}"}
+
+
+def pending_cancel_key(run_id: str) -> Key:
+    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: "CANCEL"}
 
 
 def lease_key(instance_id: str) -> Key:
@@ -343,9 +348,25 @@ def mark_announced(run_id: str, at: str) -> Update:
     )
 
 
-def cancel_run(run_id: str) -> Update:
-    """Mark a RUNNING run cancelled."""
-    return Update(run_key(run_id), set={"cancelled": True}, when=eq("status", RunStatus.RUNNING))
+def cancel_run(run_id: str, reason: str | None) -> Update:
+    """Mark a RUNNING run cancelled, with the reason asked, unless it is already: only the
+    first cancel of a run is applied (a repeated or retried one finds it cancelled)."""
+    return Update(
+        run_key(run_id),
+        set={"cancelled": True} | ({"cancel_reason": reason} if reason is not None else {}),
+        when=all_of(eq("status", RunStatus.RUNNING), ne("cancelled", True)),
+    )
+
+
+def keep_cancel(run_id: str, reason: str | None, at: str, expires_at: int) -> Update:
+    """Keep a cancel for a run that does not exist yet or is still STARTING, so that the
+    handler that makes it RUNNING applies it; the first one kept stays (its reason)."""
+    kept = {"run_id": run_id, "requested_at": at, TTL_ATTRIBUTE: expires_at}
+    return Update(
+        pending_cancel_key(run_id),
+        set=kept | ({"reason": reason} if reason is not None else {}),
+        when=Missing(PARTITION_KEY),
+    )
 
 
 def rearm_run(run_id: str, due_at: int) -> Update:

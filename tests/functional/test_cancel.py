@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from chalicelib.clock import iso
+from chalicelib.dependencies import services
+from chalicelib.logic import cancel
+from chalicelib.logic.decisions import run_id_for
+from chalicelib.logic.start_run import START_CLAIM_SECONDS, resume_start
+from chalicelib.models.events import AwsEvent, CancelRequest
 from chalicelib.models.state import Phase, PhaseStatus, RunStatus
-from prepost.local.cloud import LocalCloud
-from tests.conftest import seed_input
+from prepost.local.cloud import Behaviour, LocalCloud
+from prepost.samples import load_event
+from tests.conftest import VAULT, _check_policies, seed_input
 from tests.functional.helpers import calls, outcome, script_targets
 
 # Virtual seconds after the start at which each phase is under way (default durations:
@@ -22,9 +31,10 @@ DURING = {
 }
 
 
-def cancel_event(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
-    event = cloud.start_event({"run_id": run_id, "reason": "operator asked"})
-    event["detail-type"] = "PrePostBackup Cancel Requested"
+def cancel_event(cloud: LocalCloud, run_id: str, reason: str = "operator asked") -> dict[str, Any]:
+    event = load_event("prepost-cancel-requested")
+    event.update(id=cloud.new_id(), time=iso(cloud.clock.now()))
+    event["detail"] = {"run_id": run_id, "reason": reason}
     return event
 
 
@@ -84,3 +94,188 @@ def test_a_backup_completing_after_cancellation_is_only_annotated(cloud: LocalCl
     assert backup.reason == "run cancelled"
     assert backup.late_report is not None
     assert backup.late_report.startswith("SUCCEEDED at")
+
+
+# -- a cancel that comes before the run is RUNNING, or a cancel handler that died ----------
+
+FORWARD = (("ssm", "SendCommand"), ("ec2", "StopInstances"), ("backup", "StartBackupJob"))
+EVENTS = 5_000  # a run of these fleets takes a few hundred events
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def any_store(request: pytest.FixtureRequest, behaviour: Behaviour) -> Iterator[LocalCloud]:
+    """A local cloud on each state store (`cloud` is on moto's DynamoDB only)."""
+    with LocalCloud(behaviour=behaviour, store=request.param) as local:
+        local.create_vault(VAULT)
+        yield local
+        assert [(h, repr(e)) for h, _, e in local.dead_letters] == []
+        _check_policies(local)
+
+
+def _start(cloud: LocalCloud, delay: float = 0, **changes: Any) -> str:
+    event = cloud.start_event(seed_input() | changes)
+    cloud.publish(event, delay=delay)
+    return run_id_for(event["id"], AwsEvent.model_validate(event).time)
+
+
+def _step_until(cloud: LocalCloud, reached: Callable[[], bool]) -> None:
+    for _ in range(EVENTS):
+        if reached():
+            return
+        assert cloud.step(1) == 1, "the run went quiet before the point looked for"
+    raise AssertionError("the point looked for was never reached")
+
+
+def _assert_cancelled_before_any_phase(cloud: LocalCloud, run_id: str, ids: list[str]) -> None:
+    """Nothing frozen, stopped or backed up; every instance as it was; the run CANCELLED."""
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert run.reason == "cancelled on request"
+    assert run.cancelled
+    for service, operation in FORWARD:
+        assert not calls(cloud, service, operation), operation
+    for instance_id in ids:
+        assert cloud.state_of(instance_id) == "running"
+        pre = instances[instance_id].phase(Phase.PRE_SCRIPT)
+        assert pre.status is PhaseStatus.SKIPPED
+        assert pre.reason == "run cancelled"
+
+
+def test_a_cancel_published_before_its_start_event_is_applied_when_the_run_starts(
+    any_store: LocalCloud,
+) -> None:
+    cloud = any_store
+    ids = cloud.launch(2, tags={"backup-job": "true"})
+    run_id = _start(cloud, delay=30)  # the start event is late: its cancel comes first
+    cloud.publish(cancel_event(cloud, run_id))
+    _step_until(cloud, lambda: cloud.store.pending_cancel(run_id) is not None)
+    assert cloud.store.get_run(run_id) is None
+    kept = cloud.store.pending_cancel(run_id)
+    assert kept is not None
+    assert kept.reason == "operator asked"
+
+    cloud.drain(EVENTS)
+    _assert_cancelled_before_any_phase(cloud, run_id, ids)
+
+
+def test_a_cancel_sent_while_the_start_handler_is_retried_is_applied(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    cloud = any_store
+    ids = cloud.launch(2, tags={"backup-job": "true"})
+    # The start handler dies right after its first write, the STARTING run header.
+    behaviour.crash_at_call[("start_run_handler", "PutItem")] = 1
+    run_id = _start(cloud)
+    cloud.step(1)
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.STARTING
+    cloud.publish(cancel_event(cloud, run_id), delay=10)
+    _step_until(cloud, lambda: cloud.store.pending_cancel(run_id) is not None)
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.STARTING
+
+    cloud.drain(EVENTS)
+    _assert_cancelled_before_any_phase(cloud, run_id, ids)
+
+
+def test_a_kept_cancel_is_applied_when_the_run_is_announced_by_a_resumption(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The start is resumed and dies again right after it made the run RUNNING, before it
+    looked for the kept cancel: the resumption that announces the run applies it."""
+    cloud = any_store
+    ids = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.crash_at_call[("start_run_handler", "PutItem")] = 1
+    run_id = _start(cloud)
+    cloud.publish(cancel_event(cloud, run_id), delay=10)
+    _step_until(cloud, lambda: cloud.store.pending_cancel(run_id) is not None)
+    # The reconciler takes the start over (reclaim_start), activates the run, and dies.
+    behaviour.crash_at_call[("reconcile_runs", "UpdateItem")] = 2
+
+    def activated_unannounced() -> bool:
+        run = cloud.store.get_run(run_id)
+        return run is not None and run.status is RunStatus.RUNNING
+
+    _step_until(cloud, activated_unannounced)
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert not run.cancelled
+    assert run.start_announced_at is None
+
+    cloud.drain(EVENTS)
+    _assert_cancelled_before_any_phase(cloud, run_id, ids)
+
+
+def test_a_cancel_kept_after_the_start_handler_looked_is_applied_by_the_cancel_handler(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The other order: the cancel handler reads the run STARTING, the start handler
+    activates it and finds nothing kept, then the cancel is kept: its handler's second
+    read finds the run RUNNING and applies the cancel itself."""
+    cloud = any_store
+    ids = cloud.launch(2, tags={"backup-job": "true"})
+    behaviour.crash_at_call[("start_run_handler", "PutItem")] = 1
+    run_id = _start(cloud)
+    cloud.step(1)
+    request = CancelRequest(run_id=run_id, reason="operator asked")
+    services_ = services()
+    real_keep = services_.store.keep_cancel
+
+    def keep_after_the_start(kept: CancelRequest, at: str, now_epoch: int) -> bool:
+        # The start handler's claim runs out and its retry finishes the start right now.
+        cloud.clock.advance_to(cloud.clock.after(START_CLAIM_SECONDS + 1))
+        stored = cloud.store.get_run(run_id)
+        assert stored is not None
+        resume_start(services_, stored)
+        assert cloud.store.get_run(run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
+        return real_keep(kept, at, now_epoch)
+
+    racing = replace(services_, store=_Racing(services_.store, keep_after_the_start))
+    cancel.cancel_run(racing, request)
+
+    cloud.drain(EVENTS)
+    _assert_cancelled_before_any_phase(cloud, run_id, ids)
+
+
+class _Racing:
+    """The store, with `keep_cancel` replaced (a concurrent handler runs just before it)."""
+
+    def __init__(self, store: Any, keep_cancel: Any) -> None:
+        self._store = store
+        self.keep_cancel = keep_cancel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_cancel_handler_that_died_half_way_is_finished_by_its_retry(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    cloud = any_store
+    behaviour.script_seconds = 600  # the pre-script still runs when the retry comes
+    db = cloud.launch(2, tags={"backup-job": "true", "cluster": "db"})
+    web = cloud.launch(2, tags={"backup-job": "true", "cluster": "web"})
+    run_id = _start(cloud, GroupBy="tag:cluster")
+    cloud.step(3)
+    # It dies after cancelling the run (1st UpdateItem) and the first group (2nd).
+    behaviour.crash_at_call[("cancel_run", "UpdateItem")] = 2
+    cloud.publish(cancel_event(cloud, run_id), delay=10)
+    _step_until(cloud, lambda: any(w.startswith("crash after") for _, w in cloud.timeline))
+    groups = cloud.store.list_groups(run_id)
+    assert len(groups) == 2
+    assert sorted(g.cancelled for g in groups) == [False, True]
+
+    cloud.drain(EVENTS)
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert all(g.cancelled for g in cloud.store.list_groups(run_id))
+    assert not calls(cloud, "ec2", "StopInstances")
+    assert not calls(cloud, "backup", "StartBackupJob")
+    for instance_id in db + web:
+        pre = instances[instance_id].phase(Phase.PRE_SCRIPT)
+        assert (pre.status, pre.reason) == (PhaseStatus.FAILED, "run cancelled")
+        assert instances[instance_id].phase(Phase.BACKUP).status is PhaseStatus.SKIPPED
+        assert cloud.state_of(instance_id) == "running"
+    assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(db + web)  # thawed

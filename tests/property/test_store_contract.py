@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.state_store import StateStore, create_table, from_item
+from chalicelib.models.events import CancelRequest
 from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -186,7 +187,9 @@ STEPS = st.one_of(
         epochs,
     ),
     call("mark_announced", runs, texts),
-    call("cancel_run", runs),
+    call("cancel_run", runs, reasons),
+    call("keep_cancel", st.builds(CancelRequest, run_id=runs, reason=reasons), texts, epochs),
+    call("pending_cancel", runs),
     call("rearm_run", runs, epochs),
     call("mark_run_notified", runs, texts),
     call("unmark_run_notified", runs, texts),
