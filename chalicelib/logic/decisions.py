@@ -211,13 +211,13 @@ def instance_outcome(
     if instance.status is InstanceStatus.SKIPPED:
         return InstanceStatus.SKIPPED, instance.reason
     if instance.terminated:  # gone, not stuck: nothing is left to start or thaw
-        failed = "; ".join(
+        lost = "; ".join(
             f"{p}: {instance.phase(p).reason}"
             for p in phases
             if instance.phase(p).status is PhaseStatus.FAILED
         )
         return InstanceStatus.FAILED, "instance terminated during the run" + (
-            f" ({failed})" if failed else ""
+            f" ({lost})" if lost else ""
         )
     start = instance.phase(Phase.START)
     if Phase.START in phases and start.status is PhaseStatus.FAILED:

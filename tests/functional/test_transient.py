@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -94,7 +95,8 @@ def test_throttled_post_script_is_sent_again_and_thaws(
     for instance_id in ids:
         post = instances[instance_id].phase(Phase.POST_SCRIPT)
         assert post.status is PhaseStatus.SUCCEEDED  # thawed
-        assert post.retries and "ThrottlingException" in (post.last_error or "")
+        assert post.retries
+        assert "ThrottlingException" in (post.last_error or "")
     assert len(tried) >= 2
     # The throttled command for both was not followed by one command per instance.
     assert all(len(instance_ids) == 2 for _, instance_ids in tried)
@@ -131,7 +133,9 @@ def test_pre_script_refused_with_invalid_instance_id_fails_at_once(
     _, instances = outcome(cloud, run_id)
     pre = instances[bad].phase(Phase.PRE_SCRIPT)
     assert pre.status is PhaseStatus.FAILED
-    assert pre.refused and not pre.timed_out and not pre.retries
+    assert pre.refused
+    assert not pre.timed_out
+    assert not pre.retries
     assert instances[bad].phase(Phase.BACKUP).consistency == "crash-consistent"
     assert instances[good].status is InstanceStatus.SUCCEEDED  # isolated: the other is sent
 
@@ -277,7 +281,7 @@ def test_backoff_grows_and_stops_at_the_deadline(
     assert post.timed_out
     assert "ThrottlingException" in (post.reason or "")  # the last error, in the reason
     times = [when for when, _ in tried]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
     assert len(gaps) >= 3
     assert gaps[0] < gaps[1] < gaps[2]  # 5, 10, 20 minutes
     started, ended = times[0], datetime.fromisoformat(post.ended_at or "")
@@ -293,5 +297,7 @@ def test_a_final_error_still_fails_at_once(behaviour: Behaviour, cloud: LocalClo
     _, instances = outcome(cloud, run_id)
     start = instances[instance_id].phase(Phase.START)
     assert start.status is PhaseStatus.FAILED
-    assert start.refused and not start.timed_out and not start.retries
+    assert start.refused
+    assert not start.timed_out
+    assert not start.retries
     assert instances[instance_id].status is InstanceStatus.STUCK_STOPPED

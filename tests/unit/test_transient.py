@@ -34,9 +34,7 @@ def doc_rows(text: str) -> list[tuple[str, ...]]:
 
 
 def code_rows() -> set[tuple[str, ...]]:
-    return {
-        (r.side_effect, r.phase, r.code, str(r.verdict), str(r.scope)) for r in transient.RULES
-    }
+    return {(r.side_effect, r.phase, r.code, str(r.verdict), str(r.scope)) for r in transient.RULES}
 
 
 def test_the_doc_table_is_the_code_table() -> None:
@@ -115,9 +113,7 @@ class _Client:
 def _stop(code: str, refused: set[str], ids: list[str]) -> tuple[dict[str, Any], _Client]:
     client = _Client(code, refused)
     gateway = Ec2Gateway(client, "aws", "us-east-1")
-    outcome = gateway.stop(
-        ids, lambda c: transient.names_an_instance(transient.STOP_INSTANCES, c)
-    )
+    outcome = gateway.stop(ids, lambda c: transient.names_an_instance(transient.STOP_INSTANCES, c))
     return outcome, client
 
 
@@ -149,7 +145,7 @@ def test_a_terminated_instance_is_reported_terminated_not_stuck_stopped() -> Non
     )
     status, reason = decisions.instance_outcome(gone, [Phase.BACKUP, Phase.START])
     assert status is InstanceStatus.FAILED
-    assert reason is not None and reason.startswith("instance terminated during the run")
+    assert (reason or "").startswith("instance terminated during the run")
     stuck = gone.model_copy(update={"terminated": False})
     assert decisions.instance_outcome(stuck, [Phase.BACKUP, Phase.START])[0] is (
         InstanceStatus.STUCK_STOPPED
