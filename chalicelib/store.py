@@ -103,7 +103,7 @@ class Store(Protocol):
         expected: PhaseStatus,
     ) -> bool: ...
     def annotate_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool | int
     ) -> None: ...
     def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None: ...
     def finish_phase(
@@ -350,7 +350,7 @@ class TableStore(abc.ABC):
         return self._applied(write)
 
     def annotate_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool | int
     ) -> None:
         self._write(sm.annotate_phase(run_id, group_id, instance_id, phase, fields))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib.errors import GatewayError
@@ -9,6 +10,17 @@ from chalicelib.gateways.aws import chunks, each_page, translated
 from chalicelib.models.targets import TargetInstance
 
 BATCH = 50
+# The power calls: the client method and the response's list of instances.
+_POWER_CALLS = {
+    "StopInstances": ("stop_instances", "StoppingInstances"),
+    "StartInstances": ("start_instances", "StartingInstances"),
+}
+# Given a refusal's error code, whether it blames one instance of the call.
+Isolate = Callable[[str], bool]
+
+
+def _always(code: str) -> bool:
+    return True
 
 
 class Ec2Gateway:
@@ -57,33 +69,43 @@ class Ec2Gateway:
     def instance_arn(self, account: str, instance_id: str) -> str:
         return f"arn:{self.partition}:ec2:{self.region}:{account}:instance/{instance_id}"
 
-    def stop(self, instance_ids: list[str]) -> dict[str, str | GatewayError]:
+    def stop(
+        self, instance_ids: list[str], isolate: Isolate = _always
+    ) -> dict[str, str | GatewayError]:
         """Stop instances; per instance, the state it is now in, or the error."""
-        return self._change(self._client.stop_instances, "StoppingInstances", instance_ids)
+        return self._change("StopInstances", instance_ids, isolate)
 
-    def start(self, instance_ids: list[str]) -> dict[str, str | GatewayError]:
+    def start(
+        self, instance_ids: list[str], isolate: Isolate = _always
+    ) -> dict[str, str | GatewayError]:
         """Start instances; per instance, the state it is now in, or the error."""
-        return self._change(self._client.start_instances, "StartingInstances", instance_ids)
+        return self._change("StartInstances", instance_ids, isolate)
 
     def _change(
-        self, call: Any, result_key: str, instance_ids: list[str]
+        self, operation: str, instance_ids: list[str], isolate: Isolate
     ) -> dict[str, str | GatewayError]:
-        operation = f"ec2:{call.__name__}"
+        """EC2 refuses a whole call for one bad instance. When the error blames one
+        (`isolate(code)`), the call is made again one instance at a time so that it fails
+        alone; when it blames the call (throttled, unavailable), every instance of the
+        batch gets the error, and no single calls are made."""
+        method, result_key = _POWER_CALLS[operation]
+        call = getattr(self._client, method)
         outcome: dict[str, str | GatewayError] = {}
         for batch in chunks(instance_ids, BATCH):
             try:
-                with translated(operation):
+                with translated(f"ec2:{operation}"):
                     response = call(InstanceIds=batch)
-            except GatewayError:
-                # One bad instance fails the whole call: retry one by one so that it
-                # fails alone.
+            except GatewayError as exc:
+                if len(batch) == 1 or not isolate(exc.code):
+                    outcome.update(dict.fromkeys(batch, exc))
+                    continue
                 for instance_id in batch:
                     try:
-                        with translated(operation):
+                        with translated(f"ec2:{operation}"):
                             response = call(InstanceIds=[instance_id])
                         outcome.update(_states(response, result_key))
-                    except GatewayError as exc:
-                        outcome[instance_id] = exc
+                    except GatewayError as single:
+                        outcome[instance_id] = single
             else:
                 outcome.update(_states(response, result_key))
         return outcome

@@ -210,6 +210,15 @@ def instance_outcome(
     """The final status of one instance, with the reason when it is not SUCCEEDED."""
     if instance.status is InstanceStatus.SKIPPED:
         return InstanceStatus.SKIPPED, instance.reason
+    if instance.terminated:  # gone, not stuck: nothing is left to start or thaw
+        lost = "; ".join(
+            f"{p}: {instance.phase(p).reason}"
+            for p in phases
+            if instance.phase(p).status is PhaseStatus.FAILED
+        )
+        return InstanceStatus.FAILED, "instance terminated during the run" + (
+            f" ({lost})" if lost else ""
+        )
     start = instance.phase(Phase.START)
     if Phase.START in phases and start.status is PhaseStatus.FAILED:
         return InstanceStatus.STUCK_STOPPED, f"START: {start.reason}"

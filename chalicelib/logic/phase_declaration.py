@@ -44,7 +44,7 @@ class PhaseDeclaration:
     execute: Executor
     reported_by: str  # the AWS event source whose reports end it
     ends_on: Callable[[str], PhaseStatus | None]  # a reported status -> its outcome, or None
-    retry_later: frozenset[str]  # error codes tried again later rather than failed at once
+    retry_later: frozenset[str]  # codes tried again later, not failed at once: transient.py
     poll_seconds: int  # how often the reconciler asks AWS about members not reported yet
     budget_seconds: Callable[[RunInput], int]  # how long it may take: its deadline
     poll: Poll

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chalicelib.logic import decisions, results, side_effects
+from chalicelib.logic import decisions, results, side_effects, transient
 from chalicelib.logic.decisions import MemberDecision
 from chalicelib.logic.phase_declaration import (
     BACKUP_REPORTS,
@@ -47,7 +47,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         execute=side_effects.send_scripts,
         reported_by=SSM_REPORTS,
         ends_on=decisions.ssm_outcome,
-        retry_later=frozenset(),
+        retry_later=transient.retry_later(Phase.PRE_SCRIPT),
         poll_seconds=10 * 60,
         budget_seconds=lambda run_input: decisions.script_budget_seconds(run_input.pre_script),
         poll=results.poll_script,
@@ -61,7 +61,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         execute=side_effects.stop_instances,
         reported_by=EC2_REPORTS,
         ends_on=arriving_at("stopped"),
-        retry_later=frozenset(),
+        retry_later=transient.retry_later(Phase.STOP),
         poll_seconds=10 * 60,
         budget_seconds=_power_budget,
         poll=results.poll_power_state,
@@ -75,7 +75,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         execute=side_effects.start_backups,
         reported_by=BACKUP_REPORTS,
         ends_on=decisions.backup_outcome,
-        retry_later=frozenset({"LimitExceededException", "ServiceUnavailableException"}),
+        retry_later=transient.retry_later(Phase.BACKUP),
         poll_seconds=30 * 60,
         budget_seconds=decisions.backup_budget_seconds,
         poll=results.poll_backup_job,
@@ -89,7 +89,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         execute=side_effects.start_instances,
         reported_by=EC2_REPORTS,
         ends_on=arriving_at("running"),
-        retry_later=frozenset({"InsufficientInstanceCapacity", "InstanceLimitExceeded"}),
+        retry_later=transient.retry_later(Phase.START),
         poll_seconds=10 * 60,
         budget_seconds=_power_budget,
         poll=results.poll_power_state,
@@ -103,7 +103,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         execute=side_effects.send_scripts,
         reported_by=SSM_REPORTS,
         ends_on=decisions.ssm_outcome,
-        retry_later=frozenset(),
+        retry_later=transient.retry_later(Phase.POST_SCRIPT),
         poll_seconds=10 * 60,
         budget_seconds=lambda run_input: decisions.script_budget_seconds(run_input.post_script),
         poll=results.poll_script,

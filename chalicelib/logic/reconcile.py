@@ -11,13 +11,14 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import EventPublishError, GatewayError
-from chalicelib.logic import decisions, finalize, phases, start_run
+from chalicelib.logic import decisions, finalize, phases, results, start_run, transient
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import close_phase, finish
 from chalicelib.models.events import PhaseRequest
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
+    InstanceRecord,
     Phase,
     PhaseStatus,
     RunStatus,
@@ -110,6 +111,7 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
         phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
         return
+    _ask_state_of_refused(services, group, phase)  # a stop or start refused for its state
     phases.resume_phase(services, group)  # members whose side effect was never made
     waiting = [
         member
@@ -125,14 +127,35 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
     if current and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # its last member finished but it never moved on
     elif now < deadline:
-        # Side effects refused for now (throttled, no capacity) are retried on the next pass.
-        unsent = any(
-            m.phase(phase).status is PhaseStatus.PENDING
-            or (m.phase(phase).status is PhaseStatus.IN_PROGRESS and not m.phase(phase).sent)
-            for m in store.list_instances(run_id, group_id)
-        )
-        wait = decisions.RETRY_SECONDS if unsent else PHASES[phase].poll_seconds
-        store.rearm(run_id, group_id, group.phase, min(deadline, now + wait))
+        members = store.list_instances(run_id, group_id)
+        store.rearm(run_id, group_id, group.phase, min(deadline, now + _next_look(members, phase)))
+
+
+def _ask_state_of_refused(services: Services, group: GroupRecord, phase: Phase) -> None:
+    """EC2 refused a stop or start for the instance's state (still `stopping`, or gone):
+    ask the state now and record it as its event would be, before trying again."""
+    refused = [
+        member
+        for member in services.store.list_instances(group.run_id, group.group_id)
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS
+        and not member.phase(phase).sent
+        and transient.asks_state(phase, member.phase(phase).last_error_code)
+    ]
+    results.record_power_states(services, refused)
+
+
+def _next_look(members: list[InstanceRecord], phase: Phase) -> int:
+    """Seconds until the group needs looking at again: a member awaiting its report at
+    the phase's poll interval; a member whose side effect was refused (or never made)
+    when its backoff says (`transient.backoff_seconds`); the soonest of these."""
+    waits = []
+    for member in members:
+        result = member.phase(phase)
+        if result.status is PhaseStatus.IN_PROGRESS and result.sent:
+            waits.append(PHASES[phase].poll_seconds)
+        elif result.status in (PhaseStatus.PENDING, PhaseStatus.IN_PROGRESS):
+            waits.append(transient.backoff_seconds(result.retries or 0))
+    return min(waits, default=PHASES[phase].poll_seconds)
 
 
 def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:

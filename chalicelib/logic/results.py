@@ -91,6 +91,18 @@ def poll_power_state(services: Services, member: InstanceRecord, phase: Phase) -
     record_power_state(services, (member.run_id, member.group_id, member.instance_id), state)
 
 
+def record_power_states(services: Services, members: list[InstanceRecord]) -> None:
+    """Ask EC2 the state of `members` in one call and record each as its event would be:
+    arrived (the stop or start succeeded), gone (terminated: absent from the answer, as
+    InvalidInstanceID.NotFound), or on the way (nothing changes; the call is retried)."""
+    if not members:
+        return
+    states = services.ec2.states([member.instance_id for member in members])
+    for member in members:
+        key = (member.run_id, member.group_id, member.instance_id)
+        record_power_state(services, key, states.get(member.instance_id, "terminated"))
+
+
 def poll_backup_job(services: Services, member: InstanceRecord, phase: Phase) -> None:
     result = member.phase(phase)
     if result.backup_job_id:

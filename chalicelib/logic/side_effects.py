@@ -8,7 +8,7 @@ how they are called and resumed safely.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from chalicelib import observability
@@ -17,11 +17,11 @@ from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
 from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
-from chalicelib.logic import decisions, policy
+from chalicelib.logic import decisions, policy, transient
 from chalicelib.logic.phase_declaration import PhaseDeclaration
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.run_input import RunInput
-from chalicelib.models.script_command import CommandRejectedError
+from chalicelib.models.script_command import CommandRejectedError, RemoteScript
 from chalicelib.models.state import (
     GroupRecord,
     InstanceRecord,
@@ -41,6 +41,8 @@ class PhaseContext:
     group: GroupRecord
     declaration: PhaseDeclaration
     resuming: bool  # members may have had their side effect from a handler that died
+    # Seconds until each member refused for now is due its next try (`refused`).
+    retry_after: list[int] = field(default_factory=list)
 
     @property
     def phase(self) -> Phase:
@@ -59,20 +61,35 @@ class PhaseContext:
         )
 
     def refused(self, member: InstanceRecord, error: GatewayError) -> None:
-        """Try again later (the reconciler will, until the deadline) if the phase declares
-        `error` as one to retry; otherwise fail the member."""
+        """AWS refused the side effect: fail the member if the refusal is final
+        (`transient.py`); otherwise note the error and the attempt, for the reconciler to
+        try again with backoff (asking EC2 the state first if the table says so), until
+        the phase deadline."""
         if error.code not in self.declaration.retry_later:
             self.fail(member.instance_id, error)
             return
+        retries = (member.phase(self.phase).retries or 0) + 1
         self.services.store.annotate_phase(
             self.group.run_id, self.group.group_id, member.instance_id, self.phase,
-            last_error=str(error),
+            last_error=str(error), last_error_code=error.code, retries=retries,
         )  # fmt: skip
+        self.retry_after.append(transient.backoff_seconds(retries))
         observability.logger().warning(
             "side effect refused for now; will retry", instance_id=member.instance_id,
-            phase=self.phase, error=error.code,
+            phase=self.phase, error=error.code, retries=retries,
         )  # fmt: skip
         observability.count(f"{self.phase}_RETRIED")
+
+    def rearm_for_retries(self) -> None:
+        """Have the reconciler look again when the soonest refused member is due a retry
+        (never past the deadline), rather than at the phase's next poll."""
+        if not self.retry_after:
+            return
+        now = self.services.now_epoch()
+        due = now + min(self.retry_after)
+        if self.group.deadline is not None:
+            due = min(due, self.group.deadline)
+        self.services.store.rearm(self.group.run_id, self.group.group_id, self.phase, due)
 
 
 # -- scripts (PRE_SCRIPT, POST_SCRIPT) ---------------------------------------------------------
@@ -110,21 +127,37 @@ def send_scripts(context: PhaseContext, members: list[InstanceRecord]) -> None:
         try:
             command_id = services.ssm.send_script(ids, remote, comment)
         except GatewayError as exc:
-            if len(ids) == 1:
-                context.fail(ids[0], exc)
-                continue
-            # One bad instance fails the whole command: send one by one so it fails alone.
-            for instance_id in ids:
-                try:
-                    single = services.ssm.send_script([instance_id], remote, comment)
-                except GatewayError as single_exc:
-                    context.fail(instance_id, single_exc)
-                else:
-                    _record_command(
-                        services, run.run_id, context.group, phase, single, [instance_id]
-                    )
+            if len(batch) > 1 and transient.names_an_instance(
+                transient.SEND_COMMAND, exc.code, phase
+            ):
+                _send_one_by_one(context, batch, remote, comment)
+            else:  # throttled, unavailable, a bad document: the same for every member
+                for member in batch:
+                    context.refused(member, exc)
             continue
         _record_command(services, run.run_id, context.group, phase, command_id, ids)
+    context.rearm_for_retries()
+
+
+def _send_one_by_one(
+    context: PhaseContext, batch: list[InstanceRecord], remote: RemoteScript, comment: str
+) -> None:
+    """One bad instance fails the whole command: send one by one so that it fails alone.
+    Once a single send is refused for the call's sake (throttled), the rest are not tried."""
+    services, phase = context.services, context.phase
+    for position, member in enumerate(batch):
+        try:
+            single = services.ssm.send_script([member.instance_id], remote, comment)
+        except GatewayError as exc:
+            if transient.names_an_instance(transient.SEND_COMMAND, exc.code, phase):
+                context.refused(member, exc)
+                continue
+            for rest in batch[position:]:
+                context.refused(rest, exc)
+            return
+        _record_command(
+            services, context.run.run_id, context.group, phase, single, [member.instance_id]
+        )
 
 
 def script_comment(run_id: str, phase: Phase) -> str:
@@ -181,15 +214,15 @@ def start_instances(context: PhaseContext, members: list[InstanceRecord]) -> Non
     _change_power(context, members, context.services.ec2.start)
 
 
-def _change_power(
-    context: PhaseContext,
-    members: list[InstanceRecord],
-    call: Callable[[list[str]], dict[str, str | GatewayError]],
-) -> None:
+PowerCall = Callable[[list[str], Callable[[str], bool]], dict[str, str | GatewayError]]
+
+
+def _change_power(context: PhaseContext, members: list[InstanceRecord], call: PowerCall) -> None:
     """Stop or start; an instance already in a state that ends the phase finishes at once
     (no event will come for it), the others finish on their state-change event."""
     by_id = {member.instance_id: member for member in members}
-    outcome = call(list(by_id))
+    side_effect = transient.SIDE_EFFECT_OF[context.phase]
+    outcome = call(list(by_id), lambda code: transient.names_an_instance(side_effect, code))
     for instance_id, state in outcome.items():
         if isinstance(state, GatewayError):
             context.refused(by_id[instance_id], state)
@@ -201,6 +234,7 @@ def _change_power(
                 context.services, context.group.run_id, context.group.group_id, instance_id,
                 context.phase, ended,
             )  # fmt: skip
+    context.rearm_for_retries()
 
 
 # -- backup ---------------------------------------------------------------------------------------
@@ -244,3 +278,4 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
+    context.rearm_for_retries()

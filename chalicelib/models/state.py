@@ -81,6 +81,8 @@ class PhaseResult(_Record):
     sent: bool | None = None  # the side effect was made and recorded
     refused: bool | None = None  # AWS refused the side effect outright: it did not happen
     last_error: str | None = None  # why the side effect has not been made yet (retried)
+    last_error_code: str | None = None  # its AWS error code (`logic/transient.py`)
+    retries: int | None = None  # how many times AWS refused it for now (the backoff)
     late_report: str | None = None  # a report that came after the phase had ended otherwise
 
 

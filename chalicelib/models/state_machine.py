@@ -525,7 +525,7 @@ def set_phase_result(
 
 
 def annotate_phase(
-    run_id: str, group_id: str, instance_id: str, phase: Phase, fields: dict[str, str | bool]
+    run_id: str, group_id: str, instance_id: str, phase: Phase, fields: dict[str, str | bool | int]
 ) -> Update:
     """Record ids learnt from a side effect (command id, backup job id) on the phase."""
     return Update(
