@@ -82,6 +82,7 @@ class PhaseResult(_Record):
     refused: bool | None = None  # AWS refused the side effect outright: it did not happen
     last_error: str | None = None  # why the side effect has not been made yet (retried)
     late_report: str | None = None  # a report that came after the phase had ended otherwise
+    job_state: str | None = None  # backup: the terminal state AWS reported for the job
 
 
 class InstanceRecord(_Record):
@@ -159,3 +160,6 @@ class Lease(_Record):
     run_id: str
     group_id: str
     expires_at: int  # epoch seconds; also the table's TTL attribute
+    # Set when the run ended while this backup job still ran: the lease is kept until the
+    # job is terminal (AWS runs one backup job per resource at a time).
+    backup_job_id: str | None = None
