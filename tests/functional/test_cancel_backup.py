@@ -70,7 +70,8 @@ def test_the_lease_is_kept_until_the_stopped_job_is_terminal(cloud: LocalCloud) 
     job = _job(cloud, instance_id)
     assert job["State"] == "ABORTING"
     lease = cloud.store.get_lease(instance_id)
-    assert lease is not None and lease.backup_job_id == job["BackupJobId"]
+    assert lease is not None
+    assert lease.backup_job_id == job["BackupJobId"]
 
     event, second = _start(cloud)
     cloud.publish(event)
@@ -127,7 +128,8 @@ def test_a_backup_that_timed_out_then_completed_is_relabelled(
     tags = cloud.backup.recovery_point_tags(job["RecoveryPointArn"])
     assert tags["prepost:consistency"] == "crash-consistent"
     backup = instances[instance_id].phase(Phase.BACKUP)
-    assert backup.timed_out and backup.status is PhaseStatus.FAILED
+    assert backup.timed_out
+    assert backup.status is PhaseStatus.FAILED
     assert backup.consistency == "crash-consistent"
     assert cloud.store.get_lease(instance_id) is None  # kept until the job ended, then given back
 
@@ -143,7 +145,8 @@ def test_a_lost_terminal_event_is_made_up_for_by_the_next_run(
     job = _job(cloud, instance_id)
     assert job["State"] == "COMPLETED"
     lease = cloud.store.get_lease(instance_id)
-    assert lease is not None and lease.run_id == first  # nobody heard that the job ended
+    assert lease is not None
+    assert lease.run_id == first
 
     second = cloud.run(seed_input())
 
