@@ -71,7 +71,7 @@ def services() -> Services:
             aws.client(session, "ec2"), aws.partition_of(session, settings.region), settings.region
         ),
         ssm=SsmGateway(aws.client(session, "ssm")),
-        backup=BackupGateway(aws.client(session, "backup")),
+        backup=BackupGateway(aws.client(session, "backup"), aws.client(session, "ec2")),
         events=EventsGateway(aws.client(session, "events"), settings.event_bus_name),
         notifications=NotificationGateway(aws.client(session, "sns")),
     )

@@ -149,6 +149,12 @@ class Store(Protocol):
     def get_lease(self, instance_id: str) -> Lease | None: ...
     def release_lease(self, instance_id: str, run_id: str) -> None: ...
 
+    # leases kept for a backup job that outlives its run
+    def hold_lease_for_job(self, instance_id: str, run_id: str, backup_job_id: str) -> bool: ...
+    def release_lease_after_job(
+        self, instance_id: str, run_id: str, backup_job_id: str
+    ) -> bool: ...
+
     # correlation
     def put_command(
         self, command_id: str, run_id: str, group_id: str, phase: Phase, now_epoch: int
@@ -426,6 +432,18 @@ class TableStore(abc.ABC):
 
     def release_lease(self, instance_id: str, run_id: str) -> None:
         self._write(sm.release_lease(instance_id, run_id))
+
+    # -- leases kept for a backup job that outlives its run ------------------------------
+
+    def hold_lease_for_job(self, instance_id: str, run_id: str, backup_job_id: str) -> bool:
+        """Keep the run's lease on an instance until its backup job is terminal; False if
+        the run does not hold it (any more)."""
+        return self._applied(sm.hold_lease_for_job(instance_id, run_id, backup_job_id))
+
+    def release_lease_after_job(self, instance_id: str, run_id: str, backup_job_id: str) -> bool:
+        """Release a lease kept for a backup job that is now terminal; False if the lease
+        is not kept for that job (never was, or released already)."""
+        return self._applied(sm.release_lease_after_job(instance_id, run_id, backup_job_id))
 
     # -- correlation ---------------------------------------------------------------------
 

@@ -126,8 +126,14 @@ def requests_for(
             Request(action, vault),
             Request("iam:PassRole", params["IamRoleArn"], passed),
         ]
-    # DescribeInstances, ListCommands, GetCommandInvocation, DescribeBackupJob: no
-    # resource-level permissions.
+    if call.operation == "CreateTags":  # authorised against each tagged resource
+        images = [r for r in params["Resources"] if r.startswith("ami-")]
+        others = [r for r in params["Resources"] if not r.startswith("ami-")]
+        return [Request(action, f"arn:{PARTITION}:ec2:{region}::image/{i}") for i in images] + [
+            Request(action, _arn("ec2", region, f"unknown/{r}")) for r in others
+        ]
+    # DescribeInstances, ListCommands, GetCommandInvocation, DescribeBackupJob,
+    # ListBackupJobs, StopBackupJob: no resource-level permissions.
     return [Request(action, "*")]
 
 

@@ -1,12 +1,18 @@
-"""AWS Backup: on-demand backup jobs."""
+"""AWS Backup: on-demand backup jobs, and the labels of what they produce."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from chalicelib.gateways.aws import translated
+from chalicelib.gateways.aws import each_page, translated
 from chalicelib.models.run_input import BackupDetails
+
+# A job in one of these states does not change any more (botocore's BackupJobState; see
+# docs/aws-facts.md, "Stopping and relabelling backup jobs").
+TERMINAL_JOB_STATES = frozenset({"COMPLETED", "FAILED", "ABORTED", "EXPIRED", "PARTIAL"})
+CONSISTENCY_TAG = "prepost:consistency"
 
 
 @dataclass(frozen=True)
@@ -17,8 +23,12 @@ class BackupJob:
 
 
 class BackupGateway:
-    def __init__(self, client: Any) -> None:
+    """AWS Backup's jobs; `ec2` (an EC2 client) relabels the AMI an EC2 backup produces,
+    since AWS Backup's TagResource refuses `arn:aws:ec2:` recovery point ARNs."""
+
+    def __init__(self, client: Any, ec2: Any = None) -> None:
         self._client = client
+        self._ec2 = ec2
 
     def start_backup_job(
         self,
@@ -55,3 +65,35 @@ class BackupGateway:
             status_message=response.get("StatusMessage"),
             recovery_point_arn=response.get("RecoveryPointArn"),
         )
+
+    def stop_job(self, backup_job_id: str) -> None:
+        """Ask AWS Backup to stop a job (it goes ABORTING, then ABORTED)."""
+        with translated("backup:StopBackupJob"):
+            self._client.stop_backup_job(BackupJobId=backup_job_id)
+
+    def find_job(self, resource_arn: str, vault: str, created_after: datetime) -> str | None:
+        """The id of the latest job backing up `resource_arn` into `vault` created after
+        `created_after` (a job started by a handler that died before recording it)."""
+        found: list[dict[str, Any]] = []
+        with translated("backup:ListBackupJobs"):
+            for page in each_page(
+                self._client,
+                "list_backup_jobs",
+                ByResourceArn=resource_arn,
+                ByBackupVaultName=vault,
+                ByCreatedAfter=created_after,
+            ):
+                found += page.get("BackupJobs", [])
+        if not found:
+            return None
+        latest = max(found, key=lambda job: job["CreationDate"])
+        return str(latest["BackupJobId"])
+
+    def relabel(self, recovery_point_arn: str, consistency: str) -> None:
+        """Overwrite the consistency tag of an EC2 recovery point (an AMI:
+        `arn:aws:ec2:<region>::image/ami-...`); CreateTags overwrites a key's value."""
+        image_id = recovery_point_arn.rsplit("/", 1)[-1]
+        with translated("ec2:CreateTags"):
+            self._ec2.create_tags(
+                Resources=[image_id], Tags=[{"Key": CONSISTENCY_TAG, "Value": consistency}]
+            )

@@ -12,15 +12,22 @@ cancel handler reads the run again after it kept it. Applying is idempotent, so 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from chalicelib import observability
-from chalicelib.clock import iso
+from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
+from chalicelib.errors import GatewayError
+from chalicelib.gateways.backup import TERMINAL_JOB_STATES
 from chalicelib.logic.phase_table import PHASES
+from chalicelib.logic.results import record_backup_state
 from chalicelib.logic.transitions import finish
 from chalicelib.models.events import CancelRequest
+from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
+    InstanceRecord,
     Phase,
     PhaseStatus,
     RunRecord,
@@ -84,6 +91,7 @@ def _cancel_group(services: Services, group: GroupRecord) -> None:
     if group.phase_state is not GroupPhaseState.OPEN or not PHASES[Phase(group.phase)].forward:
         return  # a requested forward phase will skip its work; backward ones go on
     phase = Phase(group.phase)
+    stop_backup_jobs(services, run_id, group.group_id, phase)
     for member in store.list_instances(run_id, group.group_id):
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS:
             finish(
@@ -104,3 +112,83 @@ def _keep(services: Services, request: CancelRequest) -> RunRecord | None:
     if services.store.keep_cancel(request, at, now_epoch):
         observability.logger().info("cancel kept for a run not running yet")
     return services.store.get_run(request.run_id)
+
+
+# -- cancelled during BACKUP: stop the jobs -----------------------------------------------------
+
+
+def stop_backup_jobs(services: Services, run_id: str, group_id: str, phase: Phase) -> None:
+    """A group cancelled while OPEN in BACKUP: stop each running member's job, so that it
+    does not capture an instance the run is about to start and thaw, then fail the member
+    at once, so the group goes on (start, thaw). A job that turns out to be over already
+    is recorded as it ended. What a stop cannot prevent (a job that completes anyway) is
+    relabelled when it reports, and the instance's lease is kept until then (finalize)."""
+    if phase is not Phase.BACKUP:
+        return
+    run = services.store.get_run(run_id)
+    if run is None:
+        return
+    vault = RunInput.model_validate_json(run.input_json).backup_details.backup_vault_name
+    for member in services.store.list_instances(run_id, group_id):
+        if member.phase(Phase.BACKUP).status is not PhaseStatus.IN_PROGRESS:
+            continue
+        job_id = member.phase(Phase.BACKUP).backup_job_id or _unrecorded_job(
+            services, member, vault
+        )
+        if job_id is not None and _stop_job(services, member, job_id):
+            continue  # the job had ended: its own state was recorded
+        finish(
+            services, run_id, group_id, member.instance_id, Phase.BACKUP,
+            PhaseStatus.FAILED, reason="run cancelled",
+        )  # fmt: skip
+
+
+def _unrecorded_job(services: Services, member: InstanceRecord, vault: str) -> str | None:
+    """The job of a member whose StartBackupJob went through but whose handler died before
+    recording the job id; recorded now, so that its reports and its lease find it."""
+    started = member.phase(Phase.BACKUP).started_at
+    if member.arn is None or started is None:
+        return None
+    try:
+        # `started_at` is kept to the second; the job was created at that second or after.
+        after = parse_iso(started) - timedelta(seconds=1)
+        job_id = services.backup.find_job(member.arn, vault, after)
+    except GatewayError as exc:
+        observability.logger().warning(
+            "could not look for an unrecorded backup job", instance_id=member.instance_id,
+            error=str(exc),
+        )  # fmt: skip
+        return None
+    if job_id is not None:
+        services.store.put_job(
+            job_id, member.run_id, member.group_id, member.instance_id, services.now_epoch()
+        )
+        services.store.annotate_phase(
+            member.run_id, member.group_id, member.instance_id, Phase.BACKUP,
+            backup_job_id=job_id,
+        )  # fmt: skip
+    return job_id
+
+
+def _stop_job(services: Services, member: InstanceRecord, job_id: str) -> bool:
+    """StopBackupJob; True if the job had ended already (its state is then recorded)."""
+    log = observability.logger()
+    try:
+        services.backup.stop_job(job_id)
+        log.warning("backup job stopped", instance_id=member.instance_id, backup_job_id=job_id)
+        return False
+    except GatewayError as refused:
+        try:
+            job = services.backup.describe_job(job_id)
+        except GatewayError as exc:
+            log.error("backup job neither stopped nor described", backup_job_id=job_id,
+                      stop_error=str(refused), error=str(exc))  # fmt: skip
+            return False
+        if job.state not in TERMINAL_JOB_STATES:
+            # Its lease is kept until it ends; its recovery point relabelled if it completes.
+            log.error("backup job could not be stopped", instance_id=member.instance_id,
+                      backup_job_id=job_id, state=job.state, error=str(refused))  # fmt: skip
+            return False
+    key = (member.run_id, member.group_id, member.instance_id)
+    record_backup_state(services, key, job.state, job.status_message, job.recovery_point_arn)
+    return True

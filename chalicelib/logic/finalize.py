@@ -7,7 +7,15 @@ from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions
 from chalicelib.models.events import DetailType, PhaseCompleted, RunCompleted
-from chalicelib.models.state import DONE, InstanceStatus, RunRecord, RunStatus
+from chalicelib.models.state import (
+    DONE,
+    InstanceRecord,
+    InstanceStatus,
+    Phase,
+    PhaseStatus,
+    RunRecord,
+    RunStatus,
+)
 
 
 def group_completed(services: Services, completed: PhaseCompleted) -> None:
@@ -48,7 +56,7 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     status, reason, counts = decisions.run_outcome(outcomes, cancelled=run.cancelled)
     finished_at = iso(services.clock.now())
     for instance in instances:  # before the run is complete, so a crash cannot keep them
-        store.release_lease(instance.instance_id, run.run_id)
+        release_or_keep_lease(services, instance)
     if not store.complete_run(
         run.run_id, status, counts, reason, finished_at, announce_by(services)
     ):
@@ -64,6 +72,30 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     log("run completed", status=status, reason=reason, counts=counts, duration_seconds=duration)
     update = {"status": status, "reason": reason, "counts": counts, "finished_at": finished_at}
     announce(services, run.model_copy(update=update))
+
+
+def release_or_keep_lease(services: Services, instance: InstanceRecord) -> None:
+    """Give the instance's lease back, unless its backup job may still run (the phase
+    ended by cancellation or timeout, and no terminal state of the job was reported):
+    then keep it, naming the job, until the job's terminal report releases it (or a later
+    run finds the job over, or the lease's TTL runs out)."""
+    store, backup = services.store, instance.phase(Phase.BACKUP)
+    job_id = backup.backup_job_id
+    if job_id is None or backup.job_state is not None or backup.status is PhaseStatus.SUCCEEDED:
+        store.release_lease(instance.instance_id, instance.run_id)
+        return
+    if not store.hold_lease_for_job(instance.instance_id, instance.run_id, job_id):
+        return  # not this run's lease (any more)
+    # The job's terminal report may have come between the read and the hold: it found no
+    # lease kept for its job, so give the lease back here.
+    again = store.get_instance(instance.run_id, instance.group_id, instance.instance_id)
+    if again is not None and again.phase(Phase.BACKUP).job_state is not None:
+        store.release_lease_after_job(instance.instance_id, instance.run_id, job_id)
+        return
+    observability.logger().warning(
+        "lease kept until the backup job ends", instance_id=instance.instance_id,
+        backup_job_id=job_id,
+    )  # fmt: skip
 
 
 def announce(services: Services, run: RunRecord) -> None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from chalicelib import observability
 from chalicelib.dependencies import Services
-from chalicelib.errors import CorrelationPendingError
+from chalicelib.errors import CorrelationPendingError, GatewayError
+from chalicelib.gateways.backup import TERMINAL_JOB_STATES
 from chalicelib.logic import decisions
 from chalicelib.logic.phase_declaration import EC2_REPORTS, declarations, declared
 from chalicelib.logic.side_effects import adopt_command
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
-from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
+from chalicelib.models.state import Consistency, InstanceRecord, Lease, Phase, PhaseStatus
 
 InstanceKey = tuple[str, str, str]  # run id, group id, instance id
+RELABELLED = f"recovery point relabelled {Consistency.CRASH}"
 
 
 def record_script_status(
@@ -60,18 +62,96 @@ def record_backup_state(
     message: str | None,
     recovery_point_arn: str | None,
 ) -> None:
-    """A backup job reached `state`. Only `COMPLETED` counts as success."""
+    """A backup job reached `state`. Only `COMPLETED` counts as success. A terminal state
+    is noted on the record (so that finalization knows the job is over); one reported after
+    the phase ended otherwise (cancelled, timed out) relabels what the job produced and
+    gives back the lease kept for the job."""
     outcome = declared(Phase.BACKUP).ends_on(state)
     if outcome is None:
         return
+    services.store.annotate_phase(*key, Phase.BACKUP, job_state=state)
     reason = None
+    produced = recovery_point_arn
     if outcome is not PhaseStatus.SUCCEEDED:
         text = (message or "").strip('"')
         reason = f"backup job {state}" + (f": {text}" if text else "")
         recovery_point_arn = None
-    finish(
+    recorded = finish(
         services, *key, Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn
     )
+    if not recorded:
+        _after_the_phase(services, key, state, produced)
+
+
+def _after_the_phase(
+    services: Services, key: InstanceKey, state: str, recovery_point_arn: str | None
+) -> None:
+    """A terminal job report for a phase that is over: a COMPLETED job whose phase ended
+    otherwise ran on after the run went on (started, thawed): its recovery point is not
+    app-consistent, whatever its tag said. Label only: the result stays as it was."""
+    instance = services.store.get_instance(*key)
+    if instance is None:
+        return
+    result = instance.phase(Phase.BACKUP)
+    if state == "COMPLETED" and result.status is PhaseStatus.FAILED and recovery_point_arn:
+        if result.consistency is not Consistency.CRASH:
+            services.backup.relabel(recovery_point_arn, str(Consistency.CRASH))
+            observability.logger().warning(
+                "late backup relabelled crash-consistent", instance_id=key[2],
+                recovery_point_arn=recovery_point_arn,
+            )  # fmt: skip
+        late = result.late_report or "COMPLETED after the phase ended"
+        if RELABELLED not in late:
+            late += f"; {RELABELLED}"
+        services.store.annotate_phase(
+            *key, Phase.BACKUP, consistency=str(Consistency.CRASH),
+            recovery_point_arn=recovery_point_arn, late_report=late,
+        )  # fmt: skip
+    if result.backup_job_id:
+        release_lease_kept_for(services, key[2], key[0], result.backup_job_id)
+
+
+def release_lease_kept_for(
+    services: Services, instance_id: str, run_id: str, backup_job_id: str
+) -> None:
+    """The job is terminal: give back the lease its run kept for it, if it kept one."""
+    if services.store.release_lease_after_job(instance_id, run_id, backup_job_id):
+        observability.logger().info(
+            "lease released: backup job ended", instance_id=instance_id,
+            backup_job_id=backup_job_id,
+        )  # fmt: skip
+
+
+def acquire_lease(services: Services, lease: Lease, now_epoch: int) -> Lease | None:
+    """Take the lease on an instance (None), or say who holds it. A lease a finished run
+    kept for its backup job is asked about: if AWS says the job is over (its terminal
+    report was lost), the report is recorded as the event would have been (relabelling,
+    giving the lease back), and the lease taken."""
+    holder = services.store.acquire_lease(lease, now_epoch)
+    if holder is None or holder.backup_job_id is None:
+        return holder
+    try:
+        job = services.backup.describe_job(holder.backup_job_id)
+    except GatewayError as exc:  # the instance stays held; the next run asks again
+        observability.logger().warning(
+            "could not ask about a lease's backup job", instance_id=lease.instance_id,
+            backup_job_id=holder.backup_job_id, error=str(exc),
+        )  # fmt: skip
+        return holder
+    if job.state not in TERMINAL_JOB_STATES:
+        return holder
+    key = (holder.run_id, holder.group_id, holder.instance_id)
+    record_backup_state(services, key, job.state, job.status_message, job.recovery_point_arn)
+    release_lease_kept_for(services, holder.instance_id, holder.run_id, holder.backup_job_id)
+    return services.store.acquire_lease(lease, now_epoch)
+
+
+def held_by(holder: Lease) -> str:
+    """Why a run skips an instance another run holds."""
+    held = f"instance is held by run {holder.run_id}"
+    if holder.backup_job_id:
+        return f"{held} until its backup job {holder.backup_job_id} ends"
+    return held
 
 
 # -- the reconciler asks AWS (each phase declares which of these it polls with) ------------

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import cancel, decisions, policy
+from chalicelib.logic import cancel, decisions, policy, results
 from chalicelib.logic.finalize import announce, announce_by, finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
@@ -313,7 +313,7 @@ def _begin(
             lease = Lease(
                 instance_id=instance_id, run_id=run_id, group_id=group_id, expires_at=lease_until
             )
-            holder = store.acquire_lease(lease, now_epoch)
+            holder = results.acquire_lease(services, lease, now_epoch)
             if holder is None:
                 members.append(
                     InstanceRecord(
@@ -327,7 +327,7 @@ def _begin(
                     )
                 )
                 continue
-            skip = decisions.SkipAtStart(f"instance is held by run {holder.run_id}", True)
+            skip = decisions.SkipAtStart(results.held_by(holder), True)
         assert skip is not None  # skip_at_start gives a reason whenever target is None
         skipped.append(
             InstanceRecord(

@@ -84,6 +84,7 @@ class PhaseResult(_Record):
     last_error_code: str | None = None  # its AWS error code (`logic/transient.py`)
     retries: int | None = None  # how many times AWS refused it for now (the backoff)
     late_report: str | None = None  # a report that came after the phase had ended otherwise
+    job_state: str | None = None  # backup: the terminal state AWS reported for the job
 
 
 class InstanceRecord(_Record):
@@ -161,3 +162,6 @@ class Lease(_Record):
     run_id: str
     group_id: str
     expires_at: int  # epoch seconds; also the table's TTL attribute
+    # Set when the run ended while this backup job still ran: the lease is kept until the
+    # job is terminal (AWS runs one backup job per resource at a time).
+    backup_job_id: str | None = None

@@ -671,6 +671,27 @@ def release_lease(instance_id: str, run_id: str) -> Delete:
     return Delete(lease_key(instance_id), when=eq("run_id", run_id))
 
 
+# -- leases kept for a backup job that outlives its run ---------------------------------------
+
+
+def hold_lease_for_job(instance_id: str, run_id: str, backup_job_id: str) -> Update:
+    """Keep this run's lease after the run ends, until `backup_job_id` is terminal."""
+    return Update(
+        lease_key(instance_id),
+        set={"backup_job_id": backup_job_id},
+        when=eq("run_id", run_id),
+    )
+
+
+def release_lease_after_job(instance_id: str, run_id: str, backup_job_id: str) -> Delete:
+    """Give back a lease kept for `backup_job_id`, now terminal (only such a lease: a
+    running run's lease is released by its finalization)."""
+    return Delete(
+        lease_key(instance_id),
+        when=all_of(eq("run_id", run_id), eq("backup_job_id", backup_job_id)),
+    )
+
+
 # -- correlation -----------------------------------------------------------------------------
 
 

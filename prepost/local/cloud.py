@@ -141,6 +141,9 @@ def _error(code: str, message: str, status: int = 400) -> tuple[AWSResponse, dic
     }
 
 
+STOPPABLE_JOB_STATES = frozenset({"CREATED", "PENDING", "RUNNING"})
+
+
 class BackupEmulator:
     """AWS Backup jobs, which moto does not implement."""
 
@@ -151,6 +154,13 @@ class BackupEmulator:
         self._by_token: dict[str, str] = {}
         # Error codes to answer StartBackupJob with, in turn, per instance id.
         self.refuse: dict[str, list[str]] = {}
+        # Instance ids whose jobs are past the point where StopBackupJob can stop them:
+        # it is refused and the job goes on to its final state.
+        self.unstoppable: set[str] = set()
+        # How long a stopped job stays ABORTING before it is ABORTED.
+        self.abort_seconds: float = 120
+        # The AMIs completed EC2 jobs produced (image id -> its tags: the recovery point's).
+        self.images: dict[str, dict[str, str]] = {}
 
     def start_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
         vault = params["BackupVaultName"]
@@ -190,16 +200,19 @@ class BackupEmulator:
         return _ok({"BackupJobId": job_id, "CreationDate": clock.now(), "IsParent": False})
 
     def list_backup_jobs(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
-        """ListBackupJobs with its ByResourceArn, ByState and ByBackupVaultName filters."""
+        """ListBackupJobs with its ByResourceArn, ByState, ByBackupVaultName and
+        ByCreatedAfter filters."""
         wanted = {
             "ResourceArn": params.get("ByResourceArn"),
             "State": params.get("ByState"),
             "BackupVaultName": params.get("ByBackupVaultName"),
         }
+        after = params.get("ByCreatedAfter")
         jobs = [
             self._visible(job)
             for job in self.jobs.values()
             if all(value is None or job.get(key) == value for key, value in wanted.items())
+            and (after is None or job["CreationDate"] > after)
         ]
         return _ok({"BackupJobs": jobs})
 
@@ -211,10 +224,43 @@ class BackupEmulator:
 
     @staticmethod
     def _visible(job: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in job.items() if k not in ("FinalState", "IdempotencyToken")}
+        hidden = ("FinalState", "IdempotencyToken", "StopRequested")
+        return {k: v for k, v in job.items() if k not in hidden}
 
-    def _job_event(self, job_id: str, state: str) -> dict[str, Any]:
+    def stop_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+        """StopBackupJob: a CREATED, PENDING or RUNNING job goes ABORTING now and ABORTED
+        later (its scheduled states no longer happen); any other is refused."""
+        job = self.jobs.get(params["BackupJobId"])
+        if job is None:
+            return _error("ResourceNotFoundException", "no such backup job")
+        instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
+        if job["State"] not in STOPPABLE_JOB_STATES or instance_id in self.unstoppable:
+            return _error("InvalidRequestException", f"job in state {job['State']} cannot stop")
+        job["State"], job["StopRequested"] = "ABORTING", True
+        self._cloud.schedule(self.abort_seconds, self._job_event, job["BackupJobId"], "ABORTED")
+        return _ok({})
+
+    def create_tags(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]] | None:
+        """EC2 CreateTags on the AMIs of recovery points (moto does not know them; any other
+        resource is left to moto: None). An unknown AMI is refused, as EC2 does."""
+        images = [r for r in params["Resources"] if r.startswith("ami-")]
+        if not images:
+            return None
+        unknown = [image for image in images if image not in self.images]
+        if unknown:
+            return _error("InvalidAMIID.NotFound", f"The image id '[{unknown[0]}]' does not exist")
+        for image in images:
+            self.images[image].update({tag["Key"]: tag["Value"] for tag in params["Tags"]})
+        return _ok({})
+
+    def recovery_point_tags(self, recovery_point_arn: str) -> dict[str, str]:
+        """The tags of a recovery point (for tests)."""
+        return dict(self.images[recovery_point_arn.rsplit("/", 1)[-1]])
+
+    def _job_event(self, job_id: str, state: str) -> dict[str, Any] | None:
         job = self.jobs[job_id]
+        if job.get("StopRequested") and state != "ABORTED":
+            return None  # stopped: the states it was going through no longer happen
         job["State"] = state
         event = load_event(
             "aws-backup-job-completed" if state == "COMPLETED" else "aws-backup-job-failed"
@@ -233,6 +279,7 @@ class BackupEmulator:
         if state == "COMPLETED":
             image = "ami-" + self._cloud.new_id().replace("-", "")[:17]
             job["RecoveryPointArn"] = f"arn:aws:ec2:{self._cloud.region}::image/{image}"
+            self.images[image] = dict(job["RecoveryPointTags"])
             event["resources"] = [job["RecoveryPointArn"]]
             detail["completionDate"] = _iso(self._cloud.clock.now())
         elif state in ("FAILED", "ABORTED", "EXPIRED", "PARTIAL"):
@@ -637,6 +684,8 @@ class LocalCloud:
         ("before-call.backup.StartBackupJob", "_backup_call"),
         ("before-call.backup.DescribeBackupJob", "_backup_call"),
         ("before-call.backup.ListBackupJobs", "_backup_call"),
+        ("before-call.backup.StopBackupJob", "_backup_call"),
+        ("before-call.ec2.CreateTags", "_backup_call"),
         ("before-call.ssm.ListCommandInvocations", "_list_command_invocations"),
         ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
@@ -701,6 +750,10 @@ class LocalCloud:
             return self.backup.start_backup_job(params)
         if model.name == "ListBackupJobs":
             return self.backup.list_backup_jobs(params)
+        if model.name == "StopBackupJob":
+            return self.backup.stop_backup_job(params)
+        if model.name == "CreateTags":  # the AMIs of recovery points
+            return self.backup.create_tags(params)
         return self.backup.describe_backup_job(params)
 
     def _put_events_call(self, context: Any, **_: Any) -> Any:

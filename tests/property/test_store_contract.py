@@ -164,8 +164,18 @@ def profiles() -> st.SearchStrategy[Profile]:
     )
 
 
+backup_jobs = st.sampled_from(["JOB-1", "JOB-2"])
+
+
 def leases() -> st.SearchStrategy[Lease]:
-    return st.builds(Lease, instance_id=instances, run_id=runs, group_id=groups, expires_at=epochs)
+    return st.builds(
+        Lease,
+        instance_id=instances,
+        run_id=runs,
+        group_id=groups,
+        expires_at=epochs,
+        backup_job_id=st.none() | backup_jobs,
+    )
 
 
 errors = st.sampled_from(["boom", "x" * 600])  # the second is kept cut to 500 characters
@@ -254,6 +264,8 @@ STEPS = st.one_of(
     call("acquire_lease", leases(), epochs),
     call("get_lease", instances),
     call("release_lease", instances, runs),
+    call("hold_lease_for_job", instances, runs, backup_jobs),
+    call("release_lease_after_job", instances, runs, backup_jobs),
     call("put_command", texts, runs, groups, phases, epochs),
     call("get_command", texts),
     call("put_job", texts, runs, groups, instances, epochs),
