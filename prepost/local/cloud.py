@@ -7,6 +7,10 @@
 - After each side effect the emulation schedules the events AWS would send (SSM
   invocation status, EC2 state changes, Backup job states), built from the real-shaped
   samples in `events/`, with the outcomes and durations of `Behaviour`.
+- It is as strict as AWS where moto is lax (docs/aws-facts.md, "Emulation fidelity"):
+  one backup job per resource, SSM agents that do not answer, `stopping` and `pending`
+  that last and refuse the opposite change, ListCommands per command, and a record of
+  which calls were refused (`refused`, `succeeded`).
 - `LocalBus` delivers every event, in virtual time, to the app's handlers whose
   EventBridge patterns match it and whose rules listen on the event's bus
   (`chalicelib.patterns.listens_on`), through `chalice.test.Client`. AWS services put
@@ -633,9 +637,7 @@ class LocalCloud:
 
     def _set_state(self, instance_id: str, state: str) -> None:
         """Put the instance in `state` in moto's EC2 (moto knows no stopping or pending)."""
-        instance = self._moto_instances([instance_id])[instance_id]
-        instance._state.name = state
-        instance._state.code = EC2_STATE_CODES[state]
+        _put_state(self._moto_instances([instance_id])[instance_id], state)
 
     def _ec2_transition(self, instance_id: str, before: str, after: str) -> dict[str, Any] | None:
         """The end of a state change, if nothing else changed the instance meanwhile."""
@@ -1114,11 +1116,12 @@ class LocalCloud:
         (stopping, pending) until its state-change event, and answer with the state each
         is really in (a repeated call changes nothing)."""
         seconds = self.behaviour.stop_seconds if to == "stopped" else self.behaviour.start_seconds
+        instances = self._moto_instances([item["InstanceId"] for item in items])
         for item in items:
             instance_id = item["InstanceId"]
             previous = item["PreviousState"]["Name"]
             current = via if previous in (source, via) else previous
-            self._set_state(instance_id, current)
+            _put_state(instances[instance_id], current)
             item["CurrentState"] = {"Code": EC2_STATE_CODES[current], "Name": current}
             if previous == source:
                 self.schedule(1, self._ec2_event_while, instance_id, via)
@@ -1158,6 +1161,11 @@ class LocalCloud:
 
 def _iso_s(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _put_state(instance: Any, state: str) -> None:
+    instance._state.name = state
+    instance._state.code = EC2_STATE_CODES[state]
 
 
 def _parse_iso(value: str) -> datetime:
