@@ -400,6 +400,8 @@ class LocalCloud:
         self._delayed: set[str] = set()
         # (command id, instance id) -> its invocation
         self.invocations_ssm: dict[tuple[str, str], Invocation] = {}
+        # moto's EC2 instances by id (`_moto_instances`)
+        self._instances: dict[str, Any] = {}
         # command id -> the command as SendCommand made it (ListCommands answers from it)
         self.commands: dict[str, dict[str, Any]] = {}
 
@@ -624,16 +626,14 @@ class LocalCloud:
         return {i: str(instances[i].state) for i in instance_ids}
 
     def _moto_instances(self, instance_ids: list[str]) -> dict[str, Any]:
-        """moto's instances of these ids, found in one pass (KeyError for an unknown id)."""
+        """moto's instances of these ids (KeyError for an unknown id). moto keeps each
+        instance object for good, so they are indexed once, and again for a new id."""
         from moto.ec2.models import ec2_backends
 
-        wanted = set(instance_ids)
-        backend = ec2_backends[ACCOUNT][self.region]
-        found = {i.id: i for i in backend.all_instances() if i.id in wanted}
-        missing = wanted - found.keys()
-        if missing:
-            raise KeyError(f"no such instance: {sorted(missing)}")
-        return found
+        if not self._instances.keys() >= set(instance_ids):
+            backend = ec2_backends[ACCOUNT][self.region]
+            self._instances = {i.id: i for i in backend.all_instances()}
+        return {i: self._instances[i] for i in instance_ids}
 
     def _set_state(self, instance_id: str, state: str) -> None:
         """Put the instance in `state` in moto's EC2 (moto knows no stopping or pending)."""
