@@ -7,6 +7,10 @@
 - After each side effect the emulation schedules the events AWS would send (SSM
   invocation status, EC2 state changes, Backup job states), built from the real-shaped
   samples in `events/`, with the outcomes and durations of `Behaviour`.
+- It is as strict as AWS where moto is lax (docs/aws-facts.md, "Emulation fidelity"):
+  one backup job per resource, SSM agents that do not answer, `stopping` and `pending`
+  that last and refuse the opposite change, ListCommands per command, and a record of
+  which calls were refused (`refused`, `succeeded`).
 - `LocalBus` delivers every event, in virtual time, to the app's handlers whose
   EventBridge patterns match it and whose rules listen on the event's bus
   (`chalicelib.patterns.listens_on`), through `chalice.test.Client`. AWS services put
@@ -30,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
@@ -57,6 +61,31 @@ SSM_STATUS_DETAILS = {
     "Execution Timed Out": "Failed",
     "Terminated": "Failed",
     "Access Denied": "Failed",
+}
+# SSM: a command not delivered by its total timeout (delivery timeout `TimeoutSeconds`,
+# 3600 s when absent, plus the document's execution timeout, 3600 s by default) ends
+# Delivery Timed Out; an agent that does not answer makes it Delayed meanwhile.
+SSM_DEFAULT_DELIVERY_TIMEOUT = 3600
+SSM_DEFAULT_EXECUTION_TIMEOUT = 3600
+SSM_DELAYED_AFTER = 60
+# AWS Backup runs one job per resource; a job started while another runs waits, and
+# expires at the end of its start window (8 hours by default) with this message.
+BACKUP_ACTIVE_STATES = ("CREATED", "PENDING", "RUNNING", "ABORTING")
+BACKUP_DEFAULT_START_WINDOW_MINUTES = 8 * 60
+BACKUP_SAME_RESOURCE = "Backup job failed because there was a running job for the same resource."
+# EC2 instance state codes (botocore `InstanceState.Code`).
+EC2_STATE_CODES = {
+    "pending": 0,
+    "running": 16,
+    "shutting-down": 32,
+    "terminated": 48,
+    "stopping": 64,
+    "stopped": 80,
+}
+# The states from which EC2 refuses a power change with IncorrectInstanceState.
+EC2_REFUSED_FROM = {
+    "StartInstances": ("stopping", "shutting-down", "terminated"),
+    "StopInstances": ("pending", "shutting-down", "terminated"),
 }
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -106,6 +135,39 @@ class Behaviour:
     # EventBridge refuses the entries of this detail-type, this many times
     # (PutEvents answers with FailedEntryCount and the entry's ErrorCode InternalFailure).
     refuse_events: dict[str, int] = field(default_factory=dict)
+    # Instances whose SSM Agent does not answer: a command sent to them stays Pending,
+    # then Delayed, and times out undelivered unless `LocalCloud.set_agent_online`
+    # brings the agent back before the command expires.
+    agent_offline: set[str] = field(default_factory=set)
+    # Transient refusals: the error codes answered in turn to the calls of an operation
+    # ("SendCommand", "StopInstances", "StartInstances") naming the instance id, one
+    # per call; then the calls go through.
+    refuse_calls: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # Virtual seconds an instance spends shutting down before it is terminated.
+    terminate_seconds: float = 30
+
+
+@dataclass
+class Invocation:
+    """One instance's copy of a command, as SSM tracks it."""
+
+    final: str  # the status it ends with once run (HANG: it never ends)
+    seconds: float  # how long it runs once the agent has it
+    expires: datetime  # the command's total timeout: undelivered by then, it times out
+    started: datetime | None = None  # when the agent got it; None while undelivered
+    delayed_from: datetime | None = None  # the agent did not answer: Delayed from then
+
+    def status(self, now: datetime) -> str:
+        """Its status now: an API Status, or a StatusDetails name where they differ."""
+        if self.started is None:
+            if now >= self.expires:
+                return "Delivery Timed Out"
+            if self.delayed_from is not None and now >= self.delayed_from:
+                return "Delayed"
+            return "Pending"
+        if self.final == HANG or now < self.started + timedelta(seconds=self.seconds):
+            return "InProgress"
+        return self.final
 
 
 # The handler the current thread is running, if any (set around each invocation).
@@ -177,6 +239,7 @@ class BackupEmulator:
         job_id = self._cloud.new_id().upper()
         instance_id = params["ResourceArn"].rsplit("/", 1)[-1]
         final = self._cloud.behaviour.backup_state.get(instance_id, "COMPLETED")
+        window = params.get("StartWindowMinutes", BACKUP_DEFAULT_START_WINDOW_MINUTES)
         job = {
             "AccountId": ACCOUNT,
             "BackupJobId": job_id,
@@ -189,15 +252,49 @@ class BackupEmulator:
             "State": "CREATED",
             "RecoveryPointTags": params.get("RecoveryPointTags", {}),
             "IdempotencyToken": token,
+            "StartBy": clock.after(60 * window),
             "FinalState": final,
+            "Queued": False,
         }
+        busy = self._active_on(params["ResourceArn"])
         self.jobs[job_id] = job
         if token:
             self._by_token[token] = job_id
         self._cloud.schedule(5, self._job_event, job_id, "CREATED")
+        if busy:  # one job per resource: this one waits, and expires if it never starts
+            job["Queued"] = True
+            self._cloud.schedule(60 * window, self._expire_if_queued, job_id)
+        else:
+            self._run(job_id)
+        return _ok({"BackupJobId": job_id, "CreationDate": clock.now(), "IsParent": False})
+
+    def _active_on(self, resource_arn: str) -> bool:
+        return any(
+            job["ResourceArn"] == resource_arn
+            and job["State"] in BACKUP_ACTIVE_STATES
+            and not job["Queued"]
+            for job in self.jobs.values()
+        )
+
+    def _run(self, job_id: str) -> None:
+        self.jobs[job_id]["Queued"] = False
+        final = self.jobs[job_id]["FinalState"]
         self._cloud.schedule(60, self._job_event, job_id, "RUNNING")
         self._cloud.schedule(self._cloud.behaviour.backup_seconds, self._job_event, job_id, final)
-        return _ok({"BackupJobId": job_id, "CreationDate": clock.now(), "IsParent": False})
+
+    def _expire_if_queued(self, job_id: str) -> dict[str, Any] | None:
+        if not self.jobs[job_id]["Queued"]:
+            return None
+        self.jobs[job_id]["Queued"] = False
+        return self._job_event(job_id, "EXPIRED", BACKUP_SAME_RESOURCE)
+
+    def _start_next(self, resource_arn: str) -> None:
+        """The resource's job is over: the oldest job waiting for it starts."""
+        now = self._cloud.clock.now()
+        for job_id, job in self.jobs.items():
+            if job["ResourceArn"] == resource_arn and job["Queued"] and now < job["StartBy"]:
+                self._run(job_id)
+                return
 
     def list_backup_jobs(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
         """ListBackupJobs with its ByResourceArn, ByState, ByBackupVaultName and
@@ -224,7 +321,7 @@ class BackupEmulator:
 
     @staticmethod
     def _visible(job: dict[str, Any]) -> dict[str, Any]:
-        hidden = ("FinalState", "IdempotencyToken", "StopRequested")
+        hidden = ("FinalState", "IdempotencyToken", "StopRequested", "Queued")
         return {k: v for k, v in job.items() if k not in hidden}
 
     def stop_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
@@ -236,7 +333,7 @@ class BackupEmulator:
         instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
         if job["State"] not in STOPPABLE_JOB_STATES or instance_id in self.unstoppable:
             return _error("InvalidRequestException", f"job in state {job['State']} cannot stop")
-        job["State"], job["StopRequested"] = "ABORTING", True
+        job["State"], job["StopRequested"], job["Queued"] = "ABORTING", True, False
         self._cloud.schedule(self.abort_seconds, self._job_event, job["BackupJobId"], "ABORTED")
         return _ok({})
 
@@ -257,11 +354,21 @@ class BackupEmulator:
         """The tags of a recovery point (for tests)."""
         return dict(self.images[recovery_point_arn.rsplit("/", 1)[-1]])
 
-    def _job_event(self, job_id: str, state: str) -> dict[str, Any] | None:
+    def _job_event(
+        self, job_id: str, state: str, message: str | None = None
+    ) -> dict[str, Any] | None:
         job = self.jobs[job_id]
+        if job["State"] not in BACKUP_ACTIVE_STATES:  # over already: nothing to announce
+            return None
         if job.get("StopRequested") and state != "ABORTED":
             return None  # stopped: the states it was going through no longer happen
+        if job["Queued"] and state != "CREATED":
+            return None
         job["State"] = state
+        if message:
+            job["StatusMessage"] = message
+        if state not in BACKUP_ACTIVE_STATES:
+            self._start_next(job["ResourceArn"])
         event = load_event(
             "aws-backup-job-completed" if state == "COMPLETED" else "aws-backup-job-failed"
         )
@@ -283,7 +390,7 @@ class BackupEmulator:
             event["resources"] = [job["RecoveryPointArn"]]
             detail["completionDate"] = _iso(self._cloud.clock.now())
         elif state in ("FAILED", "ABORTED", "EXPIRED", "PARTIAL"):
-            detail["statusMessage"] = f'"Backup job {state.lower()} (simulated)"'
+            detail["statusMessage"] = f'"{message or f"Backup job {state.lower()} (simulated)"}"'
         else:
             for key in ("statusMessage", "completionDate", "retryCount"):
                 detail.pop(key, None)
@@ -316,7 +423,11 @@ class LocalCloud:
         self.stage = stage
         self.clock = clock or VirtualClock()
         self.backup = BackupEmulator(self)
+        # Every call attempted (params as sent); `refused` holds those answered with an
+        # error, with its code; `succeeded` the others.
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.refused: list[tuple[str, str, dict[str, Any], str]] = []
+        self._refused_ids: set[int] = set()
         # (handler, service, operation, params) of the calls the handlers made.
         self.handler_calls: list[tuple[str, str, str, dict[str, Any]]] = []
         self.invocations: Counter[str] = Counter()
@@ -333,8 +444,12 @@ class LocalCloud:
         self.stage_overrides: dict[str, str] = {}
         self._ticking = False
         self._delayed: set[str] = set()
-        # (command id, instance id) -> (final status, when it ends)
-        self.invocations_ssm: dict[tuple[str, str], tuple[str, datetime]] = {}
+        # (command id, instance id) -> its invocation
+        self.invocations_ssm: dict[tuple[str, str], Invocation] = {}
+        # moto's EC2 instances by id (`_moto_instances`)
+        self._instances: dict[str, Any] = {}
+        # command id -> the command as SendCommand made it (ListCommands answers from it)
+        self.commands: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -439,9 +554,41 @@ class LocalCloud:
             self.ec2.stop_instances(InstanceIds=ids)
         elif state == "terminated":
             self.ec2.terminate_instances(InstanceIds=ids)
-        self._queue.clear()  # the fleet's own state changes are not part of a run
+        # The fleet is set up through the plain client, so it queued no events; the
+        # run's queued events (and the reconciler's tick) stay.
         self.calls.clear()
         return ids
+
+    def terminate(self, instance_ids: list[str], after: float = 0) -> None:
+        """Terminate the instances `after` virtual seconds from now, as someone outside
+        the run would: EC2 sends shutting-down, then terminated."""
+        self.schedule(after, self._terminate_now, list(instance_ids))
+        self._keep_ticking()
+
+    def _terminate_now(self, instance_ids: list[str]) -> None:
+        self.ec2.terminate_instances(InstanceIds=instance_ids)
+        for instance_id in instance_ids:
+            self._set_state(instance_id, "shutting-down")
+            self.deliver(self._ec2_event(instance_id, "shutting-down"))
+            self.schedule(
+                self.behaviour.terminate_seconds,
+                self._ec2_transition,
+                instance_id,
+                "shutting-down",
+                "terminated",
+            )
+
+    def set_agent_online(self, instance_id: str, after: float = 0) -> None:
+        """Bring the instance's SSM Agent back `after` virtual seconds from now: the
+        commands waiting for it run then, unless they have expired."""
+        self.schedule(after, self._agent_back, instance_id)
+
+    def _agent_back(self, instance_id: str) -> None:
+        self.behaviour.agent_offline.discard(instance_id)
+        now = self.clock.now()
+        for (command_id, target), invocation in self.invocations_ssm.items():
+            if target == instance_id and invocation.started is None and now < invocation.expires:
+                self._deliver_command(command_id, instance_id, invocation, delay=0)
 
     def create_kms_key(self) -> str:
         """A customer managed KMS key (moto's) for encrypting volumes; its ARN."""
@@ -521,10 +668,29 @@ class LocalCloud:
     def states_of(self, instance_ids: list[str]) -> dict[str, str]:
         """The EC2 state of each instance, read from the emulated EC2 itself (the app's
         own DescribeInstances calls go through the API as usual)."""
+        instances = self._moto_instances(instance_ids)
+        return {i: str(instances[i].state) for i in instance_ids}
+
+    def _moto_instances(self, instance_ids: list[str]) -> dict[str, Any]:
+        """moto's instances of these ids (KeyError for an unknown id). moto keeps each
+        instance object for good, so they are indexed once, and again for a new id."""
         from moto.ec2.models import ec2_backends
 
-        backend = ec2_backends[ACCOUNT][self.region]
-        return {i: str(backend.get_instance(i).state) for i in instance_ids}
+        if not self._instances.keys() >= set(instance_ids):
+            backend = ec2_backends[ACCOUNT][self.region]
+            self._instances = {i.id: i for i in backend.all_instances()}
+        return {i: self._instances[i] for i in instance_ids}
+
+    def _set_state(self, instance_id: str, state: str) -> None:
+        """Put the instance in `state` in moto's EC2 (moto knows no stopping or pending)."""
+        _put_state(self._moto_instances([instance_id])[instance_id], state)
+
+    def _ec2_transition(self, instance_id: str, before: str, after: str) -> dict[str, Any] | None:
+        """The end of a state change, if nothing else changed the instance meanwhile."""
+        if self.state_of(instance_id) != before:
+            return None
+        self._set_state(instance_id, after)
+        return self._ec2_event(instance_id, after)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -688,6 +854,7 @@ class LocalCloud:
         ("before-call.ec2.CreateTags", "_backup_call"),
         ("before-call.ssm.ListCommandInvocations", "_list_command_invocations"),
         ("before-call.ssm.GetCommandInvocation", "_get_command_invocation"),
+        ("before-call.ssm.ListCommands", "_list_commands"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
         ("before-call.events.PutEvents", "_put_events_call"),
         ("before-call.ec2.StopInstances", "_power_call"),
@@ -706,15 +873,35 @@ class LocalCloud:
             "StartInstances": self._after_start,
             "PutEvents": self._after_put_events,
         }
+        if http_response.status_code >= 300:
+            self._record_refusal(parsed, model, context)
         react = reactions.get(model.name)
         if react is not None:
             react(http_response=http_response, parsed=parsed, context=context)
         self._maybe_crash(http_response=http_response, model=model)
 
+    def _record_refusal(self, parsed: Any, model: Any, context: Any) -> None:
+        record = context.get("local_record")
+        if record is None:
+            return
+        code = str(parsed.get("Error", {}).get("Code", "")) if isinstance(parsed, dict) else ""
+        self.refused.append((model.service_model.service_name, model.name, record, code))
+        self._refused_ids.add(id(record))
+
+    def succeeded(self, service: str, operation: str) -> list[dict[str, Any]]:
+        """The params of the calls of `service:operation` that AWS did not refuse."""
+        return [
+            params
+            for s, o, params in self.calls
+            if (s, o) == (service, operation) and id(params) not in self._refused_ids
+        ]
+
     def _record_call(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
         context["local_params"] = params
         service = model.service_model.service_name
-        self.calls.append((service, model.name, dict(params)))
+        record = dict(params)
+        context["local_record"] = record
+        self.calls.append((service, model.name, record))
         handler = _HANDLER.get()
         if handler is not None:  # for the policy coverage test: who made which call
             self.handler_calls.append((handler, service, model.name, dict(params)))
@@ -769,19 +956,56 @@ class LocalCloud:
 
     def _send_command_call(self, context: Any, **_: Any) -> Any:
         """SSM refuses the whole command when one of its instances is refused."""
-        for instance_id in context["local_params"].get("InstanceIds", []):
+        instance_ids = context["local_params"].get("InstanceIds", [])
+        refused = self._transient_refusal("SendCommand", instance_ids)
+        if refused:
+            return refused
+        for instance_id in instance_ids:
             code = self.behaviour.send_command_errors.get(instance_id)
             if code:
                 return _error(code, f"SendCommand refused for {instance_id} (simulated)")
         return None
 
+    def _transient_refusal(self, operation: str, instance_ids: list[str]) -> Any:
+        """The next of `Behaviour.refuse_calls` for each instance the call names (one
+        popped per instance); the first as the call's answer."""
+        codes = []
+        for instance_id in instance_ids:
+            left = self.behaviour.refuse_calls.get((instance_id, operation))
+            if left:
+                codes.append((instance_id, left.pop(0)))
+        if not codes:
+            return None
+        instance_id, code = codes[0]
+        return _error(code, f"{operation} refused for {instance_id} (simulated)")
+
     def _power_call(self, model: Any, context: Any, **_: Any) -> Any:
-        """EC2 refuses the whole call when one of its instances is refused, as AWS does."""
-        for instance_id in context["local_params"].get("InstanceIds", []):
+        """EC2 refuses the whole call when one of its instances is refused, as AWS does,
+        or is in a state the change cannot start from (IncorrectInstanceState)."""
+        instance_ids = context["local_params"].get("InstanceIds", [])
+        refused = self._transient_refusal(model.name, instance_ids)
+        if refused:
+            return refused
+        for instance_id in instance_ids:
             code = self.behaviour.power_errors.get((instance_id, model.name))
             if code:
                 return _error(code, f"{model.name} refused for {instance_id} (simulated)")
+        states = self._existing_states(instance_ids)
+        verb = "started" if model.name == "StartInstances" else "stopped"
+        for instance_id, state in states.items():
+            if state in EC2_REFUSED_FROM[model.name]:
+                return _error(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance_id}' is not in a state from which it can be {verb}.",
+                )
         return None
+
+    def _existing_states(self, instance_ids: list[str]) -> dict[str, str]:
+        """The states of the instances moto knows (moto answers the unknown ones)."""
+        try:
+            return self.states_of(instance_ids)
+        except KeyError:
+            return {}
 
     def _after_send_command(self, http_response: Any, parsed: Any, context: Any, **_: Any) -> None:
         if http_response.status_code >= 300:
@@ -789,20 +1013,96 @@ class LocalCloud:
         params = context["local_params"]
         phase = params.get("Comment", "").rsplit(" ", 1)[-1]
         command_id = parsed["Command"]["CommandId"]
+        self._record_command(command_id, params, parsed["Command"])
+        timeout = params.get("TimeoutSeconds", SSM_DEFAULT_DELIVERY_TIMEOUT)
+        execution = params.get("Parameters", {}).get("executionTimeout")
+        timeout += int(execution[0]) if execution else SSM_DEFAULT_EXECUTION_TIMEOUT
         states = self.states_of(params["InstanceIds"])
         for instance_id in params["InstanceIds"]:
             # SSM cannot reach an instance that is not running.
             reachable = states.get(instance_id) == "running"
-            final = self.behaviour.script_status.get(
-                (instance_id, phase), "Success" if reachable else "Undeliverable"
+            invocation = Invocation(
+                final=self.behaviour.script_status.get(
+                    (instance_id, phase), "Success" if reachable else "Undeliverable"
+                ),
+                seconds=self.behaviour.script_seconds_by_instance.get(
+                    instance_id, self.behaviour.script_seconds
+                ),
+                expires=self.clock.after(timeout),
             )
-            self.schedule(1, self._ssm_event, command_id, instance_id, "InProgress")
-            seconds = self.behaviour.script_seconds_by_instance.get(
-                instance_id, self.behaviour.script_seconds
+            self.invocations_ssm[(command_id, instance_id)] = invocation
+            if reachable and instance_id in self.behaviour.agent_offline:
+                invocation.delayed_from = self.clock.after(SSM_DELAYED_AFTER)
+                delayed = (command_id, instance_id, "Delayed")
+                self.schedule(SSM_DELAYED_AFTER, self._ssm_event, *delayed)
+                self.schedule(timeout, self._delivery_timeout, command_id, instance_id)
+            else:
+                self._deliver_command(command_id, instance_id, invocation, delay=1)
+
+    def _deliver_command(
+        self, command_id: str, instance_id: str, invocation: Invocation, delay: float
+    ) -> None:
+        """The agent has the command: it runs and ends with its final status."""
+        invocation.started = self.clock.now()
+        self.schedule(delay, self._ssm_event, command_id, instance_id, "InProgress")
+        if invocation.final != HANG:
+            self.schedule(
+                invocation.seconds, self._ssm_event, command_id, instance_id, invocation.final
             )
-            self.invocations_ssm[(command_id, instance_id)] = (final, self.clock.after(seconds))
-            if final != HANG:
-                self.schedule(seconds, self._ssm_event, command_id, instance_id, final)
+
+    def _delivery_timeout(self, command_id: str, instance_id: str) -> dict[str, Any] | None:
+        if self.invocations_ssm[(command_id, instance_id)].started is not None:
+            return None
+        # The event carries the invocation's Status; StatusDetails says Delivery Timed Out.
+        return self._ssm_event(command_id, instance_id, "TimedOut")
+
+    def _record_command(self, command_id: str, params: dict[str, Any], sent: Any) -> None:
+        """The command as AWS keeps it, for ListCommands (moto lists every instance of
+        the account under every command)."""
+        self.commands[command_id] = {
+            "CommandId": command_id,
+            "DocumentName": params["DocumentName"],
+            "Comment": params.get("Comment", ""),
+            "Parameters": params.get("Parameters", {}),
+            "InstanceIds": list(params.get("InstanceIds", [])),
+            "RequestedDateTime": self.clock.now(),
+            "ExpiresAfter": sent.get("ExpiresAfter"),
+            "TimeoutSeconds": params.get("TimeoutSeconds", SSM_DEFAULT_DELIVERY_TIMEOUT),
+            "TargetCount": len(params.get("InstanceIds", [])),
+        }
+
+    def _list_commands(self, context: Any, **_: Any) -> Any:
+        """ListCommands by CommandId or InstanceId, with the InvokedAfter and
+        InvokedBefore filters, from the emulation's record of each SendCommand."""
+        params = context["local_params"]
+        command_id = params.get("CommandId")
+        if command_id is not None and command_id not in self.commands:
+            return _error("InvalidCommandId", "Invalid command id.")
+        bounds = {f["key"]: _parse_iso(f["value"]) for f in params.get("Filters", [])}
+        listed = []
+        for command in self.commands.values():
+            if command_id not in (None, command["CommandId"]):
+                continue
+            if params.get("InstanceId") not in (None, *command["InstanceIds"]):
+                continue
+            sent = command["RequestedDateTime"]
+            if "InvokedAfter" in bounds and sent < bounds["InvokedAfter"]:
+                continue
+            if "InvokedBefore" in bounds and sent > bounds["InvokedBefore"]:
+                continue
+            listed.append(command | self._command_status(command))
+        return _ok({"Commands": listed})
+
+    def _command_status(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The command's own Status: in progress until each invocation is over."""
+        statuses = [
+            self._invocation_status(command["CommandId"], i)[0] for i in command["InstanceIds"]
+        ]
+        if any(s in ("Pending", "InProgress", "Delayed") for s in statuses):
+            return {"Status": "InProgress", "StatusDetails": "In Progress"}
+        if all(s == "Success" for s in statuses):
+            return {"Status": "Success", "StatusDetails": "Success"}
+        return {"Status": "Failed", "StatusDetails": "Failed"}
 
     def _list_command_invocations(self, context: Any, **_: Any) -> Any:
         """ListCommandInvocations (moto lacks it) by CommandId and/or InstanceId."""
@@ -826,8 +1126,7 @@ class LocalCloud:
         return _ok({"CommandInvocations": invocations})
 
     def _invocation_status(self, command_id: str, instance_id: str) -> tuple[str, str]:
-        final, ends = self.invocations_ssm[(command_id, instance_id)]
-        status = "InProgress" if final == HANG or self.clock.now() < ends else final
+        status = self.invocations_ssm[(command_id, instance_id)].status(self.clock.now())
         if status in SSM_STATUS_DETAILS:  # detail-only names: Status and StatusDetails differ
             return SSM_STATUS_DETAILS[status], status
         return status, {"InProgress": "In Progress"}.get(status, status)
@@ -859,20 +1158,29 @@ class LocalCloud:
         return event
 
     def _after_stop(self, http_response: Any, parsed: Any, **_: Any) -> None:
-        for item in parsed.get("StoppingInstances", []):
-            if item["CurrentState"]["Name"] == "stopping":
-                self.schedule(1, self._ec2_event, item["InstanceId"], "stopping")
-                self.schedule(
-                    self.behaviour.stop_seconds, self._ec2_event, item["InstanceId"], "stopped"
-                )
+        self._power_change(parsed.get("StoppingInstances", []), "running", "stopping", "stopped")
 
     def _after_start(self, http_response: Any, parsed: Any, **_: Any) -> None:
-        for item in parsed.get("StartingInstances", []):
-            if item["CurrentState"]["Name"] == "pending":
-                self.schedule(1, self._ec2_event, item["InstanceId"], "pending")
-                self.schedule(
-                    self.behaviour.start_seconds, self._ec2_event, item["InstanceId"], "running"
-                )
+        self._power_change(parsed.get("StartingInstances", []), "stopped", "pending", "running")
+
+    def _power_change(self, items: list[dict[str, Any]], source: str, via: str, to: str) -> None:
+        """moto changed the state at once: put each instance in the state on the way
+        (stopping, pending) until its state-change event, and answer with the state each
+        is really in (a repeated call changes nothing)."""
+        seconds = self.behaviour.stop_seconds if to == "stopped" else self.behaviour.start_seconds
+        instances = self._moto_instances([item["InstanceId"] for item in items])
+        for item in items:
+            instance_id = item["InstanceId"]
+            previous = item["PreviousState"]["Name"]
+            current = via if previous in (source, via) else previous
+            _put_state(instances[instance_id], current)
+            item["CurrentState"] = {"Code": EC2_STATE_CODES[current], "Name": current}
+            if previous == source:
+                self.schedule(1, self._ec2_event_while, instance_id, via)
+                self.schedule(seconds, self._ec2_transition, instance_id, via, to)
+
+    def _ec2_event_while(self, instance_id: str, state: str) -> dict[str, Any] | None:
+        return self._ec2_event(instance_id, state) if self.state_of(instance_id) == state else None
 
     def _ec2_event(self, instance_id: str, state: str) -> dict[str, Any]:
         event = load_event("aws-ec2-state-stopped")
@@ -905,6 +1213,15 @@ class LocalCloud:
 
 def _iso_s(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _put_state(instance: Any, state: str) -> None:
+    instance._state.name = state
+    instance._state.code = EC2_STATE_CODES[state]
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _summary(event: dict[str, Any]) -> str:
