@@ -174,8 +174,12 @@ class Invocation:
 _HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("handler", default=None)
 
 
-class SimulatedCrash(Exception):  # noqa: N818 - it is not an error of the code under test
-    """The Lambda function died (timeout, out of memory) right after an AWS call."""
+class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error of the code under test
+    """The Lambda function died (timeout, out of memory) right after an AWS call.
+
+    A BaseException, as a real death is not an exception at all: no `except Exception` of
+    the code under test (the reconciler's per-item containment, the scheduler's) may catch
+    it and carry on in a function that no longer exists."""
 
 
 # The AWS managed key of EBS (`LocalCloud.launch(volume_key=...)`).
@@ -433,7 +437,7 @@ class LocalCloud:
         self.invocations: Counter[str] = Counter()
         self.emitted: list[dict[str, Any]] = []
         # (handler, event, error) of invocations that failed after Lambda's retries.
-        self.dead_letters: list[tuple[str, dict[str, Any], Exception]] = []
+        self.dead_letters: list[tuple[str, dict[str, Any], BaseException]] = []
         # (virtual time, what happened): AWS calls other than the state table, and events.
         self.timeline: list[tuple[datetime, str]] = []
         self._queue: list[tuple[datetime, int, Any, tuple[Any, ...]]] = []
@@ -830,7 +834,7 @@ class LocalCloud:
         running = _HANDLER.set(handler)
         try:
             self._chalice.lambda_.invoke(handler, event)
-        except Exception as exc:
+        except (Exception, SimulatedCrash) as exc:
             self.timeline.append((self.clock.now(), f"error {handler}: {exc!r}"))
             if attempt < LAMBDA_ASYNC_RETRIES:
                 self.schedule(60 * (attempt + 1), self._retry, handler, event, attempt + 1)
