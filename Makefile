@@ -28,7 +28,7 @@ BUS_CHECKS_DIR := build/checks-bus
 BUS_VARIANT := --set PREPOST_EVENT_BUS_NAME=prepost-backup-local-start \
 	--set PREPOST_START_PRINCIPALS=arn:aws:iam::123456789012:role/BackupOperator
 
-.PHONY: demo test lint format bench clean package template-checks
+.PHONY: demo test lint format bench clean package template-checks mutants
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 2; }
@@ -50,6 +50,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint template-checks
 	$(PY) -m pytest -n auto
+
+# Plant each bug of tests/mutants/planted.py in a copy of the tree, one at a time, and run
+# only the property test against it: every one must be caught. Not part of `make test`.
+mutants: $(STAMP)
+	$(PY) -m tests.mutants.run
 
 bench: $(STAMP)
 	$(VENV)/bin/prepost bench

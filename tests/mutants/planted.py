@@ -1,0 +1,102 @@
+"""Planted bugs, as data: each must make the property test fail (`make mutants`).
+
+Each is the file, the exact text it replaces (which must occur exactly once, or the
+runner says the mutant no longer applies), the text put in its place, and the bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    bug: str
+
+
+MUTANTS = [
+    Mutant(
+        "ssm-only-failed-fails",
+        "chalicelib/logic/decisions.py",
+        "return PhaseStatus.SUCCEEDED if status == SSM_SUCCESS else PhaseStatus.FAILED",
+        'return PhaseStatus.FAILED if status == "Failed" else PhaseStatus.SUCCEEDED',
+        "only Failed counts as an SSM failure (TimedOut, Undeliverable... count as success)",
+    ),
+    Mutant(
+        "partial-expired-backups-succeed",
+        "chalicelib/logic/decisions.py",
+        "    if state == BACKUP_SUCCESS:\n",
+        '    if state in (BACKUP_SUCCESS, "PARTIAL", "EXPIRED"):\n',
+        "PARTIAL or EXPIRED backups count as success",
+    ),
+    Mutant(
+        "always-app-consistent",
+        "chalicelib/logic/decisions.py",
+        "    if run_input.pre_script is not None and instance.original_state in RUNNING_STATES:\n",
+        "    return Consistency.APP\n"
+        "    if run_input.pre_script is not None and instance.original_state in RUNNING_STATES:\n",
+        "every recovery point is labelled app-consistent",
+    ),
+    Mutant(
+        "start-only-confirmed-stops",
+        "chalicelib/logic/decisions.py",
+        "    if stop.status is not PhaseStatus.SUCCEEDED and not stop.sent and never:\n",
+        "    if stop.status is not PhaseStatus.SUCCEEDED:\n",
+        "START acts only on instances whose stop was confirmed: one whose stop was sent but "
+        "never confirmed (cancelled, timed out, events lost) is left stopped",
+    ),
+    Mutant(
+        "start-instances-stopped-before",
+        "chalicelib/logic/decisions.py",
+        "    never = stop.started_at is None or stop.refused\n",
+        "    never = False\n",
+        "START starts every instance, also those stopped before the run",
+    ),
+    Mutant(
+        "no-thaw-after-failed-pre-script",
+        "chalicelib/logic/decisions.py",
+        "        if pre.status in (PhaseStatus.SKIPPED, PhaseStatus.PENDING):\n",
+        "        if pre.status is not PhaseStatus.SUCCEEDED:\n",
+        "the thaw is skipped after a failed pre-script",
+    ),
+    Mutant(
+        "backup-token-per-call",
+        "chalicelib/logic/decisions.py",
+        'return str(uuid.uuid5(_TOKEN_NAMESPACE, f"{run_id}/{instance_id}"))',
+        "return str(uuid.uuid4())",
+        "StartBackupJob's idempotency token changes per call: a resumed call starts a second job",
+    ),
+    Mutant(
+        "lease-released-too-early",
+        "chalicelib/logic/start_run.py",
+        "decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds",
+        "600",
+        "a lease expires ten minutes after the start, long before its run ends",
+    ),
+    Mutant(
+        "duplicate-report-counted-twice",
+        "chalicelib/models/state_machine.py",
+        'when=eq(f"{result}.status", expected),',
+        "when=None,",
+        "a member's result is recorded whatever its phase's status: a duplicate or late report "
+        "counts again and overwrites the result",
+    ),
+    Mutant(
+        "pending-members-not-resumed",
+        "chalicelib/logic/phases.py",
+        "unmarked = [m for m in members if m.phase(phase).status is PhaseStatus.PENDING]",
+        "unmarked: list[InstanceRecord] = []",
+        "members a dead handler left PENDING are not resumed (_mark's resumption dropped)",
+    ),
+    Mutant(
+        "recovery-point-not-recorded",
+        "chalicelib/logic/results.py",
+        "Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn",
+        "Phase.BACKUP, outcome, reason=reason, recovery_point_arn=None",
+        "a completed backup's recovery point ARN is not recorded",
+    ),
+]
