@@ -174,7 +174,7 @@ class Invocation:
 _HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("handler", default=None)
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error of the code under test
+class SimulatedCrash(BaseException):
     """The Lambda function died (timeout, out of memory) right after an AWS call.
 
     A BaseException, as a real death is not an exception at all: no `except Exception` of
