@@ -93,7 +93,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             for name, value in getattr(report, "user_properties", []):
                 if name == "summary":
                     terminalreporter.write_line(str(value))
+    _report_fault_schedules(terminalreporter)
     _report_unused_permissions(terminalreporter)
+
+
+def _report_fault_schedules(terminalreporter: Any) -> None:
+    """One line for all the shards of the property test (tests/property/), whichever
+    xdist workers ran them: each shard's report carries its counts."""
+    total = {"schedules": 0, "violations": 0, "dynamodb": 0}
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "fault schedules":
+                    for key, count in json.loads(value).items():
+                        total[key] += count
+    if total["schedules"]:
+        terminalreporter.write_line(
+            f"fault schedules: {total['schedules']}, invariant violations: "
+            f"{total['violations']} ({total['dynamodb']} on DynamoDB)"
+        )
 
 
 def pytest_configure(config: Any) -> None:

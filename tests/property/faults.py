@@ -1,0 +1,371 @@
+"""The fault schedules of the property test: a fleet, a run input, and the faults AWS may
+deal it, each fault kind one entry of `FAULT_KINDS`.
+
+A kind draws its parameters from the fleet (`strategy`) and applies them to the local
+cloud before the run starts (`apply`): it sets a field of `Behaviour`, a refusal of the
+emulation, or publishes an event at a drawn moment. A new kind of fault is one entry.
+Kinds that today's code cannot survive yet are named in `PENDING_FIXES` and not drawn
+(set `PREPOST_PENDING_FAULTS=1` to draw them too, e.g. once their fixes land).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from hypothesis import strategies as st
+
+from chalicelib.logic.decisions import run_id_for
+from chalicelib.models.events import AwsEvent
+from prepost.local.cloud import HANG, LocalCloud
+from tests.conftest import VAULT, seed_input
+
+SSM_FAILURES = ["Failed", "TimedOut", "Cancelled", "Undeliverable", "Execution Timed Out", HANG]
+BACKUP_FAILURES = ["FAILED", "ABORTED", "EXPIRED", "PARTIAL", "RUNNING"]  # RUNNING: never ends
+# Every AWS operation the handlers make (the reads only crash on DynamoDB's store; the
+# in-memory store names its writes as their DynamoDB calls, so writes crash on both).
+CRASHABLE = [
+    "ListCommands", "GetCommandInvocation", "StopInstances",
+    "StartInstances", "DescribeInstances", "StartBackupJob", "DescribeBackupJob",
+    "PutEvents", "GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem",
+    "TransactWriteItems",
+]  # fmt: skip
+HANDLERS = [
+    "start_run_handler", "cancel_run", "run_scripts", "stop_instances", "start_backups",
+    "start_instances", "script_invocation_changed", "instance_state_changed",
+    "backup_job_changed", "finalize_group", "reconcile_runs",
+]  # fmt: skip
+PHASE = st.sampled_from(["PRE_SCRIPT", "POST_SCRIPT"])
+# Not PutItem: run_scripts' put of a command id right after SendCommand is the case of
+# crash_after_send (pending).
+CRASH_AT_CALL = ["UpdateItem", "TransactWriteItems", "DeleteItem", "PutEvents", "StartBackupJob"]
+APP_EVENTS = [
+    "PrePostBackup Run Started", "PrePostBackup Phase Requested",
+    "PrePostBackup Phase Completed", "PrePostBackup Run Completed",
+]  # fmt: skip
+# Final refusals of SendCommand (the whole command is refused when one instance is).
+SEND_COMMAND_ERRORS = ["InvalidInstanceId", "UnsupportedPlatformType"]
+STORES = ["memory"] * 9 + ["dynamodb"]  # one in ten on moto's DynamoDB (slower)
+START_AT = 1  # virtual seconds: the start event is put after a cancel "before" it
+CANCEL = "PrePostBackup Cancel Requested"
+
+
+@dataclass
+class Schedule:
+    """One fleet, one run input, the faults; everything a schedule needs to repeat."""
+
+    size: int
+    groups: int  # clusters of the tag `cluster`
+    group_by: str  # "run", "tag" (tag:cluster) or "instance"
+    stopped_before: int
+    start_stop: bool
+    pre_script: bool
+    post_script: bool
+    abort: bool
+    seed: int  # the fault decisions that hash event ids
+    faults: tuple[tuple[str, Any], ...] = ()  # (kind, parameters), applied in order
+    cloud_seed: int = 0  # the ids local mode hands out
+    store: str = "memory"  # "memory" or "dynamodb"
+    notes: list[str] = field(default_factory=list)
+
+    def fault(self, kind: str) -> Any:
+        return next((params for name, params in self.faults if name == kind), None)
+
+
+@dataclass
+class Setup:
+    """What a fault kind acts on: the cloud, the fleet, the run it is about."""
+
+    cloud: LocalCloud
+    schedule: Schedule
+    ids: list[str]
+    detail: dict[str, Any]
+    run_id: str
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    strategy: Callable[[int], st.SearchStrategy[Any]]  # from the fleet size
+    apply: Callable[[Setup, Any], None]
+
+
+def chance(schedule: Schedule, event: dict[str, Any], what: str) -> float:
+    """A number in [0, 1) fixed by the schedule, the event and the question."""
+    digest = hashlib.sha256(f"{schedule.seed}/{event['id']}/{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+# -- how each kind acts ---------------------------------------------------------------------
+
+
+def _script_failures(setup: Setup, failures: list[tuple[int, str, str]]) -> None:
+    for n, phase, status in failures:
+        setup.cloud.behaviour.script_status[(setup.ids[n], phase)] = status
+
+
+def _backup_failures(setup: Setup, failures: list[tuple[int, str]]) -> None:
+    for n, state in failures:
+        setup.cloud.behaviour.backup_state[setup.ids[n]] = state
+
+
+def _power_errors(setup: Setup, errors: list[tuple[int, str]]) -> None:
+    for n, operation in errors:
+        code = "UnsupportedOperation" if operation == "StopInstances" else (
+            "InsufficientInstanceCapacity")  # fmt: skip
+        setup.cloud.behaviour.power_errors[(setup.ids[n], operation)] = code
+
+
+def _throttled_backups(setup: Setup, throttled: list[tuple[int, int]]) -> None:
+    for n, times in throttled:
+        setup.cloud.backup.refuse[setup.ids[n]] = ["LimitExceededException"] * times
+
+
+def _delivery(setup: Setup, rates: tuple[float, float, float]) -> None:
+    """Duplicates, drops (never of a start event: one that was put is delivered), delays."""
+    duplicate_rate, drop_rate, delay_rate = rates
+    schedule, behaviour = setup.schedule, setup.cloud.behaviour
+
+    def copies(event: dict[str, Any]) -> int:
+        return 2 if chance(schedule, event, "dup") < duplicate_rate else 1
+
+    def lose(event: dict[str, Any]) -> bool:
+        is_start = event["detail-type"] == "BackupSolution-PrePostScript"
+        return not is_start and chance(schedule, event, "drop") < drop_rate
+
+    def delay(event: dict[str, Any]) -> float:
+        if chance(schedule, event, "late") < delay_rate:
+            return 1 + chance(schedule, event, "by") * 900
+        return 0
+
+    behaviour.copies, behaviour.lose_event, behaviour.delay = copies, lose, delay
+
+
+def _crash_after(setup: Setup, crash: tuple[str, int]) -> None:
+    operation, times = crash
+    setup.cloud.behaviour.crash_after[operation] = times
+
+
+def _crash_at_call(setup: Setup, crash: tuple[str, str, int]) -> None:
+    handler, operation, nth = crash
+    setup.cloud.behaviour.crash_at_call[(handler, operation)] = nth
+
+
+def _refused_events(setup: Setup, refused: tuple[str, int]) -> None:
+    detail_type, times = refused
+    setup.cloud.behaviour.refuse_events[detail_type] = times
+
+
+def _send_command_errors(setup: Setup, errors: list[tuple[int, str]]) -> None:
+    for n, code in errors:
+        setup.cloud.behaviour.send_command_errors[setup.ids[n]] = code
+
+
+def _concurrent_copies(setup: Setup, on: bool) -> None:
+    setup.cloud.behaviour.concurrent_copies = on
+    if setup.schedule.fault("delivery") is None:  # copies to deliver at the same moment
+        _delivery(setup, (0.3, 0.0, 0.0))
+
+
+def _second_run(setup: Setup, after: int) -> None:
+    second = setup.cloud.start_event(setup.detail)
+    setup.cloud.publish(second, delay=START_AT + after)
+
+
+def _cancel(setup: Setup, at: float) -> None:
+    """An operator's cancel, `at` virtual seconds after the start event (-1: put before it)."""
+    event = setup.cloud.start_event({"run_id": setup.run_id, "reason": "operator asked"})
+    event["detail-type"] = CANCEL
+    # After the start event when `at` >= 0 (the start event is put last, at START_AT).
+    setup.cloud.publish(event, delay=0 if at < 0 else START_AT + at + 0.001)
+
+
+CANCEL_POLL_SECONDS = 15
+
+
+def _run_items(setup: Setup) -> list[dict[str, Any]]:
+    """The run's items, read around the app's hooked clients (a read of the test is no
+    call of a handler, and no crash point may fire on it)."""
+    store: Any = setup.cloud.store
+    partition = f"RUN#{setup.run_id}"
+    if hasattr(store, "items"):
+        return [i for i in store.items() if i["pk"] == partition]
+    client = boto3.session.Session(region_name=setup.cloud.region).client("dynamodb")
+    answer = client.query(
+        TableName=setup.cloud.table_name,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": partition}},
+    )
+    return [{k: next(iter(v.values())) for k, v in item.items()} for item in answer["Items"]]
+
+
+def _cancel_in(phase: str) -> Callable[[Setup, int], None]:
+    """A cancel `offset` seconds after the run's first group entered `phase` ("DONE":
+    after the run ended); none if the run ends without it. Phases, not clock times, so
+    that retries and delays elsewhere in the schedule do not move the cancel to another
+    phase."""
+
+    def apply(setup: Setup, offset: int) -> None:
+        def watch() -> None:
+            items = _run_items(setup)
+            ended = any(i["sk"] == "RUN" and "finished_at" in i for i in items)
+            if (phase == "DONE" and ended) or any(i.get("phase") == phase for i in items):
+                _cancel(setup, offset - START_AT)
+            elif not ended:
+                setup.cloud.schedule(CANCEL_POLL_SECONDS, watch)
+
+        setup.cloud.schedule(START_AT + CANCEL_POLL_SECONDS, watch)
+
+    return apply
+
+
+def _indexed(size: int, *parts: st.SearchStrategy[Any], most: int = 2) -> Any:
+    return st.lists(st.tuples(st.integers(0, size - 1), *parts), min_size=1, max_size=most)
+
+
+FAULT_KINDS: dict[str, FaultKind] = {
+    "script_failures": FaultKind(
+        lambda n: _indexed(n, PHASE, st.sampled_from(SSM_FAILURES), most=3),
+        _script_failures,
+    ),
+    "backup_failures": FaultKind(
+        lambda n: _indexed(n, st.sampled_from(BACKUP_FAILURES)), _backup_failures
+    ),
+    "power_errors": FaultKind(
+        lambda n: _indexed(n, st.sampled_from(["StopInstances", "StartInstances"])),
+        _power_errors,
+    ),
+    "throttled_backups": FaultKind(lambda n: _indexed(n, st.integers(1, 2)), _throttled_backups),
+    "delivery": FaultKind(lambda n: st.tuples(*[st.sampled_from([0.0, 0.1, 0.3])] * 3), _delivery),
+    "crash_after": FaultKind(
+        lambda n: st.tuples(st.sampled_from(CRASHABLE), st.integers(1, 2)), _crash_after
+    ),
+    "crash_after_send": FaultKind(
+        lambda n: st.tuples(st.just("SendCommand"), st.integers(1, 2)), _crash_after
+    ),
+    "crash_after_batch_write": FaultKind(
+        lambda n: st.tuples(st.just("BatchWriteItem"), st.integers(1, 2)), _crash_after
+    ),
+    # One handler dies after its n-th state write (or call): half-way through marking a
+    # phase's members, right after activating a run, between a result and its barrier.
+    "crash_at_call": FaultKind(
+        lambda n: st.tuples(
+            st.sampled_from(HANDLERS),
+            st.sampled_from(CRASH_AT_CALL),
+            st.integers(1, n + 2),
+        ),
+        _crash_at_call,
+    ),
+    "refused_events": FaultKind(
+        lambda n: st.tuples(st.sampled_from(APP_EVENTS), st.integers(1, 3)), _refused_events
+    ),
+    "send_command_errors": FaultKind(
+        lambda n: _indexed(n, st.sampled_from(SEND_COMMAND_ERRORS)), _send_command_errors
+    ),
+    "concurrent_copies": FaultKind(lambda n: st.just(True), _concurrent_copies),
+    "second_run": FaultKind(lambda n: st.integers(0, 3 * 3600), _second_run),
+    # Cancels at any moment: before the start event (and so before the run exists), in
+    # each phase, after the run ended.
+    "cancel_before_start": FaultKind(lambda n: st.just(-1), _cancel),
+    "cancel_in_pre_script": FaultKind(lambda n: st.integers(0, 20), _cancel_in("PRE_SCRIPT")),
+    "cancel_in_stop": FaultKind(lambda n: st.integers(0, 30), _cancel_in("STOP")),
+    "cancel_in_backup": FaultKind(lambda n: st.integers(0, 7000), _cancel_in("BACKUP")),
+    "cancel_in_start": FaultKind(lambda n: st.integers(0, 30), _cancel_in("START")),
+    "cancel_in_post_script": FaultKind(lambda n: st.integers(0, 20), _cancel_in("POST_SCRIPT")),
+    "cancel_after_end": FaultKind(lambda n: st.integers(0, 600), _cancel_in("DONE")),
+    # TODO(integrator): kinds to add once the other engineers' work lands, each one entry
+    # here, on the Behaviour field named:
+    # "agents_offline": an SSM agent that never picks a command up (Pending -> Delayed ->
+    #     DeliveryTimedOut), on the emulation's new offline-agent field of Behaviour.
+    # "throttled_power": StopInstances/StartInstances refused for a while with
+    #     RequestLimitExceeded or IncorrectInstanceState (`stopping`), on Behaviour's
+    #     transient power refusals (power_errors holds final ones).
+    # "throttled_send": SendCommand refused for a while (ThrottlingException, or
+    #     InvalidInstanceId while the agent re-registers), on Behaviour's transient
+    #     send refusals (send_command_errors holds final ones).
+    # "terminations": an instance terminated mid-run, its EC2 event lost, on Behaviour's
+    #     termination schedule.
+    # "one_job_per_resource": AWS Backup's one running job per resource, once the
+    #     emulation enforces it (a Behaviour switch, or always on).
+}
+
+# Kinds today's code cannot survive; each is fixed by another engineer's item of issue 12.
+PENDING_FIXES: set[str] = {
+    # item 1: a command whose sender died is adopted by its first report for that one
+    # instance only; the others finish with no command id on their records
+    "crash_after_send",
+    # item 1: the start handler dies after writing its instance items; its retry sends
+    # the pre-scripts a second time (two PRE_SCRIPT commands per instance)
+    "crash_after_batch_write",
+}
+
+
+def drawn_kinds() -> list[str]:
+    if os.environ.get("PREPOST_PENDING_FAULTS") == "1":
+        return list(FAULT_KINDS)
+    return [name for name in FAULT_KINDS if name not in PENDING_FIXES]
+
+
+@st.composite
+def schedules(draw: Any) -> Schedule:
+    # Rarely a fleet over 50 (more than one SendCommand per phase), on the memory store.
+    large = draw(st.integers(0, 29)) == 29
+    size = draw(st.integers(51, 60) if large else st.integers(5, 20))
+    group_by = draw(st.sampled_from(["run", "tag", "tag", "instance"]))
+    faults = []
+    for name in drawn_kinds():
+        params = draw(st.none() | FAULT_KINDS[name].strategy(size))
+        if params is not None:
+            faults.append((name, params))
+    return Schedule(
+        size=size,
+        groups=draw(st.integers(2, 3)) if group_by == "tag" else 1,
+        group_by=group_by,
+        stopped_before=draw(st.integers(0, 2)),
+        start_stop=draw(st.booleans()),
+        pre_script=draw(st.booleans()),
+        post_script=draw(st.booleans()),
+        abort=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32)),
+        faults=tuple(faults),
+        cloud_seed=draw(st.integers(0, 10**6)),
+        store="memory" if large else draw(st.sampled_from(STORES)),
+    )
+
+
+def input_for(schedule: Schedule) -> dict[str, Any]:
+    group_by = {"tag": "tag:cluster"}.get(schedule.group_by, schedule.group_by)
+    detail = seed_input() | {
+        "StartStopEC2Required": schedule.start_stop,
+        "OnPreScriptFailure": "abort" if schedule.abort else "continue",
+        "GroupBy": group_by,
+    }
+    scripts = detail["RemoteRunCommandDetails"]
+    if not schedule.pre_script:
+        del scripts["PreBackupScriptDetails"]
+    if not schedule.post_script:
+        del scripts["PostBackupScriptDetails"]
+    detail["BackupDetails"]["CompleteWindowMinutes"] = 240
+    return detail
+
+
+def start(cloud: LocalCloud, schedule: Schedule) -> list[str]:
+    """Launch the fleet, apply the faults, put the start event; the fleet's ids."""
+    cloud.create_vault(VAULT)
+    ids: list[str] = []
+    for cluster in range(schedule.groups):
+        members = len(range(cluster, schedule.size, schedule.groups))
+        ids += cloud.launch(members, tags={"backup-job": "true", "cluster": f"c{cluster}"})
+    if schedule.stopped_before:
+        cloud.ec2.stop_instances(InstanceIds=ids[: schedule.stopped_before])
+    detail = input_for(schedule)
+    first = cloud.start_event(detail)
+    run_id = run_id_for(first["id"], AwsEvent.model_validate(first).time)
+    setup = Setup(cloud, schedule, ids, detail, run_id)
+    for name, params in schedule.faults:
+        FAULT_KINDS[name].apply(setup, params)
+    cloud.publish(first, delay=START_AT)
+    return ids

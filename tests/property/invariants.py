@@ -1,0 +1,404 @@
+"""The guarantees of DESIGN.md section 3 as invariants of one finished schedule.
+
+Each check reads what the emulated AWS saw (`Observed`: the calls in virtual time, the
+SSM invocations and their final statuses, the backup jobs, the EC2 state changes) and the
+records of every run found in the state table (`run_ids`: runs are found in the table,
+not from their Run Started events, so a run that was never announced is checked too).
+Each returns the invariants it found broken, as sentences.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+
+from chalicelib.logic.decisions import RUNNING_STATES, run_budget_seconds
+from chalicelib.models import state_machine as sm
+from chalicelib.models.run_input import RunInput
+from chalicelib.models.state import (
+    Consistency,
+    InstanceRecord,
+    InstanceStatus,
+    Phase,
+    PhaseStatus,
+    RunRecord,
+    RunStatus,
+)
+from chalicelib.patterns import RECONCILE_EVERY_MINUTES
+from prepost.local.cloud import HANG, LocalCloud
+from tests.property.faults import CANCEL, Schedule
+
+TERMINAL = {RunStatus.SUCCEEDED, RunStatus.COMPLETED_WITH_ERRORS, RunStatus.FAILED,
+            RunStatus.TIMED_OUT, RunStatus.CANCELLED}  # fmt: skip
+SCRIPT_PHASES = (Phase.PRE_SCRIPT, Phase.POST_SCRIPT)
+_FACT = re.compile(r"(\S+)=(\S+)")
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def run_ids(cloud: LocalCloud) -> list[str]:
+    """Every run whose header is in the state table, whichever store holds it."""
+    store: Any = cloud.store
+    if hasattr(store, "items"):  # the in-memory store: its dicts
+        items = store.items()
+    else:  # moto's DynamoDB, through a client without the emulation's hooks
+        client = boto3.session.Session(region_name=cloud.region).client("dynamodb")
+        items = [
+            {name: value["S"] for name, value in item.items() if "S" in value}
+            for page in client.get_paginator("scan").paginate(TableName=cloud.table_name)
+            for item in page["Items"]
+        ]
+    return sorted(
+        item[sm.PARTITION_KEY].removeprefix("RUN#")
+        for item in items
+        if item[sm.SORT_KEY] == "RUN" and item[sm.PARTITION_KEY].startswith("RUN#")
+    )
+
+
+@dataclass
+class Send:
+    """A SendCommand that AWS accepted, for one of its instances."""
+
+    command_id: str
+    instance_id: str
+    run_id: str
+    phase: Phase
+    final: str  # the invocation's final status (HANG: never ends)
+    at: datetime
+
+
+class Observed:
+    """What the emulated AWS saw, in virtual time."""
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self.cloud = cloud
+        self.calls: dict[str, list[tuple[datetime, dict[str, Any]]]] = defaultdict(list)
+        timed = [(t, what[5:]) for t, what in cloud.timeline if what.startswith("call ")]
+        untimed = [(f"{s}:{o}", p) for s, o, p in cloud.calls if s != "dynamodb"]
+        assert [name for _, name in timed] == [name for name, _ in untimed], "calls unpaired"
+        for (at, name), (_, params) in zip(timed, untimed, strict=True):
+            self.calls[name].append((at, params))
+        # The first moment each event was made (delivered, lost or late alike).
+        self.first: dict[tuple[str, ...], datetime] = {}
+        for at, what in cloud.timeline:
+            facts = dict(_FACT.findall(what))
+            if "instance-id" in facts and "state" in facts:
+                self.first.setdefault(("ec2", facts["instance-id"], facts["state"]), at)
+            if "backupJobId" in facts:
+                self.first.setdefault(("job", facts["backupJobId"], facts["state"]), at)
+            if what.startswith("event ") and CANCEL in what and "run_id" in facts:
+                self.first.setdefault(("cancel", facts["run_id"]), at)
+        self.sends = self._sends()
+
+    def _sends(self) -> list[Send]:
+        """Each instance of each SendCommand AWS accepted (refused calls made none)."""
+        sends = []
+        for (command_id, instance_id), invocation in self.cloud.invocations_ssm.items():
+            command = self.cloud.commands[command_id]
+            _, run_id, phase = command["Comment"].split(" ")
+            never = invocation.expires + timedelta(days=3650)
+            final = HANG if invocation.final == HANG and invocation.started else (
+                invocation.status(never))  # fmt: skip
+            sends.append(
+                Send(command_id, instance_id, run_id, Phase(phase), final,
+                     command["RequestedDateTime"])
+            )  # fmt: skip
+        return sends
+
+    def sends_of(self, run_id: str, phase: Phase, instance_id: str) -> list[Send]:
+        return [s for s in self.sends
+                if (s.run_id, s.phase, s.instance_id) == (run_id, phase, instance_id)]  # fmt: skip
+
+    def jobs_of(self, run_id: str) -> list[dict[str, Any]]:
+        return [job for job in self.cloud.backup.jobs.values()
+                if job["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
+
+    def calls_naming(self, operation: str, instance_id: str) -> list[datetime]:
+        return [at for at, p in self.calls[operation] if instance_id in p.get("InstanceIds", [])]
+
+
+@dataclass
+class Run:
+    record: RunRecord
+    instances: dict[str, InstanceRecord]
+    run_input: RunInput
+
+
+def check(cloud: LocalCloud, schedule: Schedule, ids: list[str]) -> list[str]:
+    """Every invariant over every run in the table; the broken ones."""
+    found = run_ids(cloud)
+    if not found:
+        return ["no run in the state table"]
+    seen = Observed(cloud)
+    runs: dict[str, Run] = {}
+    for run_id in found:
+        record = cloud.store.get_run(run_id)
+        assert record is not None
+        run_input = RunInput.model_validate_json(record.input_json)
+        instances = {i.instance_id: i for i in cloud.store.list_instances(run_id)}
+        runs[run_id] = Run(record, instances, run_input)
+    stopped_before = set(ids[: schedule.stopped_before])
+    broken: list[str] = []
+    for run_id, run in runs.items():
+        broken += [f"{run_id}: {b}" for b in nothing_waits_forever(run)]
+        broken += [f"{run_id}: {b}" for b in nothing_is_lost(run, seen)]
+        broken += [f"{run_id}: {b}" for b in always_thaw(run, seen, cloud)]
+        broken += [f"{run_id}: {b}" for b in success_means_success(run, seen, cloud)]
+        broken += [f"{run_id}: {b}" for b in consistency_is_labelled(run, seen, stopped_before)]
+        broken += [f"{run_id}: {b}" for b in at_least_once_safe(run, seen)]
+        broken += [f"{run_id}: {b}" for b in cancel_is_honoured(run, seen)]
+    broken += restore_power_state(runs, seen, cloud, ids, stopped_before)
+    broken += one_run_per_instance(runs)
+    return broken
+
+
+# -- 1. Always thaw -----------------------------------------------------------------------------
+
+
+def always_thaw(run: Run, seen: Observed, cloud: LocalCloud) -> list[str]:
+    """A pre-script that SSM accepted is followed by a post-script that SSM accepted,
+    unless the instance was terminated or SSM refuses every command to it, reported."""
+    if run.run_input.post_script is None:
+        return []
+    broken = []
+    for instance_id, record in run.instances.items():
+        frozen = seen.sends_of(run.record.run_id, Phase.PRE_SCRIPT, instance_id)
+        if not frozen or seen.sends_of(run.record.run_id, Phase.POST_SCRIPT, instance_id):
+            continue
+        post = record.phase(Phase.POST_SCRIPT)
+        unreachable = instance_id in cloud.behaviour.send_command_errors
+        if record.terminated or (unreachable and post.status is PhaseStatus.FAILED and post.reason):
+            continue
+        broken.append(f"{instance_id}: frozen, never thawed (post-script {post.status})")
+    return broken
+
+
+# -- 2. Restore power state ----------------------------------------------------------------------
+
+
+def restore_power_state(
+    runs: dict[str, Run],
+    seen: Observed,
+    cloud: LocalCloud,
+    ids: list[str],
+    stopped_before: set[str],
+) -> list[str]:
+    broken = []
+    states = cloud.states_of(ids)
+    for instance_id in ids:
+        stops = seen.calls_naming("ec2:StopInstances", instance_id)
+        starts = seen.calls_naming("ec2:StartInstances", instance_id)
+        stuck = any(r.instances.get(instance_id) and
+                    r.instances[instance_id].status is InstanceStatus.STUCK_STOPPED
+                    for r in runs.values())  # fmt: skip
+        if instance_id in stopped_before:
+            if stops or starts:
+                broken.append(f"{instance_id}: stopped before the run, but stopped or started")
+            continue
+        if states[instance_id] != "running" and not stuck:
+            broken.append(f"{instance_id}: left {states[instance_id]}, not reported STUCK_STOPPED")
+        if stuck and states[instance_id] == "running":
+            broken.append(f"{instance_id}: reported STUCK_STOPPED, but running")
+        stopped = seen.first.get(("ec2", instance_id, "stopped"))
+        for at in starts:
+            if stopped is None or at < stopped:
+                broken.append(f"{instance_id}: started at {at} before its stop was confirmed")
+    return broken
+
+
+# -- 3. Success means success --------------------------------------------------------------------
+
+
+def success_means_success(run: Run, seen: Observed, cloud: LocalCloud) -> list[str]:
+    run_id, broken = run.record.run_id, []
+    jobs = {job["BackupJobId"]: job for job in seen.jobs_of(run_id)}
+    for instance_id, record in run.instances.items():
+        failures = []
+        for phase in SCRIPT_PHASES:
+            result = record.phase(phase)
+            for send in seen.sends_of(run_id, phase, instance_id):
+                if send.final != "Success":
+                    failures.append(f"{phase} {send.final}")
+                    if result.status is not PhaseStatus.FAILED or not result.reason:
+                        broken.append(f"{instance_id}: {phase} ended {send.final}, "
+                                      f"recorded {result.status} ({result.reason})")  # fmt: skip
+            if result.status is PhaseStatus.SUCCEEDED and not seen.sends_of(
+                run_id, phase, instance_id
+            ):
+                broken.append(f"{instance_id}: {phase} SUCCEEDED, but no command reached it")
+        backup = record.phase(Phase.BACKUP)
+        for job in jobs.values():
+            if not job["ResourceArn"].endswith(f"/{instance_id}") or job["State"] == "COMPLETED":
+                continue
+            failures.append(f"BACKUP {job['State']}")
+            if backup.status is not PhaseStatus.FAILED or not backup.reason:
+                broken.append(f"{instance_id}: backup job {job['State']}, "
+                              f"recorded {backup.status} ({backup.reason})")  # fmt: skip
+        if backup.status is PhaseStatus.SUCCEEDED:
+            job = jobs.get(backup.backup_job_id or "")
+            if job is None or job["State"] != "COMPLETED":
+                broken.append(f"{instance_id}: BACKUP SUCCEEDED, job {job and job['State']}")
+        for phase in (Phase.STOP, Phase.START):
+            operation = "StopInstances" if phase is Phase.STOP else "StartInstances"
+            refused = (instance_id, operation) in cloud.behaviour.power_errors
+            if refused and seen.calls_naming(f"ec2:{operation}", instance_id):
+                failures.append(f"{phase} refused")
+        if failures and record.status is InstanceStatus.SUCCEEDED:
+            broken.append(f"{instance_id}: SUCCEEDED, but {', '.join(failures)}")
+        if failures and run.record.status is RunStatus.SUCCEEDED:
+            broken.append(f"run SUCCEEDED, but {instance_id}: {', '.join(failures)}")
+    return broken
+
+
+# -- 4. At-least-once safe -------------------------------------------------------------------------
+
+
+def at_least_once_safe(run: Run, seen: Observed) -> list[str]:
+    """No second side effect: one backup job per instance, one accepted command per
+    instance and script phase."""
+    run_id = run.record.run_id
+    jobs = Counter(job["ResourceArn"] for job in seen.jobs_of(run_id))
+    broken = [f"{n} backup jobs for {arn}" for arn, n in jobs.items() if n > 1]
+    commands = Counter((s.instance_id, s.phase) for s in seen.sends if s.run_id == run_id)
+    broken += [f"{i}: {n} {phase} commands" for (i, phase), n in commands.items() if n > 1]
+    return broken
+
+
+# -- 5. Nothing waits forever --------------------------------------------------------------------
+
+
+def nothing_waits_forever(run: Run) -> list[str]:
+    record = run.record
+    if record.status not in TERMINAL:
+        return [f"ended {record.status}, not in a terminal state"]
+    budget = timedelta(seconds=run_budget_seconds(run.run_input)
+                       + 2 * 60 * RECONCILE_EVERY_MINUTES)  # fmt: skip
+    took = _time(record.finished_at) - _time(record.created_at)
+    return [f"took {took}, past its deadline {budget}"] if took > budget else []
+
+
+# -- 6. One run per instance at a time -----------------------------------------------------------
+
+
+def one_run_per_instance(runs: dict[str, Run]) -> list[str]:
+    """No two runs acted on one instance while both were running."""
+    broken = []
+    ordered = sorted(runs.values(), key=lambda r: r.record.created_at)
+    for n, first in enumerate(ordered):
+        end = _time(first.record.finished_at) if first.record.finished_at else NEVER
+        for later in ordered[n + 1 :]:
+            for instance_id, record in later.instances.items():
+                mine = first.instances.get(instance_id)
+                if mine is None or mine.status is InstanceStatus.SKIPPED:
+                    continue
+                acted = [_time(r.started_at) for r in record.phases.values()
+                         if r.started_at and r.status is not PhaseStatus.SKIPPED]  # fmt: skip
+                if acted and min(acted) < end:
+                    broken.append(f"{instance_id}: held by {first.record.run_id} "
+                                  f"and {later.record.run_id} at once")  # fmt: skip
+    return broken
+
+
+# -- 7. Nothing is lost --------------------------------------------------------------------------
+
+
+def nothing_is_lost(run: Run, seen: Observed) -> list[str]:
+    record, run_id, broken = run.record, run.record.run_id, []
+    if record.input_json in ("", "null") or not record.created_at or not record.finished_at:
+        broken.append("header lacks its input or timestamps")
+    for instance_id, instance in run.instances.items():
+        if instance.status is InstanceStatus.IN_PROGRESS:
+            broken.append(f"{instance_id}: no final status")
+        for phase, result in instance.phases.items():
+            if result.status in (PhaseStatus.PENDING, PhaseStatus.IN_PROGRESS):
+                broken.append(f"{instance_id}: {phase} left {result.status}")
+            elif not result.ended_at:
+                broken.append(f"{instance_id}: {phase} {result.status} without ended_at")
+        for phase in SCRIPT_PHASES:
+            recorded = instance.phase(phase).command_id
+            for send in seen.sends_of(run_id, phase, instance_id):
+                if send.command_id != recorded:
+                    broken.append(f"{instance_id}: {phase} command {send.command_id} "
+                                  f"not on its record ({recorded})")  # fmt: skip
+    backups = {i: r.phase(Phase.BACKUP) for i, r in run.instances.items()}
+    for job in seen.jobs_of(run_id):
+        instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
+        backup = backups.get(instance_id)
+        if backup is None or backup.backup_job_id != job["BackupJobId"]:
+            broken.append(f"{instance_id}: backup job {job['BackupJobId']} not on its record")
+        elif job["State"] == "COMPLETED" and backup.recovery_point_arn != job["RecoveryPointArn"]:
+            broken.append(f"{instance_id}: recovery point of {job['BackupJobId']} not recorded")
+    return broken
+
+
+# -- 8. Consistency is labelled ------------------------------------------------------------------
+
+
+def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) -> list[str]:
+    """Every recovery point names its run and what it is; app-consistent only if the
+    pre-script ended Success (or, without one, the instance was powered off), and nothing
+    thawed or started the instance before its job ended."""
+    run_id, broken = run.record.run_id, []
+    for job in seen.jobs_of(run_id):
+        instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
+        label = job["RecoveryPointTags"].get("prepost:consistency")
+        if label not in (Consistency.APP, Consistency.CRASH):
+            broken.append(f"{instance_id}: recovery point labelled {label!r}")
+            continue
+        if label != Consistency.APP:
+            continue
+        record = run.instances.get(instance_id)
+        asked = seen.first.get(("job", job["BackupJobId"], "CREATED"), job["CreationDate"])
+        ended = seen.first.get(("job", job["BackupJobId"], job["State"]), NEVER)
+        running = record is not None and record.original_state in RUNNING_STATES
+        if run.run_input.pre_script is not None and running:
+            frozen = seen.sends_of(run_id, Phase.PRE_SCRIPT, instance_id)
+            if not frozen or any(s.final != "Success" for s in frozen):
+                broken.append(f"{instance_id}: app-consistent, pre-script did not succeed")
+            thawed = [s.at for s in seen.sends_of(run_id, Phase.POST_SCRIPT, instance_id)]
+            if job["State"] == "COMPLETED" and any(asked <= at < ended for at in thawed):
+                broken.append(f"{instance_id}: app-consistent, but thawed before its job ended")
+            continue
+        stopped = seen.first.get(("ec2", instance_id, "stopped"))
+        powered_off = instance_id in stopped_before or (stopped is not None and stopped <= asked)
+        if not powered_off:
+            broken.append(f"{instance_id}: app-consistent, but neither frozen nor stopped")
+        started = seen.calls_naming("ec2:StartInstances", instance_id)
+        if job["State"] == "COMPLETED" and any(asked <= at < ended for at in started):
+            broken.append(f"{instance_id}: app-consistent, but started before its job ended")
+    return broken
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+def cancel_is_honoured(run: Run, seen: Observed) -> list[str]:
+    """A cancel delivered before the run finished ends it CANCELLED, and no forward side
+    effect (pre-script, stop, backup job) of the run is made after it."""
+    run_id = run.record.run_id
+    cancelled = seen.first.get(("cancel", run_id))
+    if cancelled is None:
+        return []
+    finished = _time(run.record.finished_at) if run.record.finished_at else NEVER
+    if cancelled > finished:
+        return []
+    broken = []
+    if run.record.status is not RunStatus.CANCELLED:
+        broken.append(f"cancelled at {cancelled}, ended {run.record.status}")
+    members = set(run.instances)
+    late = [s.at for s in seen.sends if (s.run_id, s.phase) == (run_id, Phase.PRE_SCRIPT)]
+    late += [at for at, p in seen.calls["ec2:StopInstances"] if members & set(p["InstanceIds"])]
+    late += [at for at, p in seen.calls["backup:StartBackupJob"]
+             if p["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
+    if any(at > cancelled for at in late):
+        broken.append(f"a forward side effect after the cancel at {cancelled}")
+    return broken
+
+
+def _time(text: str | None) -> datetime:
+    assert text is not None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
