@@ -79,15 +79,18 @@ def apply_cancel(services: Services, request: CancelRequest) -> None:
 
 
 def cancel_groups(services: Services, run_id: str) -> None:
-    """Cancel every group of a cancelled run (again: each step is idempotent)."""
-    for group in services.store.list_groups(run_id):
+    """Cancel every group of a cancelled run (again: each step is idempotent). Every group
+    is marked before any phase is ended: ending one puts events, which may fail."""
+    groups = services.store.list_groups(run_id)
+    for group in groups:
+        if not group.cancelled:
+            services.store.cancel_group(run_id, group.group_id)
+    for group in groups:
         _cancel_group(services, group)
 
 
 def _cancel_group(services: Services, group: GroupRecord) -> None:
     store, run_id = services.store, group.run_id
-    if not group.cancelled:
-        store.cancel_group(run_id, group.group_id)
     if group.phase_state is not GroupPhaseState.OPEN or not PHASES[Phase(group.phase)].forward:
         return  # a requested forward phase will skip its work; backward ones go on
     phase = Phase(group.phase)

@@ -54,10 +54,11 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         return
     run, run_input = _run(services, request.run_id)
     members = store.list_instances(request.run_id, request.group_id)
+    # The run's flag too: a cancel handler that died before reaching this group.
+    cancelled = group.cancelled or run.cancelled
     declared = PHASES[request.phase]
     choices = [
-        (m, decide_member(request.phase, m, group.aborted, run_input, group.cancelled))
-        for m in members
+        (m, decide_member(request.phase, m, group.aborted, run_input, cancelled)) for m in members
     ]
     now_epoch = services.now_epoch()
     deadline = now_epoch + declared.budget_seconds(run_input)
@@ -148,7 +149,12 @@ def resume_phase(services: Services, group: GroupRecord) -> None:
     if unmarked:
         latest = services.store.get_group(group.run_id, group.group_id) or group
         choices = [
-            (m, decide_member(phase, m, latest.aborted, run_input, latest.cancelled))
+            (
+                m,
+                decide_member(
+                    phase, m, latest.aborted, run_input, latest.cancelled or run.cancelled
+                ),
+            )
             for m in unmarked
         ]
         unsent += _mark(services, group.run_id, phase, choices)

@@ -280,3 +280,31 @@ def test_a_cancel_handler_that_died_half_way_is_finished_by_its_retry(
         assert instances[instance_id].phase(Phase.BACKUP).status is PhaseStatus.SKIPPED
         assert cloud.state_of(instance_id) == "running"
     assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(db + web)  # thawed
+
+
+def test_a_group_the_dead_cancel_handler_never_reached_starts_no_forward_phase(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The cancel handler dies right after cancelling the run, before marking any group;
+    the pre-scripts end before Lambda retries it. The next phase reads the run's flag and
+    stops nothing (found by the property test: the groups stopped their instances)."""
+    cloud = any_store
+    behaviour.script_seconds = 20  # the pre-scripts end before the retry, a minute later
+    ids = cloud.launch(2, tags={"backup-job": "true", "cluster": "db"})
+    ids += cloud.launch(2, tags={"backup-job": "true", "cluster": "web"})
+    run_id = _start(cloud, GroupBy="tag:cluster")
+    cloud.step(3)
+    behaviour.crash_at_call[("cancel_run", "UpdateItem")] = 1
+    cloud.publish(cancel_event(cloud, run_id), delay=5)
+    _step_until(cloud, lambda: any(w.startswith("crash after") for _, w in cloud.timeline))
+    assert not any(g.cancelled for g in cloud.store.list_groups(run_id))
+
+    cloud.drain(EVENTS)
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert not calls(cloud, "ec2", "StopInstances")
+    assert not calls(cloud, "backup", "StartBackupJob")
+    for instance_id in ids:
+        assert instances[instance_id].phase(Phase.STOP).status is PhaseStatus.SKIPPED
+        assert cloud.state_of(instance_id) == "running"
+    assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(ids)  # thawed
