@@ -112,6 +112,7 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
         return
     _ask_state_of_refused(services, group, phase)  # a stop or start refused for its state
+    unsent = _unsent(store.list_instances(run_id, group_id), phase)
     phases.resume_phase(services, group)  # members whose side effect was never made
     waiting = [
         member
@@ -121,14 +122,29 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
     for member in waiting:
         PHASES[phase].poll(services, member, phase)  # as its event would have been recorded
     deadline = group.deadline or now
+    # Made only now (a retry at the deadline): they get one more look before timing out.
+    just_sent = unsent - _unsent(store.list_instances(run_id, group_id), phase)
     if now >= deadline:
-        _time_out(services, group, phase)
+        if PHASES[phase].poll is results.poll_power_state:
+            _ask_state_of_unsent(services, group, phase)
+        _time_out(services, group, phase, spare=just_sent)
     current = store.get_group(run_id, group_id)
     if current and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # its last member finished but it never moved on
     elif now < deadline:
         members = store.list_instances(run_id, group_id)
         store.rearm(run_id, group_id, group.phase, min(deadline, now + _next_look(members, phase)))
+    elif just_sent:
+        store.rearm(run_id, group_id, group.phase, now + PHASES[phase].poll_seconds)
+
+
+def _unsent(members: list[InstanceRecord], phase: Phase) -> set[str]:
+    return {
+        member.instance_id
+        for member in members
+        if member.phase(phase).status in (PhaseStatus.PENDING, PhaseStatus.IN_PROGRESS)
+        and not member.phase(phase).sent
+    }
 
 
 def _ask_state_of_refused(services: Services, group: GroupRecord, phase: Phase) -> None:
@@ -142,6 +158,18 @@ def _ask_state_of_refused(services: Services, group: GroupRecord, phase: Phase) 
         and transient.asks_state(phase, member.phase(phase).last_error_code)
     ]
     results.record_power_states(services, refused)
+
+
+def _ask_state_of_unsent(services: Services, group: GroupRecord, phase: Phase) -> None:
+    """At the deadline of a stop or start whose call never went through (refused until
+    then): an instance already where the phase would take it (a start whose stop was
+    refused finds it running) succeeded; the others time out."""
+    unsent = [
+        member
+        for member in services.store.list_instances(group.run_id, group.group_id)
+        if member.phase(phase).status is PhaseStatus.IN_PROGRESS and not member.phase(phase).sent
+    ]
+    results.record_power_states(services, unsent)
 
 
 def _next_look(members: list[InstanceRecord], phase: Phase) -> int:
@@ -158,10 +186,15 @@ def _next_look(members: list[InstanceRecord], phase: Phase) -> int:
     return min(waits, default=PHASES[phase].poll_seconds)
 
 
-def _time_out(services: Services, group: GroupRecord, phase: Phase) -> None:
+def _time_out(
+    services: Services, group: GroupRecord, phase: Phase, spare: set[str] | None = None
+) -> None:
     """Past the deadline: whoever has not reported fails, and the group moves on, so the
-    run's compensation (start what it stopped, thaw what it froze) follows as usual."""
+    run's compensation (start what it stopped, thaw what it froze) follows as usual.
+    The `spare` members were sent just now: they time out at the next look."""
     for member in services.store.list_instances(group.run_id, group.group_id):
+        if spare and member.instance_id in spare:
+            continue
         # PENDING: its handler died before marking it, and nobody could resume it since.
         status = member.phase(phase).status
         if status in (PhaseStatus.IN_PROGRESS, PhaseStatus.PENDING):

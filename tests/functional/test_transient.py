@@ -301,3 +301,43 @@ def test_a_final_error_still_fails_at_once(behaviour: Behaviour, cloud: LocalClo
     assert not start.timed_out
     assert not start.retries
     assert instances[instance_id].status is InstanceStatus.STUCK_STOPPED
+
+
+def test_a_start_made_at_its_deadline_gets_one_more_look(
+    behaviour: Behaviour, any_cloud: LocalCloud
+) -> None:
+    """Throttled twice, the start goes through on the reconciler's pass at the deadline;
+    that pass does not time it out at once (found by the property test: the instance
+    came up seconds later, reported STUCK_STOPPED)."""
+    cloud = any_cloud
+    (instance_id,) = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.refuse_calls[(instance_id, "StartInstances")] = ["RequestLimitExceeded"] * 2
+    run_id = cloud.run(seed_input())
+
+    run, instances = outcome(cloud, run_id)
+    start = instances[instance_id].phase(Phase.START)
+    assert start.retries == 2
+    assert (start.status, start.timed_out) == (PhaseStatus.SUCCEEDED, None)
+    assert instances[instance_id].status is InstanceStatus.SUCCEEDED
+    assert run.status is RunStatus.SUCCEEDED
+    assert cloud.state_of(instance_id) == "running"
+
+
+def test_a_start_refused_until_its_deadline_finds_an_instance_no_stop_reached(
+    behaviour: Behaviour, any_cloud: LocalCloud
+) -> None:
+    """The stop was throttled until its deadline, so the instance never stopped; the start
+    is refused until its own: at the deadline EC2 is asked, and a running instance is
+    not reported STUCK_STOPPED (found by the property test)."""
+    cloud = any_cloud
+    (instance_id,) = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.power_errors[(instance_id, "StopInstances")] = "RequestLimitExceeded"
+    behaviour.power_errors[(instance_id, "StartInstances")] = "RequestLimitExceeded"
+    run_id = cloud.run(seed_input())
+
+    _, instances = outcome(cloud, run_id)
+    record = instances[instance_id]
+    assert record.phase(Phase.STOP).status is PhaseStatus.FAILED
+    assert record.phase(Phase.START).status is PhaseStatus.SUCCEEDED
+    assert record.status is not InstanceStatus.STUCK_STOPPED
+    assert cloud.state_of(instance_id) == "running"
