@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 from hypothesis import strategies as st
 
 from chalicelib.logic.decisions import run_id_for
@@ -183,43 +182,63 @@ def _cancel(setup: Setup, at: float) -> None:
     setup.cloud.publish(event, delay=0 if at < 0 else START_AT + at + 0.001)
 
 
-CANCEL_POLL_SECONDS = 15
-
-
-def _run_items(setup: Setup) -> list[dict[str, Any]]:
-    """The run's items, read around the app's hooked clients (a read of the test is no
-    call of a handler, and no crash point may fire on it)."""
-    store: Any = setup.cloud.store
-    partition = f"RUN#{setup.run_id}"
-    if hasattr(store, "items"):
-        return [i for i in store.items() if i["pk"] == partition]
-    client = boto3.session.Session(region_name=setup.cloud.region).client("dynamodb")
-    answer = client.query(
-        TableName=setup.cloud.table_name,
-        KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": partition}},
-    )
-    return [{k: next(iter(v.values())) for k, v in item.items()} for item in answer["Items"]]
+PHASE_REQUESTED = "PrePostBackup Phase Requested"
+RUN_COMPLETED = "PrePostBackup Run Completed"
 
 
 def _cancel_in(phase: str) -> Callable[[Setup, int], None]:
-    """A cancel `offset` seconds after the run's first group entered `phase` ("DONE":
-    after the run ended); none if the run ends without it. Phases, not clock times, so
-    that retries and delays elsewhere in the schedule do not move the cancel to another
-    phase."""
+    """A cancel `offset` seconds after the run's first Phase Requested of `phase` was put
+    ("DONE": after its Run Completed), whether that event is then delivered, late or
+    lost; none if the run ends without it. Phase events, not clock times, so that retries
+    and delays elsewhere in the schedule do not move the cancel to another phase. The
+    watch chains `Behaviour.delay`, which the emulation asks about every event put."""
 
     def apply(setup: Setup, offset: int) -> None:
-        def watch() -> None:
-            items = _run_items(setup)
-            ended = any(i["sk"] == "RUN" and "finished_at" in i for i in items)
-            if (phase == "DONE" and ended) or any(i.get("phase") == phase for i in items):
-                _cancel(setup, offset - START_AT)
-            elif not ended:
-                setup.cloud.schedule(CANCEL_POLL_SECONDS, watch)
+        behaviour, before = setup.cloud.behaviour, setup.cloud.behaviour.delay
+        fired = False
 
-        setup.cloud.schedule(START_AT + CANCEL_POLL_SECONDS, watch)
+        def watch(event: dict[str, Any]) -> float:
+            nonlocal fired
+            detail = event.get("detail") or {}
+            if not fired and isinstance(detail, dict) and detail.get("run_id") == setup.run_id:
+                if (phase == "DONE" and event["detail-type"] == RUN_COMPLETED) or (
+                    event["detail-type"] == PHASE_REQUESTED and detail.get("phase") == phase
+                ):
+                    fired = True
+                    _cancel(setup, offset - START_AT)
+            return before(event) if before else 0
+
+        behaviour.delay = watch
 
     return apply
+
+
+def _agents_offline(setup: Setup, offline: list[tuple[int, int | None]]) -> None:
+    for n, back_after in offline:
+        setup.cloud.behaviour.agent_offline.add(setup.ids[n])
+        if back_after is not None:
+            setup.cloud.set_agent_online(setup.ids[n], after=START_AT + back_after)
+
+
+# (operation, error code) refused for a while: transient per docs/aws-facts.md.
+THROTTLES = [
+    ("SendCommand", "ThrottlingException"),
+    ("SendCommand", "InvalidInstanceId"),  # final for a pre-script, transient for a post
+    ("StopInstances", "RequestLimitExceeded"),
+    ("StartInstances", "RequestLimitExceeded"),
+    ("StartInstances", "InsufficientInstanceCapacity"),
+]
+
+
+def _throttled_calls(setup: Setup, refusals: list[tuple[int, tuple[str, str], int]]) -> None:
+    for n, (operation, code), times in refusals:
+        refused = setup.cloud.behaviour.refuse_calls.setdefault((setup.ids[n], operation), [])
+        refused += [code] * times
+
+
+def _terminations(setup: Setup, terminated: list[tuple[int, int]]) -> None:
+    for n, after in terminated:
+        setup.cloud.terminate([setup.ids[n]], after=START_AT + after)
 
 
 def _indexed(size: int, *parts: st.SearchStrategy[Any], most: int = 2) -> Any:
@@ -276,20 +295,19 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "cancel_in_start": FaultKind(lambda n: st.integers(0, 30), _cancel_in("START")),
     "cancel_in_post_script": FaultKind(lambda n: st.integers(0, 20), _cancel_in("POST_SCRIPT")),
     "cancel_after_end": FaultKind(lambda n: st.integers(0, 600), _cancel_in("DONE")),
-    # TODO(integrator): kinds to add once the other engineers' work lands, each one entry
-    # here, on the Behaviour field named:
-    # "agents_offline": an SSM agent that never picks a command up (Pending -> Delayed ->
-    #     DeliveryTimedOut), on the emulation's new offline-agent field of Behaviour.
-    # "throttled_power": StopInstances/StartInstances refused for a while with
-    #     RequestLimitExceeded or IncorrectInstanceState (`stopping`), on Behaviour's
-    #     transient power refusals (power_errors holds final ones).
-    # "throttled_send": SendCommand refused for a while (ThrottlingException, or
-    #     InvalidInstanceId while the agent re-registers), on Behaviour's transient
-    #     send refusals (send_command_errors holds final ones).
-    # "terminations": an instance terminated mid-run, its EC2 event lost, on Behaviour's
-    #     termination schedule.
-    # "one_job_per_resource": AWS Backup's one running job per resource, once the
-    #     emulation enforces it (a Behaviour switch, or always on).
+    # SSM agents that do not answer (Pending -> Delayed -> Delivery Timed Out), some back
+    # after a while (seconds), some never (None).
+    "agents_offline": FaultKind(
+        lambda n: _indexed(n, st.none() | st.integers(60, 3 * 3600)), _agents_offline
+    ),
+    # Calls refused for a while, then let through: throttled sends, stops and starts, and
+    # a post-script refused while the agent re-registers after a start.
+    "throttled_calls": FaultKind(
+        lambda n: _indexed(n, st.sampled_from(THROTTLES), st.integers(1, 3), most=3),
+        _throttled_calls,
+    ),
+    # An instance terminated by someone else mid-run, its EC2 events sometimes lost too.
+    "terminations": FaultKind(lambda n: _indexed(n, st.integers(0, 4 * 3600)), _terminations),
 }
 
 # Kinds today's code cannot survive; each is fixed by another engineer's item of issue 12.

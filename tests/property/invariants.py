@@ -31,7 +31,7 @@ from chalicelib.models.state import (
 )
 from chalicelib.patterns import RECONCILE_EVERY_MINUTES
 from prepost.local.cloud import HANG, LocalCloud
-from tests.property.faults import CANCEL, Schedule
+from tests.property.faults import CANCEL, RUN_COMPLETED, Schedule
 
 TERMINAL = {RunStatus.SUCCEEDED, RunStatus.COMPLETED_WITH_ERRORS, RunStatus.FAILED,
             RunStatus.TIMED_OUT, RunStatus.CANCELLED}  # fmt: skip
@@ -80,18 +80,29 @@ class Observed:
         timed = [(t, what[5:]) for t, what in cloud.timeline if what.startswith("call ")]
         untimed = [(f"{s}:{o}", p) for s, o, p in cloud.calls if s != "dynamodb"]
         assert [name for _, name in timed] == [name for name, _ in untimed], "calls unpaired"
+        # Calls AWS accepted (`calls` holds the refused ones too).
+        self.accepted: dict[str, list[tuple[datetime, dict[str, Any]]]] = defaultdict(list)
+        refused = {id(record) for _, _, record, _ in cloud.refused}
         for (at, name), (_, params) in zip(timed, untimed, strict=True):
             self.calls[name].append((at, params))
+            if id(params) not in refused:
+                self.accepted[name].append((at, params))
         # The first moment each event was made (delivered, lost or late alike).
         self.first: dict[tuple[str, ...], datetime] = {}
-        for at, what in cloud.timeline:
+        # Where in the timeline a run's cancel was first delivered, and its Run Completed
+        # first put (the virtual clock may give both one moment).
+        self.position: dict[tuple[str, str], int] = {}
+        for n, (at, what) in enumerate(cloud.timeline):
             facts = dict(_FACT.findall(what))
+            if RUN_COMPLETED in what and "run_id" in facts:
+                self.position.setdefault(("completed", facts["run_id"]), n)
+            if what.startswith("event ") and CANCEL in what and "run_id" in facts:
+                self.position.setdefault(("cancel", facts["run_id"]), n)
+                self.first.setdefault(("cancel", facts["run_id"]), at)
             if "instance-id" in facts and "state" in facts:
                 self.first.setdefault(("ec2", facts["instance-id"], facts["state"]), at)
             if "backupJobId" in facts:
                 self.first.setdefault(("job", facts["backupJobId"], facts["state"]), at)
-            if what.startswith("event ") and CANCEL in what and "run_id" in facts:
-                self.first.setdefault(("cancel", facts["run_id"]), at)
         self.sends = self._sends()
 
     def _sends(self) -> list[Send]:
@@ -117,8 +128,16 @@ class Observed:
         return [job for job in self.cloud.backup.jobs.values()
                 if job["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
 
-    def calls_naming(self, operation: str, instance_id: str) -> list[datetime]:
-        return [at for at, p in self.calls[operation] if instance_id in p.get("InstanceIds", [])]
+    def calls_naming(
+        self, operation: str, instance_id: str, accepted: bool = False
+    ) -> list[datetime]:
+        """When calls of `operation` (only those AWS accepted, if `accepted`) named it."""
+        calls = (self.accepted if accepted else self.calls)[operation]
+        return [at for at, p in calls if instance_id in p.get("InstanceIds", [])]
+
+    def terminated_at(self, instance_id: str) -> datetime | None:
+        """When someone outside the run had the instance terminated (its first event)."""
+        return self.first.get(("ec2", instance_id, "shutting-down"))
 
 
 @dataclass
@@ -150,7 +169,7 @@ def check(cloud: LocalCloud, schedule: Schedule, ids: list[str]) -> list[str]:
         broken += [f"{run_id}: {b}" for b in success_means_success(run, seen, cloud)]
         broken += [f"{run_id}: {b}" for b in consistency_is_labelled(run, seen, stopped_before)]
         broken += [f"{run_id}: {b}" for b in at_least_once_safe(run, seen)]
-        broken += [f"{run_id}: {b}" for b in cancel_is_honoured(run, seen)]
+        broken += [f"{run_id}: {b}" for b in cancel_is_honoured(run, seen, runs)]
     broken += restore_power_state(runs, seen, cloud, ids, stopped_before)
     broken += one_run_per_instance(runs)
     return broken
@@ -190,8 +209,8 @@ def restore_power_state(
     broken = []
     states = cloud.states_of(ids)
     for instance_id in ids:
-        stops = seen.calls_naming("ec2:StopInstances", instance_id)
-        starts = seen.calls_naming("ec2:StartInstances", instance_id)
+        stops = seen.calls_naming("ec2:StopInstances", instance_id, accepted=True)
+        starts = seen.calls_naming("ec2:StartInstances", instance_id, accepted=True)
         stuck = any(r.instances.get(instance_id) and
                     r.instances[instance_id].status is InstanceStatus.STUCK_STOPPED
                     for r in runs.values())  # fmt: skip
@@ -199,13 +218,19 @@ def restore_power_state(
             if stops or starts:
                 broken.append(f"{instance_id}: stopped before the run, but stopped or started")
             continue
+        if seen.terminated_at(instance_id) is not None:
+            if stuck:  # gone is not stopped: the operator has nothing to start
+                broken.append(f"{instance_id}: terminated, but reported STUCK_STOPPED")
+            continue
         if states[instance_id] != "running" and not stuck:
             broken.append(f"{instance_id}: left {states[instance_id]}, not reported STUCK_STOPPED")
         if stuck and states[instance_id] == "running":
             broken.append(f"{instance_id}: reported STUCK_STOPPED, but running")
-        stopped = seen.first.get(("ec2", instance_id, "stopped"))
+        # A start while a stop it asked for is under way (starting an instance that no
+        # stop reached, refused until the phase gave up, changes nothing).
+        stopped = seen.first.get(("ec2", instance_id, "stopped"), NEVER)
         for at in starts:
-            if stopped is None or at < stopped:
+            if any(stop < at for stop in stops) and at < stopped:
                 broken.append(f"{instance_id}: started at {at} before its stop was confirmed")
     return broken
 
@@ -367,7 +392,7 @@ def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) 
         powered_off = instance_id in stopped_before or (stopped is not None and stopped <= asked)
         if not powered_off:
             broken.append(f"{instance_id}: app-consistent, but neither frozen nor stopped")
-        started = seen.calls_naming("ec2:StartInstances", instance_id)
+        started = seen.calls_naming("ec2:StartInstances", instance_id, accepted=True)
         if job["State"] == "COMPLETED" and any(asked <= at < ended for at in started):
             broken.append(f"{instance_id}: app-consistent, but started before its job ended")
     return broken
@@ -376,23 +401,36 @@ def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) 
 # -- cancellation --------------------------------------------------------------------------------
 
 
-def cancel_is_honoured(run: Run, seen: Observed) -> list[str]:
+def cancel_is_honoured(run: Run, seen: Observed, runs: dict[str, Run]) -> list[str]:
     """A cancel delivered before the run finished ends it CANCELLED, and no forward side
-    effect (pre-script, stop, backup job) of the run is made after it."""
+    effect (pre-script, stop, backup job) of the run is made after it. (A stop carries no
+    run id: one made while another run held the instance in its STOP phase is that run's.)"""
     run_id = run.record.run_id
     cancelled = seen.first.get(("cancel", run_id))
     if cancelled is None:
         return []
     finished = _time(run.record.finished_at) if run.record.finished_at else NEVER
-    if cancelled > finished:
+    completed = seen.position.get(("completed", run_id))
+    if cancelled > finished or (completed is not None and
+                                completed < seen.position[("cancel", run_id)]):  # fmt: skip
         return []
     broken = []
     if run.record.status is not RunStatus.CANCELLED:
         broken.append(f"cancelled at {cancelled}, ended {run.record.status}")
     members = set(run.instances)
     late = [s.at for s in seen.sends if (s.run_id, s.phase) == (run_id, Phase.PRE_SCRIPT)]
-    late += [at for at, p in seen.calls["ec2:StopInstances"] if members & set(p["InstanceIds"])]
-    late += [at for at, p in seen.calls["backup:StartBackupJob"]
+
+    def other_run_stopping(instance_id: str, at: datetime) -> bool:
+        for other in runs.values():
+            record = other.instances.get(instance_id)
+            stop = record.phase(Phase.STOP) if record and other is not run else None
+            if stop and stop.started_at and _time(stop.started_at) <= at:
+                return True
+        return False
+
+    late += [at for at, p in seen.accepted["ec2:StopInstances"]
+             if any(not other_run_stopping(i, at) for i in members & set(p["InstanceIds"]))]  # fmt: skip
+    late += [at for at, p in seen.accepted["backup:StartBackupJob"]
              if p["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
     if any(at > cancelled for at in late):
         broken.append(f"a forward side effect after the cancel at {cancelled}")
