@@ -200,12 +200,17 @@ def _cancel_in(phase: str) -> Callable[[Setup, int], None]:
         def watch(event: dict[str, Any]) -> float:
             nonlocal fired
             detail = event.get("detail") or {}
-            if not fired and isinstance(detail, dict) and detail.get("run_id") == setup.run_id:
-                if (phase == "DONE" and event["detail-type"] == RUN_COMPLETED) or (
-                    event["detail-type"] == PHASE_REQUESTED and detail.get("phase") == phase
-                ):
-                    fired = True
-                    _cancel(setup, offset - START_AT)
+            ours = isinstance(detail, dict) and detail.get("run_id") == setup.run_id
+            if (
+                not fired
+                and ours
+                and (
+                    (phase == "DONE" and event["detail-type"] == RUN_COMPLETED)
+                    or (event["detail-type"] == PHASE_REQUESTED and detail.get("phase") == phase)
+                )
+            ):
+                fired = True
+                _cancel(setup, offset - START_AT)
             return before(event) if before else 0
 
         behaviour.delay = watch

@@ -428,8 +428,9 @@ def cancel_is_honoured(run: Run, seen: Observed, runs: dict[str, Run]) -> list[s
                 return True
         return False
 
-    late += [at for at, p in seen.accepted["ec2:StopInstances"]
-             if any(not other_run_stopping(i, at) for i in members & set(p["InstanceIds"]))]  # fmt: skip
+    for at, params in seen.accepted["ec2:StopInstances"]:
+        if any(not other_run_stopping(i, at) for i in members & set(params["InstanceIds"])):
+            late.append(at)
     late += [at for at, p in seen.accepted["backup:StartBackupJob"]
              if p["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
     if any(at > cancelled for at in late):
