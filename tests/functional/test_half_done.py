@@ -228,3 +228,23 @@ def test_a_start_that_died_after_writing_its_instances_sends_each_pre_script_onc
     cloud.drain(EVENTS)
     assert _crashed(cloud)
     _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
+def test_groups_of_a_start_that_died_twice_are_not_written_again_once_acted_on(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The start dies after writing its groups and instances, and the reconciler that
+    resumes it dies before writing them again: on the reconciler's retry the groups are
+    due before the run header, so a group's first phase is opened (its pre-scripts sent)
+    before the start is resumed. The resumed start must not write that group and its
+    instances back to REQUESTED and PENDING, or the pre-scripts go out a second time."""
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["BatchWriteItem"] = 1
+    # The resumed start's look-up of its targets (the first EC2 call the reconciler makes).
+    behaviour.crash_at_call[("reconcile_runs", "DescribeInstances")] = 1
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    crashes = [what for _, what in cloud.timeline if what.startswith("crash after")]
+    assert crashes == ["crash after BatchWriteItem", "crash after DescribeInstances"]
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
