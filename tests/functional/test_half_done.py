@@ -201,9 +201,7 @@ def test_a_command_whose_sender_died_and_whose_reports_were_lost_is_adopted_on_r
 
     def lose(event: dict[str, object]) -> bool:
         # The reports of the first command only: the reconciler polls for them.
-        if event.get("source") == "aws.ssm" and not lost["done"]:
-            return True
-        return False
+        return event.get("source") == "aws.ssm" and not lost["done"]
 
     behaviour.lose_event = lose
     run_id = _publish(cloud)
