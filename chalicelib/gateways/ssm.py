@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,23 @@ from chalicelib.models.script_command import RemoteScript
 DOCUMENT = "AWS-RunRemoteScript"
 MAX_INSTANCES_PER_COMMAND = 50
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class SentCommand:
+    """A command as SSM lists it: what a handler that died before recording it left."""
+
+    command_id: str
+    comment: str
+    instance_ids: tuple[str, ...]  # every instance it was sent to
+
+    @classmethod
+    def listed(cls, command: dict[str, Any]) -> SentCommand:
+        return cls(
+            command_id=str(command["CommandId"]),
+            comment=str(command.get("Comment", "")),
+            instance_ids=tuple(command.get("InstanceIds", [])),
+        )
 
 
 class SsmGateway:
@@ -57,8 +75,10 @@ class SsmGateway:
             raise
         return str(response["Status"]), str(response.get("StatusDetails") or "")
 
-    def find_command(self, instance_id: str, comment: str, sent_after: datetime) -> str | None:
-        """The id of a command with this comment already sent to the instance, if any.
+    def find_command(
+        self, instance_id: str, comment: str, sent_after: datetime
+    ) -> SentCommand | None:
+        """A command with this comment already sent to the instance, if any.
 
         A handler that died between SendCommand and recording its id finds it again here
         instead of sending the script a second time.
@@ -72,11 +92,12 @@ class SsmGateway:
             ):
                 for command in page.get("Commands", []):
                     if command.get("Comment") == comment[:100]:
-                        return str(command["CommandId"])
+                        return SentCommand.listed(command)
         return None
 
-    def comment_of(self, command_id: str) -> str | None:
-        """The comment a command was sent with; None if SSM does not know it (yet)."""
+    def command(self, command_id: str) -> SentCommand | None:
+        """The command as SSM lists it (its comment, its instances); None if SSM does not
+        know it (yet)."""
         try:
             with translated("ssm:ListCommands"):
                 commands = self._client.list_commands(CommandId=command_id).get("Commands", [])
@@ -84,4 +105,4 @@ class SsmGateway:
             if exc.code == "InvalidCommandId":
                 return None
             raise
-        return str(commands[0].get("Comment", "")) if commands else None
+        return SentCommand.listed(commands[0]) if commands else None

@@ -16,7 +16,7 @@ from chalicelib.clock import parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
-from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND
+from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND, SentCommand
 from chalicelib.logic import decisions, policy, transient
 from chalicelib.logic.phase_declaration import PhaseDeclaration
 from chalicelib.logic.transitions import finish, leased_instance
@@ -105,14 +105,16 @@ def send_scripts(context: PhaseContext, members: list[InstanceRecord]) -> None:
         raise ValueError(f"{phase} is in the plan but the input has no script for it")
     prefix = decisions.script_output_prefix(script.output_s3_key_prefix, run.run_id, phase)
     comment = script_comment(run.run_id, phase)
-    unsent = []
+    unsent, adopted = [], set[str]()
     for member in members:
+        if member.instance_id in adopted:
+            continue
         started = member.phase(phase).started_at
         if context.resuming and started:  # a script sent by a handler that died is adopted
             found = services.ssm.find_command(member.instance_id, comment, parse_iso(started))
             if found:
-                adopted = [member.instance_id]
-                _record_command(services, run.run_id, context.group, phase, found, adopted)
+                _adopt(services, context.group, phase, found)
+                adopted.update(found.instance_ids)  # one look-up per command, not per member
                 continue
         unsent.append(member)
     try:
@@ -169,7 +171,8 @@ def adopt_command(
     services: Services, command_id: str, instance_id: str
 ) -> tuple[str, str, Phase] | None:
     """A report names a command whose id was never recorded (its sender died): if it is
-    the script this instance's run is waiting for, record it now; (run, group, phase)."""
+    the script this instance's run is waiting for, record it now on every member it was
+    sent to; (run, group, phase)."""
     instance = leased_instance(services, instance_id)
     if instance is None:
         return None
@@ -177,12 +180,30 @@ def adopt_command(
         result = instance.phases.get(phase)
         if result is None or result.status is not PhaseStatus.IN_PROGRESS or result.command_id:
             continue
-        if services.ssm.comment_of(command_id) == script_comment(instance.run_id, phase):
+        command = services.ssm.command(command_id)
+        if command is not None and command.comment == script_comment(instance.run_id, phase)[:100]:
             group = services.store.get_group(instance.run_id, instance.group_id)
             if group is not None:
-                _record_command(services, instance.run_id, group, phase, command_id, [instance_id])
+                _adopt(services, group, phase, command)
                 return instance.run_id, instance.group_id, phase
     return None
+
+
+def _adopt(services: Services, group: GroupRecord, phase: Phase, command: SentCommand) -> None:
+    """Record a command whose sender died on every member it was sent to, not only on the
+    one that found it: the others' reports then find it recorded, and their records hold it
+    (a member that holds another command id keeps it). Read item by item (at most 50), so
+    that a report's handler needs no Query."""
+    members = [
+        services.store.get_instance(group.run_id, group.group_id, instance_id)
+        for instance_id in command.instance_ids
+    ]
+    reached = [
+        member.instance_id
+        for member in members
+        if member is not None and not member.phase(phase).command_id
+    ]
+    _record_command(services, group.run_id, group, phase, command.command_id, reached)
 
 
 def _record_command(

@@ -185,7 +185,7 @@ def resume_start(services: Services, run: RunRecord) -> None:
         return
     observability.logger().warning("resuming the start of a run")
     run_input = RunInput.model_validate_json(run.input_json)
-    _begin(services, run, run_input, _resolve(services, run_input))
+    _begin(services, run, run_input, _resolve(services, run_input), resuming=True)
 
 
 def resume_announcement(services: Services, run: RunRecord) -> None:
@@ -294,8 +294,10 @@ def _begin(
     run: RunRecord,
     run_input: RunInput,
     targets: tuple[list[str], dict[str, TargetInstance]],
+    resuming: bool = False,
 ) -> None:
-    """Lease the resolved targets, write groups and instances, then go."""
+    """Lease the resolved targets, write groups and instances, then go. Resuming a start
+    that died, the groups and instances it wrote are kept as they are now."""
     store, log = services.store, observability.logger()
     run_id, now_epoch = run.run_id, services.now_epoch()
     requested, found = targets
@@ -360,7 +362,21 @@ def _begin(
         )
         for group_id, size in sizes.items()
     ]
-    store.put_groups_and_instances(group_records, members + skipped, now_epoch)
+    if resuming:
+        # The reconciler may have opened a group's first phase meanwhile (its groups can
+        # come due before the run header): writing it back to REQUESTED, its members back
+        # to PENDING, would make their side effects a second time. Only what is missing
+        # is written; the groups are announced as they are.
+        written = {group.group_id: group for group in store.list_groups(run_id)}
+        kept = {(i.group_id, i.instance_id) for i in store.list_instances(run_id)}
+        store.put_groups_and_instances(
+            [group for group in group_records if group.group_id not in written],
+            [i for i in members + skipped if (i.group_id, i.instance_id) not in kept],
+            now_epoch,
+        )
+        group_records = [written.get(group.group_id, group) for group in group_records]
+    else:
+        store.put_groups_and_instances(group_records, members + skipped, now_epoch)
     run = run.model_copy(
         update={
             "status": RunStatus.RUNNING,

@@ -7,7 +7,7 @@ or the start handler right after it activated the run and before it announced it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from chalicelib.logic.phase_table import PHASES
 from chalicelib.models.events import AwsEvent
 from chalicelib.models.state import GroupPhaseState, Phase, PhaseStatus, RunStatus
 from prepost.local.cloud import Behaviour, LocalCloud
-from tests.conftest import seed_input
+from tests.conftest import VAULT, _check_policies, seed_input
 from tests.functional.helpers import outcome, script_targets, statuses
 
 FLEET = 3
@@ -130,3 +130,119 @@ def test_a_run_activated_by_a_handler_that_died_is_still_announced(
     assert [s["run_id"] for s in started] == [run_id]
     assert started[0]["instance_count"] == FLEET
     assert all(cloud.state_of(i) == "running" for i in ids)
+
+
+# -- a handler that died right after its side effect, before recording it ---------------------
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def any_store(request: pytest.FixtureRequest, behaviour: Behaviour) -> Iterator[LocalCloud]:
+    """A local cloud on each state store (`cloud` is on moto's DynamoDB only)."""
+    with LocalCloud(behaviour=behaviour, store=request.param) as local:
+        local.create_vault(VAULT)
+        yield local
+        assert [(h, repr(e)) for h, _, e in local.dead_letters] == []
+        _check_policies(local)
+
+
+def _commands_by_instance(cloud: LocalCloud, phase: Phase) -> dict[str, list[str]]:
+    """The command ids of `phase` that reached each instance, in the order sent."""
+    reached: dict[str, list[str]] = {}
+    for command_id, command in cloud.commands.items():
+        if command["Comment"].endswith(str(phase)):
+            for instance_id in command["InstanceIds"]:
+                reached.setdefault(instance_id, []).append(command_id)
+    return reached
+
+
+def _assert_each_script_sent_once_and_recorded(
+    cloud: LocalCloud, run_id: str, ids: list[str]
+) -> None:
+    """Guarantees 4 and 7: one command per instance and phase, its id on the record."""
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.SUCCEEDED
+    for phase in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT):
+        reached = _commands_by_instance(cloud, phase)
+        assert sorted(reached) == sorted(ids)
+        for instance_id in ids:
+            assert len(reached[instance_id]) == 1, (phase, instance_id, reached[instance_id])
+            result = instances[instance_id].phase(phase)
+            assert result.command_id == reached[instance_id][0], (phase, instance_id)
+            assert result.status is PhaseStatus.SUCCEEDED
+    for instance_id in ids:
+        assert statuses(instances[instance_id]) == dict.fromkeys(Phase, PhaseStatus.SUCCEEDED)
+        assert cloud.state_of(instance_id) == "running"
+
+
+@pytest.mark.parametrize("deaths", [1, 2], ids=["pre-sender-died", "both-senders-died"])
+def test_a_command_whose_sender_died_is_recorded_for_every_instance_it_reached(
+    behaviour: Behaviour, any_store: LocalCloud, deaths: int
+) -> None:
+    """The script reports adopt the command (the sender's retry cannot take the claim
+    over yet): every member it was sent to records it, and none is sent it again."""
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["SendCommand"] = deaths
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    assert _crashed(cloud)
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
+def test_a_command_whose_sender_died_and_whose_reports_were_lost_is_adopted_on_resuming(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """No report comes: the reconciler resumes the send, finds the command and adopts it
+    for every member it reached, rather than sending it again."""
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["SendCommand"] = 1
+    lost = {"done": False}
+
+    def lose(event: dict[str, object]) -> bool:
+        # The reports of the first command only: the reconciler polls for them.
+        return event.get("source") == "aws.ssm" and not lost["done"]
+
+    behaviour.lose_event = lose
+    run_id = _publish(cloud)
+
+    def adopted() -> bool:
+        return any(i.phase(Phase.PRE_SCRIPT).command_id for i in cloud.store.list_instances(run_id))
+
+    _step_until(cloud, adopted)
+    lost["done"] = True
+    cloud.drain(EVENTS)
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
+@pytest.mark.parametrize("deaths", [1, 2], ids=["start-died", "resumed-start-died-too"])
+def test_a_start_that_died_after_writing_its_instances_sends_each_pre_script_once(
+    behaviour: Behaviour, any_store: LocalCloud, deaths: int
+) -> None:
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["BatchWriteItem"] = deaths
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    assert _crashed(cloud)
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
+def test_groups_of_a_start_that_died_twice_are_not_written_again_once_acted_on(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The start dies after writing its groups and instances, and the reconciler that
+    resumes it dies before writing them again: on the reconciler's retry the groups are
+    due before the run header, so a group's first phase is opened (its pre-scripts sent)
+    before the start is resumed. The resumed start must not write that group and its
+    instances back to REQUESTED and PENDING, or the pre-scripts go out a second time."""
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["BatchWriteItem"] = 1
+    # The resumed start's look-up of its targets (the first EC2 call the reconciler makes).
+    behaviour.crash_at_call[("reconcile_runs", "DescribeInstances")] = 1
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    crashes = [what for _, what in cloud.timeline if what.startswith("crash after")]
+    assert crashes == ["crash after BatchWriteItem", "crash after DescribeInstances"]
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)

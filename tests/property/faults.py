@@ -316,14 +316,7 @@ FAULT_KINDS: dict[str, FaultKind] = {
 }
 
 # Kinds today's code cannot survive; each is fixed by another engineer's item of issue 12.
-PENDING_FIXES: set[str] = {
-    # item 1: a command whose sender died is adopted by its first report for that one
-    # instance only; the others finish with no command id on their records
-    "crash_after_send",
-    # item 1: the start handler dies after writing its instance items; its retry sends
-    # the pre-scripts a second time (two PRE_SCRIPT commands per instance)
-    "crash_after_batch_write",
-}
+PENDING_FIXES: set[str] = set()
 
 
 def drawn_kinds() -> list[str]:
