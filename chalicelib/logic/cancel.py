@@ -19,6 +19,7 @@ from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.backup import TERMINAL_JOB_STATES
+from chalicelib.logic import side_effects
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.results import record_backup_state
 from chalicelib.logic.transitions import finish
@@ -95,6 +96,8 @@ def _cancel_group(services: Services, group: GroupRecord) -> None:
         return  # a requested forward phase will skip its work; backward ones go on
     phase = Phase(group.phase)
     stop_backup_jobs(services, run_id, group.group_id, phase)
+    if phase is Phase.PRE_SCRIPT:
+        side_effects.adopt_unrecorded(services, group, phase)
     for member in store.list_instances(run_id, group.group_id):
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS:
             finish(

@@ -189,6 +189,23 @@ def adopt_command(
     return None
 
 
+def adopt_unrecorded(services: Services, group: GroupRecord, phase: Phase) -> None:
+    """Before a script phase's members are ended otherwise (the run cancelled): a command
+    that a sender which died made is recorded on the members it reached, as the resumed
+    sender would; their reports may come after the run has let go of them."""
+    comment = script_comment(group.run_id, phase)
+    adopted: set[str] = set()
+    for member in services.store.list_instances(group.run_id, group.group_id):
+        result = member.phase(phase)
+        unrecorded = result.status is PhaseStatus.IN_PROGRESS and not result.command_id
+        if member.instance_id in adopted or not unrecorded or not result.started_at:
+            continue
+        found = services.ssm.find_command(member.instance_id, comment, parse_iso(result.started_at))
+        if found:
+            _adopt(services, group, phase, found)
+            adopted.update(found.instance_ids)
+
+
 def _adopt(services: Services, group: GroupRecord, phase: Phase, command: SentCommand) -> None:
     """Record a command whose sender died on every member it was sent to, not only on the
     one that found it: the others' reports then find it recorded, and their records hold it

@@ -308,3 +308,29 @@ def test_a_group_the_dead_cancel_handler_never_reached_starts_no_forward_phase(
         assert instances[instance_id].phase(Phase.STOP).status is PhaseStatus.SKIPPED
         assert cloud.state_of(instance_id) == "running"
     assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(ids)  # thawed
+
+
+def test_a_pre_script_whose_sender_died_is_recorded_when_the_run_is_cancelled(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The sender dies right after SendCommand and the cancel comes before its retry: the
+    cancel finds the command (ListCommands) and records it on every member it reached,
+    whose reports come after the run let go of them (found by the property test: the
+    records held no command id, guarantee 7)."""
+    cloud = any_store
+    ids = cloud.launch(3, tags={"backup-job": "true"})
+    behaviour.crash_after["SendCommand"] = 1
+    run_id = _start(cloud)
+    _step_until(cloud, lambda: any(w.startswith("crash after") for _, w in cloud.timeline))
+    cloud.publish(cancel_event(cloud, run_id), delay=5)
+    cloud.drain(EVENTS)
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.CANCELLED
+    command = cloud.succeeded("ssm", "SendCommand")[0]
+    [sent] = [c for c in cloud.commands if cloud.commands[c]["Comment"].endswith("PRE_SCRIPT")]
+    for instance_id in ids:
+        pre = instances[instance_id].phase(Phase.PRE_SCRIPT)
+        assert (pre.command_id, pre.status) == (sent, PhaseStatus.FAILED)
+    assert sorted(command["InstanceIds"]) == sorted(ids)
+    assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(ids)  # thawed
