@@ -99,4 +99,57 @@ MUTANTS = [
         "Phase.BACKUP, outcome, reason=reason, recovery_point_arn=None",
         "a completed backup's recovery point ARN is not recorded",
     ),
+    # Issue 12's items, one bug each (item 1 is pending-members-not-resumed above).
+    Mutant(
+        "transient-refusals-final",
+        "chalicelib/logic/transient.py",
+        "    return rule(SIDE_EFFECT_OF[phase], code, phase).verdict\n",
+        "    return Verdict.FAIL\n",
+        "every refusal is final: a throttled send, stop or start, or a start refused while the "
+        "instance is still stopping, fails the instance instead of being retried",
+    ),
+    Mutant(
+        "cancel-before-run-dropped",
+        "chalicelib/logic/cancel.py",
+        "    if _not_running_yet(run):\n        run = _keep(services, request)\n",
+        "",
+        "a cancel that arrives before its run is RUNNING is dropped, not kept",
+    ),
+    Mutant(
+        "cancel-during-backup-keeps-jobs",
+        "chalicelib/logic/cancel.py",
+        "    if phase is not Phase.BACKUP:\n        return\n",
+        "    return\n",
+        "a cancel during BACKUP neither stops the running jobs nor fails their members",
+    ),
+    Mutant(
+        "adopt-for-one-instance",
+        "chalicelib/logic/side_effects.py",
+        "        if member is not None and not member.phase(phase).command_id\n",
+        "        if member is not None and not member.phase(phase).command_id\n"
+        "        and member.instance_id == command.instance_ids[0]\n",
+        "a command whose sender died is recorded on one of its instances only",
+    ),
+    Mutant(
+        "resumed-start-rewrites-groups",
+        "chalicelib/logic/start_run.py",
+        "    if resuming:\n",
+        "    if False:\n",
+        "a resumed start writes its groups back to REQUESTED and their members to PENDING",
+    ),
+    Mutant(
+        "terminated-reported-stuck",
+        "chalicelib/logic/results.py",
+        '        record_power_state(services, key, states.get(member.instance_id, "terminated"))',
+        '        record_power_state(services, key, states.get(member.instance_id, "stopped"))',
+        "an instance EC2 no longer knows is taken for stopped, not terminated",
+    ),
+    Mutant(
+        "cancel-flag-of-run-ignored",
+        "chalicelib/logic/phases.py",
+        "    cancelled = group.cancelled or run.cancelled\n",
+        "    cancelled = group.cancelled\n",
+        "a phase reads only its group's cancel flag: a cancel handler that died before "
+        "reaching the group lets it go on stopping and backing up",
+    ),
 ]
