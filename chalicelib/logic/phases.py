@@ -31,6 +31,7 @@ from chalicelib.models.state import (
     PhaseResult,
     PhaseStatus,
     RunRecord,
+    RunStatus,
 )
 
 # Longer than any phase handler may run (their Lambda timeout), shorter than a reconciler
@@ -53,6 +54,11 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     if group.phase_state is not GroupPhaseState.REQUESTED:
         return
     run, run_input = _run(services, request.run_id)
+    if run.status is RunStatus.STARTING:
+        # The reconciler found the group due before its run header: the start is resumed
+        # (and a kept cancel applied) first, and requests the group's phase itself.
+        log.info("phase request ignored: the run is still starting", group_id=request.group_id)
+        return
     members = store.list_instances(request.run_id, request.group_id)
     # The run's flag too: a cancel handler that died before reaching this group.
     cancelled = group.cancelled or run.cancelled

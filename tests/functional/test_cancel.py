@@ -18,7 +18,7 @@ from chalicelib.models.state import Phase, PhaseStatus, RunStatus
 from prepost.local.cloud import Behaviour, LocalCloud
 from prepost.samples import load_event
 from tests.conftest import VAULT, _check_policies, seed_input
-from tests.functional.helpers import calls, outcome, script_targets
+from tests.functional.helpers import calls, fleet_calls, outcome, script_targets
 
 # Virtual seconds after the start at which each phase is under way (default durations:
 # scripts 30 s, stop 45 s, backup 2 h, start 40 s).
@@ -334,3 +334,35 @@ def test_a_pre_script_whose_sender_died_is_recorded_when_the_run_is_cancelled(
         assert (pre.command_id, pre.status) == (sent, PhaseStatus.FAILED)
     assert sorted(command["InstanceIds"]) == sorted(ids)
     assert sorted(script_targets(cloud, Phase.POST_SCRIPT)) == sorted(ids)  # thawed
+
+
+def test_a_kept_cancel_holds_groups_that_come_due_before_their_starting_run(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """A cancel is kept before its run exists; the start dies after writing its items, and
+    so does the reconciler that resumes it. On the reconciler's retry the groups come due
+    before the run header: a group of a run still STARTING must not enter its first phase
+    (found by the property test: backup jobs were started for the cancelled run)."""
+    cloud = any_store
+    ids = cloud.launch(3, tags={"backup-job": "true"})
+    detail = seed_input() | {"StartStopEC2Required": False}
+    detail["RemoteRunCommandDetails"] = {
+        k: v
+        for k, v in detail["RemoteRunCommandDetails"].items()
+        if k not in ("PreBackupScriptDetails", "PostBackupScriptDetails")
+    }
+    event = cloud.start_event(detail)
+    run_id = run_id_for(event["id"], AwsEvent.model_validate(event).time)
+    cloud.publish(cancel_event(cloud, run_id))
+    cloud.publish(event, delay=1)
+    behaviour.crash_after["BatchWriteItem"] = 1
+    # The resumed start's look-up of its targets (the first EC2 call the reconciler makes).
+    behaviour.crash_at_call[("reconcile_runs", "DescribeInstances")] = 1
+    cloud.drain(EVENTS)
+    crashes = [what for _, what in cloud.timeline if what.startswith("crash after")]
+    assert crashes == ["crash after BatchWriteItem", "crash after DescribeInstances"]
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert [o for _, o in fleet_calls(cloud) if o not in ("DescribeInstances",)] == []
+    assert all(instances[i].phase(Phase.BACKUP).status is PhaseStatus.SKIPPED for i in ids)
