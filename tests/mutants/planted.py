@@ -152,4 +152,11 @@ MUTANTS = [
         "a phase reads only its group's cancel flag: a cancel handler that died before "
         "reaching the group lets it go on stopping and backing up",
     ),
+    Mutant(
+        "starting-run-groups-enter-phases",
+        "chalicelib/logic/phases.py",
+        "    if run.status is RunStatus.STARTING:\n",
+        "    if False:\n",
+        "a group of a run still STARTING enters its first phase before a kept cancel is applied",
+    ),
 ]
