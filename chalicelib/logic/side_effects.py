@@ -231,11 +231,13 @@ def _record_command(
     command_id: str,
     instance_ids: list[str],
 ) -> None:
-    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
+    # The command item last: a report that finds it takes every member's record to hold
+    # the command id, so a handler that dies half-way leaves the command to adopt again.
     for instance_id in instance_ids:
         services.store.annotate_phase(
             group.run_id, group.group_id, instance_id, phase, sent=True, command_id=command_id
         )
+    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
     observability.logger().info(
         "script sent", phase=phase, command_id=command_id, instances=len(instance_ids)
     )

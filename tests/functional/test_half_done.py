@@ -189,6 +189,24 @@ def test_a_command_whose_sender_died_is_recorded_for_every_instance_it_reached(
     _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
 
 
+def test_a_report_that_dies_while_adopting_a_command_leaves_it_to_adopt_again(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The sender dies after SendCommand; the first report adopting the command dies after
+    recording it on two members. The command item is written last, so the other reports
+    adopt it again rather than take it for recorded (found by the property test: the third
+    member finished with no command id on its record)."""
+    cloud = any_store
+    ids = cloud.launch(FLEET, tags={"backup-job": "true"})
+    behaviour.crash_after["SendCommand"] = 1
+    behaviour.crash_at_call[("script_invocation_changed", "UpdateItem")] = 2
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    crashes = [what for _, what in cloud.timeline if what.startswith("crash after")]
+    assert crashes == ["crash after SendCommand", "crash after UpdateItem"]
+    _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
 def test_a_command_whose_sender_died_and_whose_reports_were_lost_is_adopted_on_resuming(
     behaviour: Behaviour, any_store: LocalCloud
 ) -> None:
