@@ -422,6 +422,7 @@ class LocalCloud:
         self._store_kind = store
         # Ids the emulation makes (events, jobs) come from this, so a run repeats exactly.
         self._random = random.Random(seed)
+        self._seed = seed
         self.behaviour = behaviour or Behaviour()
         self.region = region
         self.stage = stage
@@ -459,6 +460,10 @@ class LocalCloud:
 
     def __enter__(self) -> LocalCloud:
         from moto import mock_aws
+        from moto.moto_api._internal import mock_random
+
+        # moto's ids (instances, commands) from the seed too: the same schedule repeats.
+        mock_random.seed(self._seed)
 
         env = FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
         env |= stage_environment(self.stage)
@@ -920,6 +925,8 @@ class LocalCloud:
         """Die right after `operation` succeeded, if `Behaviour.crash_after` says so: after
         an AWS call, or after a write of the in-memory state store (named as its DynamoDB
         call would be), so that the same faults act on both stores."""
+        if _HANDLER.get() is None:
+            return  # the emulation's own reads (the reconciler's tick looks for due items)
         handler_call = (_HANDLER.get() or "", operation)
         nth = self.behaviour.crash_at_call.get(handler_call)
         if nth is not None:
