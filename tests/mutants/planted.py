@@ -159,4 +159,13 @@ MUTANTS = [
         "    if False:\n",
         "a group of a run still STARTING enters its first phase before a kept cancel is applied",
     ),
+    Mutant(
+        "command-item-before-its-members",
+        "chalicelib/logic/side_effects.py",
+        "    for instance_id in instance_ids:\n        services.store.annotate_phase(",
+        "    services.store.put_command(command_id, run_id, group.group_id, phase, 0)\n"
+        "    for instance_id in instance_ids:\n        services.store.annotate_phase(",
+        "a command's item is written before its members record it: a handler dying between "
+        "leaves members that finish with no command id",
+    ),
 ]
