@@ -28,6 +28,13 @@ def group_completed(services: Services, completed: PhaseCompleted) -> None:
 
 def close_group(services: Services, run_id: str, group_id: str) -> None:
     """A group went through its last phase (reported by its event or the reconciler)."""
+    before = services.store.get_run(run_id)
+    if before is not None and before.status is RunStatus.RUNNING and before.groups_pending <= 1:
+        # The last group: should this handler die once the group is counted out (the group
+        # is then no longer due), the reconciler finds the run due soon, not at the end
+        # of its budget hours later.
+        grace = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+        services.store.rearm_run(run_id, grace)
     services.store.finish_group(run_id, group_id)  # once; a repeat changes nothing
     run = services.store.get_run(run_id)
     # Checked even after a repeat: the handler that counted the group out may have died.

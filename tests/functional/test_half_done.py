@@ -8,9 +8,12 @@ or the start handler right after it activated the run and before it announced it
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from chalicelib.clock import parse_iso
 from chalicelib.logic.decisions import run_id_for
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.models.events import AwsEvent
@@ -264,3 +267,33 @@ def test_groups_of_a_start_that_died_twice_are_not_written_again_once_acted_on(
     crashes = [what for _, what in cloud.timeline if what.startswith("crash after")]
     assert crashes == ["crash after BatchWriteItem", "crash after DescribeInstances"]
     _assert_each_script_sent_once_and_recorded(cloud, run_id, ids)
+
+
+def test_a_reconciler_that_dies_finalizing_the_last_group_leaves_the_run_due_soon(
+    behaviour: Behaviour, any_store: LocalCloud
+) -> None:
+    """The last group's Phase Completed (DONE) is lost, so the reconciler closes the group;
+    it dies after counting the group out (releasing the first lease). The group is no
+    longer due: the run header must be, minutes later, not at the end of the run's budget
+    (found by the property test: a run completed hours after its last phase)."""
+    cloud = any_store
+    cloud.launch(FLEET, tags={"backup-job": "true"})
+
+    def lose(event: dict[str, Any]) -> bool:
+        detail = event.get("detail") or {}
+        return event["detail-type"] == "PrePostBackup Phase Completed" and (
+            detail.get("next_phase") == "DONE"
+        )
+
+    behaviour.lose_event = lose
+    behaviour.crash_at_call[("reconcile_runs", "DeleteItem")] = 1
+    run_id = _publish(cloud)
+    cloud.drain(EVENTS)
+    assert _crashed(cloud)
+
+    run, instances = outcome(cloud, run_id)
+    assert run.status is RunStatus.SUCCEEDED
+    last_phase = max(
+        parse_iso(i.phase(Phase.POST_SCRIPT).ended_at or "") for i in instances.values()
+    )
+    assert parse_iso(run.finished_at or "") - last_phase < timedelta(minutes=20)
