@@ -270,7 +270,8 @@ def success_means_success(run: Run, seen: Observed, cloud: LocalCloud) -> list[s
         for phase in (Phase.STOP, Phase.START):
             operation = "StopInstances" if phase is Phase.STOP else "StartInstances"
             refused = (instance_id, operation) in cloud.behaviour.power_errors
-            if refused and seen.calls_naming(f"ec2:{operation}", instance_id):
+            acted = record.phase(phase).started_at is not None  # not another run's call
+            if refused and acted and seen.calls_naming(f"ec2:{operation}", instance_id):
                 failures.append(f"{phase} refused")
         if failures and record.status is InstanceStatus.SUCCEEDED:
             broken.append(f"{instance_id}: SUCCEEDED, but {', '.join(failures)}")
@@ -343,7 +344,9 @@ def nothing_is_lost(run: Run, seen: Observed) -> list[str]:
                 broken.append(f"{instance_id}: {phase} left {result.status}")
             elif not result.ended_at:
                 broken.append(f"{instance_id}: {phase} {result.status} without ended_at")
-        for phase in SCRIPT_PHASES:
+        # An instance terminated mid-phase may keep no command id (the sender died, the
+        # termination ended the phase before any report): its record says terminated.
+        for phase in () if instance.terminated else SCRIPT_PHASES:
             recorded = instance.phase(phase).command_id
             for send in seen.sends_of(run_id, phase, instance_id):
                 if send.command_id != recorded:
