@@ -168,4 +168,11 @@ MUTANTS = [
         "a command's item is written before its members record it: a handler dying between "
         "leaves members that finish with no command id",
     ),
+    Mutant(
+        "last-group-close-not-rearmed",
+        "chalicelib/logic/finalize.py",
+        "before.groups_pending <= 1:",
+        "before.groups_pending < 0:",
+        "a handler dying while finalizing the last group leaves the run until its budget ends",
+    ),
 ]
