@@ -43,7 +43,8 @@ def caught(tree: Path) -> tuple[bool, str]:
     """Run the property test in the copy: (caught, what happened)."""
     env = os.environ | {"PREPOST_SCHEDULES": SCHEDULES, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "-n", os.environ.get("PREPOST_MUTANT_WORKERS", "2"), PROPERTY_TEST]  # fmt: skip
+               "-n", os.environ.get("PREPOST_MUTANT_WORKERS", "2"), "--dist", "worksteal",
+               PROPERTY_TEST]  # fmt: skip
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if result.returncode == 1:  # tests failed: the bug was seen
         return True, "caught"
