@@ -48,6 +48,11 @@ def caught(tree: Path) -> tuple[bool, str]:
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if result.returncode == 1:  # tests failed: the bug was seen
         return True, "caught"
+    # With xdist, `-x` stops the other workers at the first failure, and pytest then exits
+    # 2 (interrupted) although what stopped it was a failed test.
+    interrupted = "Interrupted: stopping after" in result.stdout + result.stderr
+    if result.returncode == 2 and interrupted and "\nFAILED " in "\n" + result.stdout:
+        return True, "caught"
     if result.returncode == 0:
         return False, "MISSED"
     tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
