@@ -199,19 +199,56 @@ class _LiveView:
         self._live.update(Group(self._bar, table))
 
 
+OutputOption = Annotated[
+    str, typer.Option("--output", help="table (for people) or json (one document on stdout).")
+]
+
+
 @app.command()
 def bench(
-    sizes: Annotated[str, typer.Option(help="Fleet sizes, comma-separated.")] = "10,100,1000",
     scenario: ScenarioArgument = "seed-example",
+    sizes: Annotated[str, typer.Option(help="Fleet sizes, comma-separated.")] = "10,100,1000,10000",
+    output: OutputOption = "table",
 ) -> None:
-    """What a run costs per instance, measured locally, beside the polling design's model."""
+    """What a run costs per instance, and its largest handler invocation and hottest item,
+    measured locally, beside the polling design's model."""
     from prepost.local.bench import measure
 
-    fleet_sizes = [int(size) for size in sizes.split(",") if size.strip()]
+    fleet_sizes = _fleet_sizes(sizes)
+    if output not in ("table", "json"):
+        _usage_error(f"--output must be table or json, not {output!r}")
     results = []
     for size in fleet_sizes:
-        console.print(f"running {scenario} on {size} instances ...")
+        if output == "table":
+            console.print(f"running {scenario} on {size} instances ...")
         results.append(measure(size, scenario))
+    if output == "json":
+        document = {"scenario": scenario, "sizes": [r.document() for r in results]}
+        print(json.dumps(document, indent=2))
+        return
+    _bench_table(scenario, results)
+
+
+def _fleet_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            _usage_error(f"--sizes takes whole numbers of instances (1 or more), not {part!r}")
+        sizes.append(int(part))
+    if not sizes:
+        _usage_error("--sizes names no fleet size")
+    return sizes
+
+
+def _usage_error(sentence: str) -> None:
+    print(f"prepost: {sentence}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _bench_table(scenario: str, results: list[Any]) -> None:
     table = Table(title=f"cost of one run of {scenario}, per instance unless stated")
     table.add_column("")
     for result in results:
@@ -226,13 +263,18 @@ def bench(
     row("wall seconds (whole run)", [f"{r.wall_seconds:.1f}" for r in results])
     row("virtual duration", [_duration(r.virtual_seconds) for r in results],
         _duration(results[0].virtual_seconds))  # fmt: skip
-    row("Lambda invocations", [f"{r.invocations_per_instance:.1f}" for r in results],
+    row("Lambda invocations (scheduled ticks included)",
+        [f"{r.invocations_per_instance:.2f}" for r in results],
         f"{seed['lambda_invocations']:.0f}")  # fmt: skip
     row("Step Functions state transitions", ["0" for _ in results],
         f"{seed['state_transitions']:.0f}")  # fmt: skip
+    row("AWS calls (all, state table included)",
+        [f"{r.aws_calls_per_instance:.2f}" for r in results])  # fmt: skip
     row("DynamoDB reads", [f"{r.dynamodb_reads_per_instance:.1f}" for r in results], "0")
     row("DynamoDB writes (items)", [f"{r.dynamodb_writes_per_instance:.1f}" for r in results], "0")
-    row("largest item (bytes, whole table)", [str(r.largest_item_bytes) for r in results], "")
+    row("DynamoDB capacity units (RCU + WCU)",
+        [f"{r.capacity_units_per_instance.get('read', 0):.1f} + "
+         f"{r.capacity_units_per_instance.get('write', 0):.1f}" for r in results])  # fmt: skip
     polling = [
         sum(n for op, n in r.calls_per_instance.items()
             if op.split(":")[1].startswith(("Describe", "Get")) and not op.startswith("dynamodb"))
@@ -240,6 +282,14 @@ def bench(
     ]  # fmt: skip
     row("AWS polling calls (Describe*, Get*)", [f"{n:.2f}" for n in polling],
         f"{seed['describe_calls']:.0f}")  # fmt: skip
+    row("per run:", ["" for _ in results])
+    row("  most AWS calls in one invocation",
+        [f"{r.max_aws_calls_per_invocation} ({r.busiest_handler})" for r in results])  # fmt: skip
+    row("  longest invocation (estimated s)",
+        [f"{r.longest_invocation_seconds:.1f} ({r.longest_handler})" for r in results])  # fmt: skip
+    row("  most writes to one item in a phase",
+        [f"{r.max_writes_per_item_per_phase} ({r.hottest_item})" for r in results])  # fmt: skip
+    row("  largest item (bytes, whole table)", [str(r.largest_item_bytes) for r in results])
     row("AWS API calls by operation:", ["" for _ in results])
     for operation in sorted({op for r in results for op in r.calls_per_instance}):
         row(f"  {operation}", [f"{r.calls_per_instance.get(operation, 0):.2f}" for r in results])
@@ -247,7 +297,8 @@ def bench(
     console.print(
         "The seed column models its design (1 s between script polls, 10 s between instance "
         "and backup polls, each poll a Lambda invocation, a Describe call and 3 state "
-        "transitions) for the same durations; it is not a measurement.",
+        "transitions) for the same durations; it is not a measurement. Durations are "
+        "estimated from assumed call latencies (prepost/local/ledger.py).",
         style="dim",
     )
 

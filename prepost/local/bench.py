@@ -6,6 +6,13 @@ machine that polls in Wait loops (1 s between script polls, 10 s between instanc
 and backup polls), where every poll is a Lambda invocation, a Describe call and Step
 Functions state transitions (Wait, Task, Choice). The sample's template is not in this
 repository, so its numbers are a model of that design, not a measurement.
+
+Beside the per-instance costs, the bench keeps the books of `prepost.local.ledger`: the
+most AWS calls and the longest estimated duration of any one handler invocation, and the
+most writes to any one item of the state table in one phase (what bounded handlers and
+no hot item promise). Lambda invocations count every scheduled invocation AWS would make
+during the run (the reconciler's and the profile scheduler's ticks), even those local
+mode skips because nothing is due.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.patterns import RECONCILE_EVERY_MINUTES, SCHEDULER_EVERY_MINUTES
 from prepost.local.cloud import ACCOUNT, LocalCloud
+from prepost.local.ledger import Ledger
 from prepost.local.scenario import Scenario
 from prepost.report import seconds_between
 
@@ -24,6 +33,10 @@ DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
 DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 SEED_POLL_SECONDS = {"PRE_SCRIPT": 1, "STOP": 10, "BACKUP": 10, "START": 10, "POST_SCRIPT": 1}
 SEED_TRANSITIONS_PER_POLL = 3  # Wait, Task (the Describe in a Lambda), Choice
+SCHEDULED = {
+    "reconcile_runs": RECONCILE_EVERY_MINUTES,
+    "start_scheduled_runs": SCHEDULER_EVERY_MINUTES,
+}
 
 
 @dataclass
@@ -38,6 +51,40 @@ class Measure:
     dynamodb_writes_per_instance: float
     largest_item_bytes: int
     seed_model: dict[str, float]
+    aws_calls_per_instance: float = 0.0
+    capacity_units_per_instance: dict[str, float] = field(default_factory=dict)
+    max_aws_calls_per_invocation: int = 0
+    busiest_handler: str = ""
+    longest_invocation_seconds: float = 0.0
+    longest_handler: str = ""
+    max_writes_per_item_per_phase: int = 0
+    hottest_item: str = ""
+
+    def document(self) -> dict[str, Any]:
+        """The figures as `prepost bench --output json` prints them."""
+        return {
+            "instances": self.instances,
+            "status": self.status,
+            "wall_seconds": round(self.wall_seconds, 1),
+            "virtual_seconds": self.virtual_seconds,
+            "lambda_invocations_per_instance": round(self.invocations_per_instance, 3),
+            "aws_calls_per_instance": round(self.aws_calls_per_instance, 3),
+            "aws_calls_per_instance_by_operation": {
+                k: round(v, 3) for k, v in self.calls_per_instance.items()
+            },
+            "dynamodb_reads_per_instance": round(self.dynamodb_reads_per_instance, 3),
+            "dynamodb_writes_per_instance": round(self.dynamodb_writes_per_instance, 3),
+            "dynamodb_capacity_units_per_instance": {
+                k: round(v, 3) for k, v in self.capacity_units_per_instance.items()
+            },
+            "max_aws_calls_per_invocation": self.max_aws_calls_per_invocation,
+            "max_aws_calls_handler": self.busiest_handler,
+            "longest_invocation_seconds_estimated": round(self.longest_invocation_seconds, 1),
+            "longest_invocation_handler": self.longest_handler,
+            "max_writes_per_item_per_phase": self.max_writes_per_item_per_phase,
+            "hottest_item": self.hottest_item,
+            "largest_item_bytes": self.largest_item_bytes,
+        }
 
 
 def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
@@ -50,7 +97,11 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
 
         with _quiet():
             scenario.prepare(cloud)
+            # The bench measures any size: the stage's limit is what an operator raises.
+            limit = str(max(instances, 1000))
+            cloud.configure_stage(PREPOST_MAX_INSTANCES_PER_RUN=limit)
             cloud.calls.clear()
+            cloud.ledger = ledger = Ledger()
             started = time.perf_counter()
             run_id = cloud.run(scenario.run_input())
             wall = time.perf_counter() - started
@@ -69,18 +120,38 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
             "POST_SCRIPT": cloud.behaviour.script_seconds,
         }
         plan = [str(p) for p in run.plan]
+        virtual = seconds_between(run.created_at, run.finished_at)
+        most_calls, busiest = ledger.max_calls_per_invocation()
+        longest, slowest = ledger.longest_invocation()
+        hottest_writes, hottest = ledger.max_writes_per_item_per_phase()
         return Measure(
             instances=instances,
             wall_seconds=wall,
-            virtual_seconds=seconds_between(run.created_at, run.finished_at),
+            virtual_seconds=virtual,
             status=str(run.status),
-            invocations_per_instance=sum(cloud.invocations.values()) / instances,
+            invocations_per_instance=_invocations(cloud.invocations, virtual) / instances,
             calls_per_instance={k: v / instances for k, v in sorted(calls.items())},
             dynamodb_reads_per_instance=reads / instances,
             dynamodb_writes_per_instance=writes / instances,
             largest_item_bytes=_largest_item(cloud),
             seed_model=seed_model({p: durations[p] for p in plan}),
+            aws_calls_per_instance=sum(calls.values()) / instances,
+            capacity_units_per_instance={k: v / instances for k, v in ledger.capacity.items()},
+            max_aws_calls_per_invocation=most_calls,
+            busiest_handler=busiest,
+            longest_invocation_seconds=longest,
+            longest_handler=slowest,
+            max_writes_per_item_per_phase=hottest_writes,
+            hottest_item=hottest,
         )
+
+
+def _invocations(invoked: Counter[str], virtual_seconds: int) -> int:
+    """Every invocation AWS would make: those of events, and every tick of the scheduled
+    functions during the run (local mode skips a tick when nothing is due)."""
+    from_events = sum(n for handler, n in invoked.items() if handler not in SCHEDULED)
+    ticks = sum(math.ceil(virtual_seconds / (60 * every)) for every in SCHEDULED.values())
+    return from_events + ticks
 
 
 def seed_model(durations: dict[str, float]) -> dict[str, float]:

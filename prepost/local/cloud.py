@@ -46,6 +46,7 @@ from chalicelib.store import Store
 from prepost.local import ROOT, STAGE
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
+from prepost.local.ledger import READS, WRITES, Ledger, written_keys
 from prepost.local.memory_store import InMemoryStateStore
 from prepost.local.moto_speedups import fast_transactions
 from prepost.local.patterns import matches
@@ -172,6 +173,8 @@ class Invocation:
 
 # The handler the current thread is running, if any (set around each invocation).
 _HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("handler", default=None)
+# The serial number of the invocation the current thread is running (for the ledger).
+_INVOCATION: contextvars.ContextVar[int | None] = contextvars.ContextVar("invocation", default=None)
 
 
 class SimulatedCrash(BaseException):
@@ -455,6 +458,9 @@ class LocalCloud:
         self._instances: dict[str, Any] = {}
         # command id -> the command as SendCommand made it (ListCommands answers from it)
         self.commands: dict[str, dict[str, Any]] = {}
+        # The bench's books (`prepost.local.ledger`), when it keeps them.
+        self.ledger: Ledger | None = None
+        self._invocation_serial = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -837,6 +843,7 @@ class LocalCloud:
         and then two, as Lambda does, and then kept as a dead letter."""
         self.invocations[handler] += 1
         running = _HANDLER.set(handler)
+        serial = _INVOCATION.set(next(self._invocation_serial))
         try:
             self._chalice.lambda_.invoke(handler, event)
         except (Exception, SimulatedCrash) as exc:
@@ -847,6 +854,7 @@ class LocalCloud:
                 self.dead_letters.append((handler, event, exc))
         finally:
             _HANDLER.reset(running)
+            _INVOCATION.reset(serial)
 
     def _retry(self, handler: str, event: dict[str, Any], attempt: int) -> None:
         self.invoke(handler, event, attempt)
@@ -884,6 +892,8 @@ class LocalCloud:
         }
         if http_response.status_code >= 300:
             self._record_refusal(parsed, model, context)
+        elif self.ledger is not None and model.service_model.service_name == "dynamodb":
+            self._book_dynamodb(model.name, context.get("local_params", {}), parsed)
         react = reactions.get(model.name)
         if react is not None:
             react(http_response=http_response, parsed=parsed, context=context)
@@ -896,6 +906,31 @@ class LocalCloud:
         code = str(parsed.get("Error", {}).get("Code", "")) if isinstance(parsed, dict) else ""
         self.refused.append((model.service_model.service_name, model.name, record, code))
         self._refused_ids.add(id(record))
+
+    def _book_dynamodb(self, operation: str, params: dict[str, Any], parsed: Any) -> None:
+        """Tell the ledger of a state-table call: a read's items, a write's item sizes."""
+        assert self.ledger is not None
+        if operation in READS:
+            self.ledger.dynamodb_read(operation, parsed)
+        elif operation in WRITES:
+            from moto.dynamodb.models import dynamodb_backends
+            from moto.dynamodb.models.dynamo_type import DynamoType
+
+            table = dynamodb_backends[ACCOUNT][self.region].get_table(self.table_name)
+            sizes = []
+            for pk, sk in written_keys(operation, params):
+                item = table.get_item(DynamoType({"S": pk}), DynamoType({"S": sk})) if pk else None
+                sizes.append(item.size() if item is not None else 1)
+            self.ledger.dynamodb_write(operation, params, sizes)
+
+    def _book_phase(self, event: dict[str, Any]) -> None:
+        """Tell the ledger that a group entered a phase (or finished: DONE)."""
+        assert self.ledger is not None
+        detail, kind = event["detail"], event["detail-type"]
+        if kind == "PrePostBackup Phase Requested":
+            self.ledger.phase_entered(detail["run_id"], detail["group_id"], detail["phase"])
+        elif kind == "PrePostBackup Phase Completed" and detail.get("next_phase") == "DONE":
+            self.ledger.phase_entered(detail["run_id"], detail["group_id"], "DONE")
 
     def succeeded(self, service: str, operation: str) -> list[dict[str, Any]]:
         """The params of the calls of `service:operation` that AWS did not refuse."""
@@ -912,6 +947,8 @@ class LocalCloud:
         context["local_record"] = record
         self.calls.append((service, model.name, record))
         handler = _HANDLER.get()
+        if self.ledger is not None:
+            self.ledger.call(_INVOCATION.get(), handler, service, model.name)
         if handler is not None:  # for the policy coverage test: who made which call
             self.handler_calls.append((handler, service, model.name, dict(params)))
         if service != "dynamodb":
@@ -1217,6 +1254,8 @@ class LocalCloud:
                 "detail": json.loads(entry["Detail"]),
             }
             self.emitted.append(event)
+            if self.ledger is not None:
+                self._book_phase(event)
             # EventBusName may be a name or an ARN (…:event-bus/NAME); absent: default.
             bus = entry.get("EventBusName", DEFAULT_BUS).rsplit("event-bus/", 1)[-1]
             self.publish(event, bus=bus)

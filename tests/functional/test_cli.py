@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from prepost.cli import app
@@ -95,6 +96,41 @@ def test_bench_prints_its_table() -> None:
                 "largest item", "AWS polling calls", "backup:StartBackupJob",
                 "seed's polling design (model)"):  # fmt: skip
         assert row in result.output, row
+
+
+def test_bench_json_holds_the_figures_of_each_size() -> None:
+    result = runner.invoke(app, ["bench", "seed-example", "--sizes", "3,6", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert [size["instances"] for size in document["sizes"]] == [3, 6]
+    for size in document["sizes"]:
+        assert size["status"] == "SUCCEEDED"
+        # A run of a few instances: every scheduled tick of its two hours is counted.
+        assert size["lambda_invocations_per_instance"] > 5
+        assert size["aws_calls_per_instance"] >= size["dynamodb_writes_per_instance"]
+        assert 0 < size["max_aws_calls_per_invocation"] < 200
+        assert size["max_aws_calls_handler"]
+        assert 1 <= size["max_writes_per_item_per_phase"] < 100
+        assert size["dynamodb_capacity_units_per_instance"]["write"] > 0
+
+
+def test_bench_grows_its_busiest_invocation_with_one_group() -> None:
+    small, large = (
+        json.loads(runner.invoke(app, ["bench", "--sizes", n, "--output", "json"]).stdout)
+        for n in ("2", "8")
+    )
+    assert (
+        large["sizes"][0]["max_aws_calls_per_invocation"]
+        > small["sizes"][0]["max_aws_calls_per_invocation"]
+    )
+
+
+@pytest.mark.parametrize("sizes", ["abc", "0", "-3", ",", "10,x"])
+def test_bench_refuses_bad_sizes_in_one_sentence(sizes: str) -> None:
+    result = runner.invoke(app, ["bench", "--sizes", sizes])
+    assert result.exit_code == 2
+    assert "--sizes" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_simulate_json_counts_the_calls_the_run_made() -> None:
