@@ -48,6 +48,10 @@ class Settings(BaseModel):
     notify_on: NotifyOn = NotifyOn.FAILURES
     # A scheduled slot missed by at most this much is still run, once (a profile may say).
     schedule_catch_up_minutes: int = Field(default=60, ge=0)
+    # A coordination group larger than this runs as parts of at most this many instances
+    # (`decisions.parts_of`): what one handler invocation works on. 100 keeps every
+    # invocation under a few hundred AWS calls; tests set it low to exercise the barrier.
+    group_part_size: int = Field(default=100, ge=1, le=100)
 
 
 @cache
@@ -78,6 +82,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         notify_topic_arn=env.get("PREPOST_NOTIFY_TOPIC_ARN", "").strip(),
         notify_on=(env.get("PREPOST_NOTIFY_ON") or NotifyOn.FAILURES).strip().lower(),
         schedule_catch_up_minutes=int(env.get("PREPOST_SCHEDULE_CATCH_UP_MINUTES", "60")),
+        group_part_size=int(env.get("PREPOST_GROUP_PART_SIZE") or 100),
     )
 
 

@@ -18,6 +18,7 @@ from chalicelib.models import state_machine as sm
 from chalicelib.models.events import CancelRequest
 from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
+    BarrierRecord,
     GroupRecord,
     InstanceRecord,
     InstanceStatus,
@@ -67,8 +68,19 @@ class Store(Protocol):
 
     # groups and instances
     def put_groups_and_instances(
-        self, groups: list[GroupRecord], instances: list[InstanceRecord], now_epoch: int
+        self,
+        groups: list[GroupRecord],
+        instances: list[InstanceRecord],
+        now_epoch: int,
+        barriers: list[BarrierRecord] | None = None,
     ) -> None: ...
+    def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None: ...
+    def arrive_at_barrier(
+        self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
+    ) -> bool: ...
+    def release_group(
+        self, run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int
+    ) -> bool: ...
     def get_group(self, run_id: str, group_id: str) -> GroupRecord | None: ...
     def list_groups(self, run_id: str) -> list[GroupRecord]: ...
     def get_instance(
@@ -146,6 +158,7 @@ class Store(Protocol):
 
     # leases
     def acquire_lease(self, lease: Lease, now_epoch: int) -> Lease | None: ...
+    def acquire_leases(self, leases: list[Lease], now_epoch: int) -> list[Lease]: ...
     def get_lease(self, instance_id: str) -> Lease | None: ...
     def release_lease(self, instance_id: str, run_id: str) -> None: ...
 
@@ -291,17 +304,44 @@ class TableStore(abc.ABC):
     # -- groups and instances ------------------------------------------------------------
 
     def put_groups_and_instances(
-        self, groups: list[GroupRecord], instances: list[InstanceRecord], now_epoch: int
+        self,
+        groups: list[GroupRecord],
+        instances: list[InstanceRecord],
+        now_epoch: int,
+        barriers: list[BarrierRecord] | None = None,
     ) -> None:
-        """Write a run's groups and instances, in batches (not one transaction: a crash may
-        leave the first batches written; writing them again is harmless)."""
-        puts = sm.groups_and_instances(groups, instances, self.expiry(now_epoch))
+        """Write a run's groups (with the barriers of their parts) and instances, in
+        batches (not one transaction: a crash may leave the first batches written; writing
+        them again is harmless)."""
+        puts = sm.groups_and_instances(groups, instances, self.expiry(now_epoch), barriers)
         for start in range(0, len(puts), sm.BATCH_SIZE):
             self._put_batch(puts[start : start + sm.BATCH_SIZE])
 
     def get_group(self, run_id: str, group_id: str) -> GroupRecord | None:
         item = self._get(sm.group_key(run_id, group_id))
         return sm.group_from_item(item) if item else None
+
+    def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None:
+        item = self._get(sm.barrier_key(run_id, barrier))
+        return sm.barrier_from_item(item) if item else None
+
+    def arrive_at_barrier(
+        self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
+    ) -> bool:
+        """A part closes its phase and waits at its barrier for `to_phase`; False if it
+        was not OPEN with nobody pending (another handler closed it)."""
+        assert group.barrier is not None
+        write = sm.arrive_at_barrier(
+            group.run_id, group.group_id, group.barrier, Phase(group.phase), to_phase,
+            aborted, due_at, group.counts,
+        )  # fmt: skip
+        return self._applied(write)
+
+    def release_group(
+        self, run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int
+    ) -> bool:
+        """A part waiting at its barrier enters `phase`; False if it was not waiting."""
+        return self._applied(sm.release_group(run_id, group_id, phase, aborted, due_at))
 
     def list_groups(self, run_id: str) -> list[GroupRecord]:
         return [sm.group_from_item(item) for item in self._query(f"RUN#{run_id}", "GROUP#")]
@@ -425,6 +465,25 @@ class TableStore(abc.ABC):
         """Take the lease on an instance; None if taken, else the current holder."""
         taken = self._applied(sm.acquire_lease(lease, now_epoch))
         return None if taken else self.get_lease(lease.instance_id)
+
+    def acquire_leases(self, leases: list[Lease], now_epoch: int) -> list[Lease]:
+        """Take every lease of `leases` that can be taken, a transaction of up to
+        `TRANSACTION_SIZE` per call; the leases taken. A transaction refused because one
+        of its leases is held is halved, and its halves tried again, until the held ones
+        are alone: a few calls more per held instance, not one per instance."""
+        taken: list[Lease] = []
+        size = sm.TRANSACTION_SIZE
+        batches = [leases[n : n + size] for n in range(0, len(leases), size)]
+        while batches:
+            batch = batches.pop()
+            writes = tuple(sm.acquire_lease(lease, now_epoch) for lease in batch)
+            write = writes[0] if len(writes) == 1 else sm.Transaction(writes)
+            if self._applied(write):
+                taken += batch
+            elif len(batch) > 1:
+                middle = len(batch) // 2
+                batches += [batch[:middle], batch[middle:]]
+        return taken
 
     def get_lease(self, instance_id: str) -> Lease | None:
         item = self._get(sm.lease_key(instance_id))

@@ -19,11 +19,11 @@ from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.backup import TERMINAL_JOB_STATES
-from chalicelib.logic import side_effects
+from chalicelib.logic import decisions, side_effects
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.results import record_backup_state
 from chalicelib.logic.transitions import finish
-from chalicelib.models.events import CancelRequest
+from chalicelib.models.events import CancelRequest, DetailType
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -40,6 +40,9 @@ def cancel_run(services: Services, request: CancelRequest) -> None:
     """Cancel the run now if it is RUNNING, else keep the cancel until it is."""
     log = observability.logger()
     observability.bind_run(request.run_id)
+    if request.group_id is not None:
+        cancel_one_group(services, request.run_id, request.group_id)
+        return
     run = services.store.get_run(request.run_id)
     if _not_running_yet(run):
         run = _keep(services, request)
@@ -81,18 +84,57 @@ def apply_cancel(services: Services, request: CancelRequest) -> None:
 
 def cancel_groups(services: Services, run_id: str) -> None:
     """Cancel every group of a cancelled run (again: each step is idempotent). Every group
-    is marked before any phase is ended: ending one puts events, which may fail."""
-    groups = services.store.list_groups(run_id)
+    is marked before any phase is ended: ending one puts events, which may fail. Groups
+    in a forward phase are ended here up to one part's worth of members (the setting
+    `group_part_size`: what one invocation works on); the others
+    each get a cancel event of their own (one invocation per group, whatever the fleet),
+    and are due soon, for the reconciler to end them should the event be lost."""
+    store = services.store
+    groups = store.list_groups(run_id)
     for group in groups:
         if not group.cancelled:
-            services.store.cancel_group(run_id, group.group_id)
-    for group in groups:
+            store.cancel_group(run_id, group.group_id)
+    acting = [group for group in groups if _in_forward_phase(group)]
+    inline: list[GroupRecord] = []
+    members = 0
+    for group in acting:
+        if members + group.size > services.settings.group_part_size and inline:
+            break
+        inline.append(group)
+        members += group.size
+    fanned = acting[len(inline) :]
+    soon = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    for group in fanned:
+        store.rearm(run_id, group.group_id, group.phase, soon)
+    if fanned:
+        services.events.emit(
+            [
+                (DetailType.CANCEL_REQUESTED, {"run_id": run_id, "group_id": group.group_id})
+                for group in fanned
+            ]
+        )
+    for group in inline:
         _cancel_group(services, group)
+
+
+def cancel_one_group(services: Services, run_id: str, group_id: str) -> None:
+    """End the forward phase of one group of a cancelled run (its fanned-out event, or the
+    reconciler)."""
+    run = services.store.get_run(run_id)
+    group = services.store.get_group(run_id, group_id)
+    if run is None or group is None or not run.cancelled or run.status is not RunStatus.RUNNING:
+        observability.logger().info("group cancel ignored: its run is not cancelled")
+        return
+    _cancel_group(services, group)
+
+
+def _in_forward_phase(group: GroupRecord) -> bool:
+    return group.phase_state is GroupPhaseState.OPEN and PHASES[Phase(group.phase)].forward
 
 
 def _cancel_group(services: Services, group: GroupRecord) -> None:
     store, run_id = services.store, group.run_id
-    if group.phase_state is not GroupPhaseState.OPEN or not PHASES[Phase(group.phase)].forward:
+    if not _in_forward_phase(group):
         return  # a requested forward phase will skip its work; backward ones go on
     phase = Phase(group.phase)
     stop_backup_jobs(services, run_id, group.group_id, phase)

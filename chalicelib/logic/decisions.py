@@ -69,6 +69,16 @@ def next_phase(phases: list[Phase], current: Phase) -> Phase | None:
     return phases[position + 1] if position + 1 < len(phases) else None
 
 
+# How often the reconciler looks at a part waiting at its group's barrier: only a safety
+# net, as the last part to arrive releases the others (and stays due until it has).
+WAITING_LOOK_SECONDS = 2 * 3600
+
+
+def previous_phase(phases: list[Phase], current: Phase) -> Phase | None:
+    position = phases.index(current)
+    return phases[position - 1] if position > 0 else None
+
+
 def group_of(target: TargetInstance, group_by: str) -> tuple[str, str]:
     """The coordination group of an instance: (group id, human label).
 
@@ -83,6 +93,32 @@ def group_of(target: TargetInstance, group_by: str) -> tuple[str, str]:
     value = target.tags.get(tag_key)
     label = f"{tag_key}={value}" if value is not None else f"{tag_key} (untagged)"
     return "t" + hashlib.sha256(label.encode()).hexdigest()[:12], label
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a coordination group: the unit that a phase handler, the reconciler
+    and finalization each work on in one invocation, so that none grows with the fleet."""
+
+    group_id: str  # the part's own id (the group's, when the group is one part)
+    label: str
+    instance_ids: tuple[str, ...]
+    barrier: str | None  # the group's id when it has several parts, which move together
+
+
+def parts_of(group_id: str, label: str, instance_ids: list[str], part_size: int) -> list[Part]:
+    """Split a coordination group into parts of at most `part_size` members, by instance
+    id. A group that fits is one part with its own id and no barrier (as before parts
+    existed); a larger one has parts `<group id>.<n>` that meet at a barrier named after
+    the group between phases, so that the group's phases stay barriers."""
+    ordered = sorted(instance_ids)
+    if len(ordered) <= part_size:
+        return [Part(group_id, label, tuple(ordered), None)]
+    slices = [ordered[n : n + part_size] for n in range(0, len(ordered), part_size)]
+    return [
+        Part(f"{group_id}.{n}", f"{label} (part {n + 1} of {len(slices)})", tuple(ids), group_id)
+        for n, ids in enumerate(slices)
+    ]
 
 
 @dataclass(frozen=True)

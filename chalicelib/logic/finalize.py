@@ -27,8 +27,15 @@ def group_completed(services: Services, completed: PhaseCompleted) -> None:
 
 
 def close_group(services: Services, run_id: str, group_id: str) -> None:
-    """A group went through its last phase (reported by its event or the reconciler)."""
+    """A group went through its last phase (reported by its event or the reconciler):
+    its members get their final status and give their leases back, then the group is
+    counted out of its run (so that no invocation works on more than one group's
+    members, and a handler that dies before the count is repeated whole)."""
     before = services.store.get_run(run_id)
+    group = services.store.get_group(run_id, group_id)
+    running = before is not None and before.status is RunStatus.RUNNING
+    if before is not None and running and group is not None and not group.finalized:
+        conclude_members(services, before, services.store.list_instances(run_id, group_id))
     if before is not None and before.status is RunStatus.RUNNING and before.groups_pending <= 1:
         # The last group: should this handler die once the group is counted out (the group
         # is then no longer due), the reconciler finds the run due soon, not at the end
@@ -42,28 +49,33 @@ def close_group(services: Services, run_id: str, group_id: str) -> None:
         finalize_run(services, run)
 
 
-def finalize_run(services: Services, run: RunRecord) -> None:
-    """Write each instance's final status and the run's, release leases, announce it."""
-    store = services.store
-    instances = store.list_instances(run.run_id)
-    outcomes = []
-    for instance in instances:
+def conclude_members(services: Services, run: RunRecord, members: list[InstanceRecord]) -> None:
+    """Write each member's final status (where it changed) and give its lease back (or
+    keep it for a backup job that may still run). Idempotent: a repeat writes nothing
+    new and releases nothing twice."""
+    for instance in members:
         outcome, why = decisions.instance_outcome(instance, run.plan)
         if (outcome, why) != (instance.status, instance.reason):
-            store.set_instance_outcome(
+            services.store.set_instance_outcome(
                 run.run_id, instance.group_id, instance.instance_id, outcome, why
             )
-        outcomes.append((instance, outcome))
-        if outcome is InstanceStatus.STUCK_STOPPED:
-            # This run stopped it and could not start it again: someone must act.
-            observability.logger().error(
-                "instance left stopped", instance_id=instance.instance_id, reason=why
-            )
-            observability.count("InstancesStuckStopped")
+            if outcome is InstanceStatus.STUCK_STOPPED:
+                # This run stopped it and could not start it again: someone must act.
+                observability.logger().error(
+                    "instance left stopped", instance_id=instance.instance_id, reason=why
+                )
+                observability.count("InstancesStuckStopped")
+        release_or_keep_lease(services, instance)
+
+
+def finalize_run(services: Services, run: RunRecord) -> None:
+    """The run's final status, from its instances' (each group concluded its members),
+    then announce it."""
+    store = services.store
+    instances = store.list_instances(run.run_id)
+    outcomes = [(i, decisions.instance_outcome(i, run.plan)[0]) for i in instances]
     status, reason, counts = decisions.run_outcome(outcomes, cancelled=run.cancelled)
     finished_at = iso(services.clock.now())
-    for instance in instances:  # before the run is complete, so a crash cannot keep them
-        release_or_keep_lease(services, instance)
     if not store.complete_run(
         run.run_id, status, counts, reason, finished_at, announce_by(services)
     ):

@@ -11,10 +11,19 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import EventPublishError, GatewayError
-from chalicelib.logic import decisions, finalize, phases, results, start_run, transient
+from chalicelib.logic import (
+    cancel,
+    decisions,
+    finalize,
+    phases,
+    results,
+    start_run,
+    transient,
+)
 from chalicelib.logic.phase_table import PHASES
-from chalicelib.logic.transitions import close_phase, finish
+from chalicelib.logic.transitions import close_phase, finish, release_parts
 from chalicelib.models.events import PhaseRequest
+from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
     GroupRecord,
@@ -106,11 +115,20 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         finalize.close_group(services, run_id, group_id)
         return
     phase = Phase(group.phase)
+    if group.phase_state is GroupPhaseState.WAITING:
+        _release_waiting(services, group, phase)
+        return
     if group.phase_state is GroupPhaseState.REQUESTED:
         # Its Phase Requested event was lost, or its handler kept failing.
         store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
         phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
         return
+    if group.cancelled and PHASES[phase].forward:
+        # Its cancel event was lost (or its handler kept failing): end its forward phase.
+        cancel.cancel_one_group(services, run_id, group_id)
+        group = store.get_group(run_id, group_id) or group
+        if group.phase != phase or group.phase_state is not GroupPhaseState.OPEN:
+            return
     _ask_state_of_refused(services, group, phase)  # a stop or start refused for its state
     unsent = _unsent(store.list_instances(run_id, group_id), phase)
     phases.resume_phase(services, group)  # members whose side effect was never made
@@ -136,6 +154,18 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         store.rearm(run_id, group_id, group.phase, min(deadline, now + _next_look(members, phase)))
     elif just_sent:
         store.rearm(run_id, group_id, group.phase, now + PHASES[phase].poll_seconds)
+
+
+def _release_waiting(services: Services, group: GroupRecord, phase: Phase) -> None:
+    """A part waits at its group's barrier: release the parts if all have arrived (the
+    last one's handler died, or its events were refused), else look again later."""
+    run = services.store.get_run(group.run_id)
+    if run is None or group.barrier is None:
+        raise LookupError(f"part {group.group_id} waits without a run or a barrier")
+    run_input = RunInput.model_validate_json(run.input_json)
+    if not release_parts(services, run, run_input, group.barrier, phase, group.group_id):
+        wait = services.now_epoch() + decisions.WAITING_LOOK_SECONDS
+        services.store.rearm(group.run_id, group.group_id, phase, wait)
 
 
 def _unsent(members: list[InstanceRecord], phase: Phase) -> set[str]:

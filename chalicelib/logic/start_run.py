@@ -19,6 +19,7 @@ from chalicelib.models.events import AwsEvent, DetailType
 from chalicelib.models.profile import Profile, ProfileRequest, catch_up
 from chalicelib.models.run_input import RunInput, validation_messages
 from chalicelib.models.state import (
+    BarrierRecord,
     GroupPhaseState,
     GroupRecord,
     InstanceRecord,
@@ -232,6 +233,56 @@ def _announce_start(
     services.store.mark_start_announced(run.run_id, iso(services.clock.now()), due_at)
 
 
+def _skipped(
+    run_id: str, instance_id: str, target: TargetInstance | None, skip: decisions.SkipAtStart
+) -> InstanceRecord:
+    return InstanceRecord(
+        run_id=run_id,
+        group_id=UNGROUPED,
+        instance_id=instance_id,
+        original_state=target.state if target else "unknown",
+        status=InstanceStatus.SKIPPED,
+        reason=skip.reason,
+        skip_is_error=skip.is_error,
+    )
+
+
+def _parts(
+    candidates: dict[str, TargetInstance], group_by: str, part_size: int
+) -> dict[str, decisions.Part]:
+    """The part of its coordination group each candidate belongs to."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for instance_id, target in candidates.items():
+        groups.setdefault(decisions.group_of(target, group_by), []).append(instance_id)
+    return {
+        instance_id: part
+        for (group_id, label), ids in groups.items()
+        for part in decisions.parts_of(group_id, label, ids, part_size)
+        for instance_id in part.instance_ids
+    }
+
+
+def _barriers(
+    run_id: str,
+    parts: list[decisions.Part],
+    part_of: dict[str, decisions.Part],
+    candidates: dict[str, TargetInstance],
+    group_by: str,
+) -> list[BarrierRecord]:
+    """The barrier of each group that has several parts, counting its parts that have
+    members (a part whose every instance is held by another run has none)."""
+    count = Counter(part.barrier for part in parts if part.barrier is not None)
+    labels = {
+        part.barrier: decisions.group_of(candidates[part.instance_ids[0]], group_by)[1]
+        for part in part_of.values()
+        if part.barrier is not None
+    }
+    return [
+        BarrierRecord(run_id=run_id, barrier=barrier, label=labels[barrier], parts=n)
+        for barrier, n in count.items()
+    ]
+
+
 def _reject(
     services: Services,
     run_id: str,
@@ -305,63 +356,70 @@ def _begin(
         now_epoch + decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds
     )
     phases = decisions.plan(run_input)
-    members: list[InstanceRecord] = []
     skipped: list[InstanceRecord] = []
+    candidates: dict[str, TargetInstance] = {}
     for instance_id in requested:
         target = found.get(instance_id)
         skip = decisions.skip_at_start(target)
         if skip is None and target is not None:
-            group_id, label = decisions.group_of(target, run_input.group_by)
-            lease = Lease(
-                instance_id=instance_id, run_id=run_id, group_id=group_id, expires_at=lease_until
-            )
-            holder = results.acquire_lease(services, lease, now_epoch)
-            if holder is None:
-                members.append(
-                    InstanceRecord(
-                        run_id=run_id,
-                        group_id=group_id,
-                        group_label=label,
-                        instance_id=instance_id,
-                        arn=services.ec2.instance_arn(target.owner_id, instance_id),
-                        original_state=target.state,
-                        phases={phase: PhaseResult() for phase in phases},
-                    )
-                )
-                continue
-            skip = decisions.SkipAtStart(results.held_by(holder), True)
+            candidates[instance_id] = target
+            continue
         assert skip is not None  # skip_at_start gives a reason whenever target is None
-        skipped.append(
+        skipped.append(_skipped(run_id, instance_id, target, skip))
+    part_of = _parts(candidates, run_input.group_by, services.settings.group_part_size)
+    leases = [
+        Lease(instance_id=i, run_id=run_id, group_id=part_of[i].group_id, expires_at=lease_until)
+        for i in candidates
+    ]
+    # In batches (one call per hundred instances); a lease held by another run is asked
+    # about alone (`results.acquire_lease`: it may be kept for a job that is over).
+    taken = {lease.instance_id for lease in store.acquire_leases(leases, now_epoch)}
+    members: list[InstanceRecord] = []
+    for lease in leases:
+        target, part = candidates[lease.instance_id], part_of[lease.instance_id]
+        holder = None
+        if lease.instance_id not in taken:
+            holder = results.acquire_lease(services, lease, now_epoch)
+        if holder is not None:
+            skip = decisions.SkipAtStart(results.held_by(holder), True)
+            skipped.append(_skipped(run_id, lease.instance_id, target, skip))
+            continue
+        members.append(
             InstanceRecord(
                 run_id=run_id,
-                group_id=UNGROUPED,
-                instance_id=instance_id,
-                original_state=target.state if target else "unknown",
-                status=InstanceStatus.SKIPPED,
-                reason=skip.reason,
-                skip_is_error=skip.is_error,
+                group_id=part.group_id,
+                group_label=part.label,
+                instance_id=lease.instance_id,
+                arn=services.ec2.instance_arn(target.owner_id, lease.instance_id),
+                original_state=target.state,
+                phases={phase: PhaseResult() for phase in phases},
             )
         )
-        log.warning("instance skipped", instance_id=instance_id, reason=skip.reason)
+    for record in skipped:
+        log.warning("instance skipped", instance_id=record.instance_id, reason=record.reason)
 
-    sizes = Counter(member.group_id for member in members)
-    labels = {member.group_id: member.group_label or member.group_id for member in members}
     # The reconciler looks at the groups after the run header (due by START_CLAIM_SECONDS
     # once activated): a start that died is announced, and a kept cancel applied, before
     # a group's first phase is requested again.
     first_look = now_epoch + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
+    sizes = Counter(member.group_id for member in members)
+    parts = {part.group_id: part for part in part_of.values() if sizes[part.group_id]}
     group_records = [
         GroupRecord(
             run_id=run_id,
-            group_id=group_id,
-            label=labels[group_id],
-            size=size,
+            group_id=part.group_id,
+            label=part.label,
+            size=sizes[part.group_id],
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
             due_at=first_look,
+            barrier=part.barrier,
         )
-        for group_id, size in sizes.items()
+        for part in parts.values()
     ]
+    # Nothing arrives at a barrier while the run is STARTING (no phase opens before the
+    # run is RUNNING): writing barriers again when resuming loses nothing.
+    barriers = _barriers(run_id, list(parts.values()), part_of, candidates, run_input.group_by)
     if resuming:
         # The reconciler may have opened a group's first phase meanwhile (its groups can
         # come due before the run header): writing it back to REQUESTED, its members back
@@ -373,10 +431,11 @@ def _begin(
             [group for group in group_records if group.group_id not in written],
             [i for i in members + skipped if (i.group_id, i.instance_id) not in kept],
             now_epoch,
+            barriers,
         )
         group_records = [written.get(group.group_id, group) for group in group_records]
     else:
-        store.put_groups_and_instances(group_records, members + skipped, now_epoch)
+        store.put_groups_and_instances(group_records, members + skipped, now_epoch, barriers)
     run = run.model_copy(
         update={
             "status": RunStatus.RUNNING,

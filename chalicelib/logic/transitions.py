@@ -86,10 +86,36 @@ def close_phase(services: Services, group: GroupRecord) -> None:
         and decisions.aborts_group(run_input, group.count(phase, PhaseStatus.FAILED))
     )
     due_at = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    if group.barrier is not None and following is not None:
+        # A part of a large group: it waits for the other parts, and the last one to
+        # arrive moves them all on (should it die first, the reconciler does).
+        if not services.store.arrive_at_barrier(group, following, aborted, due_at):
+            return
+        _say_completed(services, group, phase, following, [])
+        if not release_parts(services, run, run_input, group.barrier, following, group.group_id):
+            # Not the last to arrive: that one releases this part. Due soon until here
+            # (this handler may die), then only as a safety net.
+            wait = services.now_epoch() + decisions.WAITING_LOOK_SECONDS
+            services.store.rearm(group.run_id, group.group_id, following, wait)
+        return
     if not services.store.advance_group(
         group.run_id, group.group_id, phase, following, aborted, due_at
     ):
         return
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    if following:
+        emitted.append((DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, following)))
+    _say_completed(services, group, phase, following, emitted)
+
+
+def _say_completed(
+    services: Services,
+    group: GroupRecord,
+    phase: Phase,
+    following: Phase | None,
+    emitted: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """Put the group's Phase Completed event, before the other events `emitted`."""
     completed = PhaseCompleted(
         run_id=group.run_id,
         group_id=group.group_id,
@@ -100,10 +126,61 @@ def close_phase(services: Services, group: GroupRecord) -> None:
         skipped=group.count(phase, PhaseStatus.SKIPPED),
     )
     observability.logger().info("group phase completed", **completed.model_dump(mode="json"))
-    emitted = [(DetailType.PHASE_COMPLETED, completed.model_dump(mode="json"))]
-    if following:
-        emitted.append((DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, following)))
-    services.events.emit(emitted)
+    services.events.emit(
+        [(DetailType.PHASE_COMPLETED, completed.model_dump(mode="json")), *emitted]
+    )
+
+
+def release_parts(
+    services: Services,
+    run: RunRecord,
+    run_input: RunInput,
+    barrier_id: str,
+    phase: Phase,
+    releasing: str,
+) -> bool:
+    """Once every part of a group finished the phase before `phase`, move the parts that
+    wait at the barrier into `phase` (each once), with the group's abort decision taken
+    on all its members' results; whether the barrier was complete. Called by the last
+    part to arrive, and by the reconciler for a part left waiting; the part `releasing`
+    (the caller's) is released last, so that it stays due, and the reconciler finishes
+    the release, should this handler die half-way."""
+    store = services.store
+    finished = decisions.previous_phase(run.plan, phase)
+    barrier = store.get_barrier(run.run_id, barrier_id)
+    if finished is None or barrier is None or not barrier.complete(finished):
+        return False
+    aborted = finished is Phase.PRE_SCRIPT and decisions.aborts_group(
+        run_input, barrier.count(Phase.PRE_SCRIPT, PhaseStatus.FAILED)
+    )
+    due_at = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    waiting = sorted(
+        (
+            part
+            for part in store.list_groups(run.run_id)
+            if part.barrier == barrier_id
+            and part.phase == phase
+            and part.phase_state is GroupPhaseState.WAITING
+        ),
+        key=lambda part: part.group_id == releasing,
+    )
+    released = [
+        part
+        for part in waiting
+        if store.release_group(run.run_id, part.group_id, phase, part.aborted or aborted, due_at)
+    ]
+    if not released:
+        return True
+    observability.logger().info(
+        "group parts released", barrier=barrier_id, phase=phase, parts=len(released)
+    )
+    services.events.emit(
+        [
+            (DetailType.PHASE_REQUESTED, phase_request(run, part.group_id, phase))
+            for part in released
+        ]
+    )
+    return True
 
 
 def phase_request(run: RunRecord, group_id: str, phase: Phase) -> dict[str, Any]:

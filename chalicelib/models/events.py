@@ -182,6 +182,9 @@ class CancelRequest(_Detail):
 
     run_id: str
     reason: str | None = None
+    # Set only by the app itself, fanning a cancel out to the groups of a large run, one
+    # invocation each; it acts only on a group of a run that is cancelled already.
+    group_id: str | None = None
 
 
 class CancelRequestEvent(AwsEvent):

@@ -57,6 +57,9 @@ class Consistency(StrEnum):
 
 
 class GroupPhaseState(StrEnum):
+    # A part of a large group finished its previous phase and waits at the group's
+    # barrier for the other parts (`BarrierRecord`) before it enters this one.
+    WAITING = "WAITING"
     REQUESTED = "REQUESTED"  # the group entered the phase; its side effects are not sent yet
     OPEN = "OPEN"  # side effects sent; waiting for every member to be terminal
     DONE = "DONE"  # the group went through its last phase
@@ -119,12 +122,33 @@ class GroupRecord(_Record):
     cancelled: bool = False  # no more forward side effects; only the compensation
     finalized: bool = False
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
+    # A part of a larger coordination group (`decisions.parts_of`): its parts go from
+    # phase to phase together, through the barrier of that id; None for a whole group.
+    barrier: str | None = None
     # The reconciler's failures on this item while it was due, and why it was set aside
     # (taken out of the due index) if it was: see `Store.note_due_failure`, `set_aside`.
     reconcile_failures: int = 0
     last_reconcile_error: str | None = None
     last_reconcile_failure_at: int | None = None  # epoch seconds
     set_aside_reason: str | None = None
+
+    def count(self, phase: Phase, status: PhaseStatus) -> int:
+        return self.counts.get(f"{phase}_{status}", 0)
+
+
+class BarrierRecord(_Record):
+    """Where the parts of a large coordination group meet between phases: how many parts
+    there are, how many finished each phase, and their members' results summed."""
+
+    run_id: str
+    barrier: str  # the coordination group's id
+    label: str
+    parts: int
+    arrived: dict[str, int] = Field(default_factory=dict)  # phase -> parts that finished it
+    counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
+
+    def complete(self, phase: Phase) -> bool:
+        return self.arrived.get(phase, 0) >= self.parts
 
     def count(self, phase: Phase, status: PhaseStatus) -> int:
         return self.counts.get(f"{phase}_{status}", 0)

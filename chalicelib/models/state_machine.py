@@ -18,6 +18,7 @@ Item keys:
     RUN#<run_id>      RUN                          the run header
     RUN#<run_id>      GROUP#<group_id>             a group
     RUN#<run_id>      INST#<group_id>#<instance>   an instance of the run
+    RUN#<run_id>      BARRIER#<group_id>           where the parts of a large group meet
     RUN#<run_id>      CANCEL                       a cancel kept until the run is RUNNING
     LEASE#<instance>  LEASE                        which run holds the instance
     CMD#<command_id>  CMD                          SSM command -> run, group, phase
@@ -36,6 +37,7 @@ from pydantic import BaseModel
 from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
     DONE,
+    BarrierRecord,
     GroupPhaseState,
     GroupRecord,
     InstanceRecord,
@@ -76,6 +78,10 @@ def group_key(run_id: str, group_id: str) -> Key:
 
 def instance_key(run_id: str, group_id: str, instance_id: str) -> Key:
     return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: f"INST#{group_id}#{instance_id}"}
+
+
+def barrier_key(run_id: str, barrier: str) -> Key:
+    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: f"BARRIER#{barrier}"}
 
 
 def pending_cancel_key(run_id: str) -> Key:
@@ -224,6 +230,7 @@ class Transaction:
 
 Write = Put | Update | Delete | Transaction
 BATCH_SIZE = 25  # items of one BatchWriteItem call; a batch is not a transaction
+TRANSACTION_SIZE = 100  # items of one TransactWriteItems call (DynamoDB's limit)
 BATCH_OPERATION = "BatchWriteItem"
 
 
@@ -255,6 +262,13 @@ def group_from_item(item: dict[str, Any]) -> GroupRecord:
     """A group as read: its `n_<PHASE>_<STATUS>` counters gathered into `counts`."""
     counts = {k[2:]: int(v) for k, v in item.items() if k.startswith("n_")}
     return GroupRecord.model_validate(item | {"counts": counts})
+
+
+def barrier_from_item(item: dict[str, Any]) -> BarrierRecord:
+    """A barrier as read: its `a_<PHASE>` and `n_<PHASE>_<STATUS>` counters gathered."""
+    counts = {k[2:]: int(v) for k, v in item.items() if k.startswith("n_")}
+    arrived = {k[2:]: int(v) for k, v in item.items() if k.startswith("a_")}
+    return BarrierRecord.model_validate(item | {"counts": counts, "arrived": arrived})
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -421,22 +435,33 @@ def set_aside(run_id: str, group_id: str, reason: str) -> Update:
 
 
 def groups_and_instances(
-    groups: list[GroupRecord], instances: list[InstanceRecord], expires_at: int
+    groups: list[GroupRecord],
+    instances: list[InstanceRecord],
+    expires_at: int,
+    barriers: list[BarrierRecord] | None = None,
 ) -> list[Put]:
-    """The items of a run's groups and instances, written unconditionally (in batches)."""
+    """The items of a run's groups (and the barriers of their parts) and instances,
+    written unconditionally (in batches)."""
     expires = {TTL_ATTRIBUTE: expires_at}
-    return [
-        Put(
-            group_key(g.run_id, g.group_id)
-            | dump(g, exclude={"counts", "finalized"})
-            | expires
-            | _due(g.due_at)
-        )
-        for g in groups
-    ] + [
-        Put(instance_key(i.run_id, i.group_id, i.instance_id) | dump(i) | expires)
-        for i in instances
-    ]
+    return (
+        [
+            Put(barrier_key(b.run_id, b.barrier) | dump(b, exclude={"counts", "arrived"}) | expires)
+            for b in barriers or []
+        ]
+        + [
+            Put(
+                group_key(g.run_id, g.group_id)
+                | dump(g, exclude={"counts", "finalized"})
+                | expires
+                | _due(g.due_at)
+            )
+            for g in groups
+        ]
+        + [
+            Put(instance_key(i.run_id, i.group_id, i.instance_id) | dump(i) | expires)
+            for i in instances
+        ]
+    )
 
 
 def open_phase(
@@ -600,6 +625,60 @@ def advance_group(
         when=all_of(
             eq("phase", from_phase), eq("phase_state", GroupPhaseState.OPEN), le("pending", 0)
         ),
+    )
+
+
+def arrive_at_barrier(
+    run_id: str,
+    group_id: str,
+    barrier: str,
+    from_phase: Phase,
+    to_phase: Phase,
+    aborted: bool,
+    due_at: int,
+    counts: dict[str, int],
+) -> Transaction:
+    """A part of a large group closes `from_phase`: it waits for `to_phase` at its
+    barrier, which counts it in (once: the part must still be OPEN in `from_phase` with
+    nobody pending) with its members' results of the phase."""
+    return Transaction(
+        (
+            Update(
+                group_key(run_id, group_id),
+                set={
+                    "phase": to_phase,
+                    "phase_state": GroupPhaseState.WAITING,
+                    "aborted": aborted,
+                    "pending": 0,
+                    DUE_AT: due_at,
+                },
+                remove=("deadline",),
+                when=all_of(
+                    eq("phase", from_phase),
+                    eq("phase_state", GroupPhaseState.OPEN),
+                    le("pending", 0),
+                ),
+            ),
+            Update(
+                barrier_key(run_id, barrier),
+                add={f"a_{from_phase}": 1}
+                | {
+                    f"n_{name}": n
+                    for name, n in counts.items()
+                    if n and name.startswith(f"{from_phase}_")
+                },
+                when=Exists(PARTITION_KEY),
+            ),
+        )
+    )
+
+
+def release_group(run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int) -> Update:
+    """A part waiting at its barrier enters `phase` (every part finished the one before)."""
+    return Update(
+        group_key(run_id, group_id),
+        set={"phase_state": GroupPhaseState.REQUESTED, "aborted": aborted, DUE_AT: due_at},
+        when=all_of(eq("phase", phase), eq("phase_state", GroupPhaseState.WAITING)),
     )
 
 

@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from moto.dynamodb import responses as dynamodb_responses
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
+
+from chalicelib.models.state_machine import TRANSACTION_SIZE
 
 
 def _key_of(table: Table, operation: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +31,12 @@ def _key_of(table: Table, operation: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def fast_transactions() -> Iterator[None]:
+    """Also: moto 5.2.5 refuses transactions of more than 25 items, DynamoDB's limit
+    until 2022; DynamoDB takes 100 now (TransactWriteItems: "groups up to 100 action
+    requests"), and so does local mode."""
     original = DynamoDBBackend.transact_write_items
+    moto_limit = dynamodb_responses.TRANSACTION_MAX_ITEMS
+    dynamodb_responses.TRANSACTION_MAX_ITEMS = TRANSACTION_SIZE
 
     def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
         snapshot = []
@@ -61,3 +69,4 @@ def fast_transactions() -> Iterator[None]:
         yield
     finally:
         DynamoDBBackend.transact_write_items = original  # type: ignore[method-assign]
+        dynamodb_responses.TRANSACTION_MAX_ITEMS = moto_limit

@@ -70,6 +70,7 @@ class Schedule:
     cloud_seed: int = 0  # the ids local mode hands out
     store: str = "memory"  # "memory" or "dynamodb"
     notes: list[str] = field(default_factory=list)
+    part_size: int = 100  # the stage's PREPOST_GROUP_PART_SIZE: small ones make parts
 
     def fault(self, kind: str) -> Any:
         return next((params for name, params in self.faults if name == kind), None)
@@ -325,6 +326,9 @@ def drawn_kinds() -> list[str]:
     return [name for name in FAULT_KINDS if name not in PENDING_FIXES]
 
 
+PART_SIZES = (100, 100, 2, 3, 5)
+
+
 @st.composite
 def schedules(draw: Any) -> Schedule:
     # Rarely a fleet over 50 (more than one SendCommand per phase), on the memory store.
@@ -349,6 +353,8 @@ def schedules(draw: Any) -> Schedule:
         faults=tuple(faults),
         cloud_seed=draw(st.integers(0, 10**6)),
         store="memory" if large else draw(st.sampled_from(STORES)),
+        # Groups larger than this run as parts that meet at a barrier between phases.
+        part_size=draw(st.sampled_from(PART_SIZES)),
     )
 
 
@@ -371,6 +377,8 @@ def input_for(schedule: Schedule) -> dict[str, Any]:
 def start(cloud: LocalCloud, schedule: Schedule) -> list[str]:
     """Launch the fleet, apply the faults, put the start event; the fleet's ids."""
     cloud.create_vault(VAULT)
+    if schedule.part_size != 100:
+        cloud.configure_stage(PREPOST_GROUP_PART_SIZE=str(schedule.part_size))
     ids: list[str] = []
     for cluster in range(schedule.groups):
         members = len(range(cluster, schedule.size, schedule.groups))

@@ -170,6 +170,7 @@ def check(cloud: LocalCloud, schedule: Schedule, ids: list[str]) -> list[str]:
         broken += [f"{run_id}: {b}" for b in consistency_is_labelled(run, seen, stopped_before)]
         broken += [f"{run_id}: {b}" for b in at_least_once_safe(run, seen)]
         broken += [f"{run_id}: {b}" for b in cancel_is_honoured(run, seen, runs)]
+        broken += [f"{run_id}: {b}" for b in phases_are_barriers(run, cloud)]
     broken += restore_power_state(runs, seen, cloud, ids, stopped_before)
     broken += one_run_per_instance(runs)
     return broken
@@ -438,6 +439,35 @@ def cancel_is_honoured(run: Run, seen: Observed, runs: dict[str, Run]) -> list[s
              if p["RecoveryPointTags"].get("prepost:run-id") == run_id]  # fmt: skip
     if any(at > cancelled for at in late):
         broken.append(f"a forward side effect after the cancel at {cancelled}")
+    return broken
+
+
+# -- Phases are barriers inside a group (DESIGN.md section 2) ------------------------------------
+
+
+def phases_are_barriers(run: Run, cloud: LocalCloud) -> list[str]:
+    """No member of a coordination group starts a phase before every member of the group
+    ended the phase before it, whether the group runs whole or as parts."""
+    coordination = {
+        group.group_id: group.barrier or group.group_id
+        for group in cloud.store.list_groups(run.record.run_id)
+    }
+    members: dict[str, list[InstanceRecord]] = defaultdict(list)
+    for instance in run.instances.values():
+        if instance.group_id in coordination:
+            members[coordination[instance.group_id]].append(instance)
+    broken = []
+    for group, records in members.items():
+        for before, after in zip(run.record.plan, run.record.plan[1:], strict=False):
+            ended = [r.phase(before).ended_at for r in records]
+            if any(end is None for end in ended):
+                continue  # not over: `nothing_waits_forever` says so
+            started = [r.phase(after).started_at for r in records if r.phase(after).started_at]
+            if started and min(started) < max(e for e in ended if e):
+                broken.append(
+                    f"group {group}: {after} started at {min(started)} before every member "
+                    f"ended {before} (last at {max(e for e in ended if e)})"
+                )
     return broken
 
 

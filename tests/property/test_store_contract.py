@@ -28,6 +28,7 @@ from chalicelib.gateways.state_store import StateStore, create_table, from_item
 from chalicelib.models.events import CancelRequest
 from chalicelib.models.profile import Profile
 from chalicelib.models.state import (
+    BarrierRecord,
     GroupPhaseState,
     GroupRecord,
     InstanceRecord,
@@ -117,8 +118,11 @@ def instance_records(run_id: str, group_id: str, instance_id: str) -> Any:
 
 
 @st.composite
-def fleets(draw: Any) -> tuple[list[GroupRecord], list[InstanceRecord]]:
-    """A run's groups and instances; sometimes more than one batch of puts (25)."""
+def fleets(
+    draw: Any,
+) -> tuple[list[GroupRecord], list[InstanceRecord], list[BarrierRecord]]:
+    """A run's groups (sometimes parts of a group, with its barrier) and instances;
+    sometimes more than one batch of puts (25)."""
     run_id = draw(runs)
     written = [
         GroupRecord(
@@ -131,21 +135,27 @@ def fleets(draw: Any) -> tuple[list[GroupRecord], list[InstanceRecord]]:
             pending=draw(st.integers(0, 1)),
             claim_until=draw(st.none() | epochs),
             due_at=draw(st.none() | epochs),
+            barrier=draw(st.none() | barriers),
         )
         for group_id in draw(st.lists(groups, min_size=1, max_size=2, unique=True))
     ]
+    meeting = {group.barrier for group in written if group.barrier}
     many = draw(st.sampled_from([3, 3, 3, 30]))  # beyond i1..i3: only to fill batches
     members = [f"i{n}" for n in range(1, many + 1)]
-    return written, [
-        draw(instance_records(run_id, draw(st.sampled_from(written)).group_id, instance_id))
-        for instance_id in members
-    ]
+    return (
+        written,
+        [
+            draw(instance_records(run_id, draw(st.sampled_from(written)).group_id, instance_id))
+            for instance_id in members
+        ],
+        [BarrierRecord(run_id=run_id, barrier=b, label=b, parts=2) for b in sorted(meeting)],
+    )
 
 
 def put_fleet() -> Any:
     return st.builds(
         lambda fleet, now, crash: Step(
-            "put_groups_and_instances", (fleet[0], fleet[1], now), {}, crash
+            "put_groups_and_instances", (fleet[0], fleet[1], now, fleet[2]), {}, crash
         ),
         fleets(),
         epochs,
@@ -165,6 +175,25 @@ def profiles() -> st.SearchStrategy[Profile]:
 
 
 backup_jobs = st.sampled_from(["JOB-1", "JOB-2"])
+barriers = st.sampled_from(["b1", "b1", "b2"])
+
+
+def parts() -> st.SearchStrategy[GroupRecord]:
+    """A part of a group as a handler read it, arriving at its barrier."""
+    return st.builds(
+        GroupRecord,
+        run_id=runs,
+        group_id=groups,
+        label=st.just("part"),
+        size=st.just(2),
+        phase=phases.map(str),
+        phase_state=st.just(GroupPhaseState.OPEN),
+        barrier=barriers,
+        counts=st.dictionaries(
+            st.sampled_from(["PRE_SCRIPT_SUCCEEDED", "PRE_SCRIPT_FAILED", "STOP_FAILED"]),
+            st.integers(0, 3),
+        ),
+    )
 
 
 def leases() -> st.SearchStrategy[Lease]:
@@ -247,6 +276,9 @@ STEPS = st.one_of(
         st.sampled_from([PhaseStatus.IN_PROGRESS, PhaseStatus.PENDING]),
     ),
     call("advance_group", runs, groups, phases, st.none() | phases, st.booleans(), epochs),
+    call("get_barrier", runs, barriers),
+    call("arrive_at_barrier", parts(), phases, st.booleans(), epochs),
+    call("release_group", runs, groups, phases, st.booleans(), epochs),
     call("finish_group", runs, groups),
     call(
         "set_instance_outcome",
@@ -262,6 +294,11 @@ STEPS = st.one_of(
     call("delete_profile", st.sampled_from(["p1", "p2"])),
     call("advance_profile", st.sampled_from(["p1", "p2"]), texts, reasons, texts),
     call("acquire_lease", leases(), epochs),
+    call(
+        "acquire_leases",
+        st.lists(leases(), max_size=4, unique_by=lambda lease: lease.instance_id),
+        epochs,
+    ),
     call("get_lease", instances),
     call("release_lease", instances, runs),
     call("hold_lease_for_job", instances, runs, backup_jobs),
