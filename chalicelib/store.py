@@ -75,6 +75,7 @@ class Store(Protocol):
         barriers: list[BarrierRecord] | None = None,
     ) -> None: ...
     def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None: ...
+    def drop_group(self, run_id: str, group_id: str) -> bool: ...
     def arrive_at_barrier(
         self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
     ) -> bool: ...
@@ -320,6 +321,9 @@ class TableStore(abc.ABC):
     def get_group(self, run_id: str, group_id: str) -> GroupRecord | None:
         item = self._get(sm.group_key(run_id, group_id))
         return sm.group_from_item(item) if item else None
+
+    def drop_group(self, run_id: str, group_id: str) -> bool:
+        return self._applied(sm.drop_group(run_id, group_id))
 
     def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None:
         item = self._get(sm.barrier_key(run_id, barrier))

@@ -22,9 +22,25 @@ def new_session(region: str) -> Any:
     return boto3.session.Session(region_name=region)
 
 
+class CallMeter:
+    """How many AWS calls this process has made (botocore's own retries aside): a
+    handler that works through a list stops when its share is spent (the reconciler)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def tick(self, **_: Any) -> None:
+        self.count += 1
+
+
+CALLS = CallMeter()
+
+
 @cache
 def client(session: Any, service: str) -> Any:
-    """A client of `service` from `session`; built once (clients are thread-safe)."""
+    """A client of `service` from `session`; built once (clients are thread-safe). Its
+    calls are counted in `CALLS` (a client copies the session's hooks when it is made)."""
+    session.events.register("provide-client-params", CALLS.tick, unique_id="prepost-call-meter")
     return session.client(service, config=CLIENT_CONFIG)
 
 

@@ -13,6 +13,7 @@ from chalicelib.models.run_input import BackupDetails
 # docs/aws-facts.md, "Stopping and relabelling backup jobs").
 TERMINAL_JOB_STATES = frozenset({"COMPLETED", "FAILED", "ABORTED", "EXPIRED", "PARTIAL"})
 CONSISTENCY_TAG = "prepost:consistency"
+LIST_PAGE_SIZE = 1000  # ListBackupJobs' MaxResults: 1 to 1000
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,26 @@ class BackupGateway:
             return None
         latest = max(found, key=lambda job: job["CreationDate"])
         return str(latest["BackupJobId"])
+
+    def jobs_created_after(self, vault: str, created_after: datetime) -> dict[str, BackupJob]:
+        """Every job into `vault` created after `created_after` (AWS lists 30 days), by
+        id, a thousand per call."""
+        jobs: dict[str, BackupJob] = {}
+        with translated("backup:ListBackupJobs"):
+            for page in each_page(
+                self._client,
+                "list_backup_jobs",
+                ByBackupVaultName=vault,
+                ByCreatedAfter=created_after,
+                PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+            ):
+                for job in page.get("BackupJobs", []):
+                    jobs[str(job["BackupJobId"])] = BackupJob(
+                        state=str(job["State"]),
+                        status_message=job.get("StatusMessage"),
+                        recovery_point_arn=job.get("RecoveryPointArn"),
+                    )
+        return jobs
 
     def relabel(self, recovery_point_arn: str, consistency: str) -> None:
         """Overwrite the consistency tag of an EC2 recovery point (an AMI:

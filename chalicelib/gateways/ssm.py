@@ -62,18 +62,18 @@ class SsmGateway:
             response = self._client.send_command(**request)
         return str(response["Command"]["CommandId"])
 
-    def invocation(self, command_id: str, instance_id: str) -> tuple[str, str] | None:
-        """(Status, StatusDetails) of one instance's invocation; None if SSM has none yet."""
-        try:
-            with translated("ssm:GetCommandInvocation"):
-                response = self._client.get_command_invocation(
-                    CommandId=command_id, InstanceId=instance_id
-                )
-        except GatewayError as exc:
-            if exc.code == "InvocationDoesNotExist":
-                return None
-            raise
-        return str(response["Status"]), str(response.get("StatusDetails") or "")
+    def invocations(self, command_id: str) -> dict[str, tuple[str, str]]:
+        """(Status, StatusDetails) of every invocation of a command, by instance id (a
+        command names at most 50 instances: one page)."""
+        found: dict[str, tuple[str, str]] = {}
+        with translated("ssm:ListCommandInvocations"):
+            for page in each_page(self._client, "list_command_invocations", CommandId=command_id):
+                for invocation in page.get("CommandInvocations", []):
+                    found[str(invocation["InstanceId"])] = (
+                        str(invocation["Status"]),
+                        str(invocation.get("StatusDetails") or ""),
+                    )
+        return found
 
     def find_command(
         self, instance_id: str, comment: str, sent_after: datetime

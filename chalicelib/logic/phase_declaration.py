@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus
@@ -26,9 +26,12 @@ SSM_REPORTS, EC2_REPORTS, BACKUP_REPORTS = "aws.ssm", "aws.ec2", "aws.backup"
 MemberRule = Callable[[InstanceRecord, bool, RunInput], "MemberDecision"]
 # The side effect, for the members to act on (on entry, or when resumed).
 Executor = Callable[["PhaseContext", list[InstanceRecord]], None]
-# Ask AWS about one member whose report did not come, and record the answer the way its
-# event would have been recorded.
-Poll = Callable[["Services", InstanceRecord, Phase], None]
+# What one reconciler pass has asked AWS already, shared by its polls (a listing of a
+# run's backup jobs serves every part of the run).
+PassMemo = dict[tuple[str, str], Any]
+# Ask AWS about members whose reports did not come (in as few calls as AWS allows), and
+# record each answer the way its event would have been recorded.
+Poll = Callable[["Services", list[InstanceRecord], Phase, PassMemo], None]
 
 
 @dataclass(frozen=True)

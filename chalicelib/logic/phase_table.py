@@ -50,7 +50,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         retry_later=transient.retry_later(Phase.PRE_SCRIPT),
         poll_seconds=10 * 60,
         budget_seconds=lambda run_input: decisions.script_budget_seconds(run_input.pre_script),
-        poll=results.poll_script,
+        poll=results.poll_scripts,
     ),
     Phase.STOP: PhaseDeclaration(
         phase=Phase.STOP,
@@ -64,7 +64,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         retry_later=transient.retry_later(Phase.STOP),
         poll_seconds=10 * 60,
         budget_seconds=_power_budget,
-        poll=results.poll_power_state,
+        poll=results.poll_power_states,
     ),
     Phase.BACKUP: PhaseDeclaration(
         phase=Phase.BACKUP,
@@ -78,7 +78,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         retry_later=transient.retry_later(Phase.BACKUP),
         poll_seconds=30 * 60,
         budget_seconds=decisions.backup_budget_seconds,
-        poll=results.poll_backup_job,
+        poll=results.poll_backup_jobs,
     ),
     Phase.START: PhaseDeclaration(
         phase=Phase.START,
@@ -92,7 +92,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         retry_later=transient.retry_later(Phase.START),
         poll_seconds=10 * 60,
         budget_seconds=_power_budget,
-        poll=results.poll_power_state,
+        poll=results.poll_power_states,
     ),
     Phase.POST_SCRIPT: PhaseDeclaration(
         phase=Phase.POST_SCRIPT,
@@ -106,7 +106,7 @@ PHASES: dict[Phase, PhaseDeclaration] = {
         retry_later=transient.retry_later(Phase.POST_SCRIPT),
         poll_seconds=10 * 60,
         budget_seconds=lambda run_input: decisions.script_budget_seconds(run_input.post_script),
-        poll=results.poll_script,
+        poll=results.poll_scripts,
     ),
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.dependencies import Services
 from chalicelib.errors import EventPublishError, GatewayError
+from chalicelib.gateways import aws
 from chalicelib.logic import (
     cancel,
     decisions,
@@ -20,6 +21,7 @@ from chalicelib.logic import (
     start_run,
     transient,
 )
+from chalicelib.logic.phase_declaration import PassMemo
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import close_phase, finish, release_parts
 from chalicelib.models.events import PhaseRequest
@@ -38,26 +40,42 @@ from chalicelib.models.state import (
 # corrupt item, a group whose run is gone, an input that no longer validates); after four
 # hours of ticks when AWS refused (a throttled or refused call may yet go through, and a
 # run's Run Completed event must be put at least once).
+# The AWS calls one reconciler pass makes before it leaves the rest of the due items to
+# the next: far below what its timeout allows, and under the 1,000 any invocation makes.
+PASS_CALL_BUDGET = 600
 SET_ASIDE_AFTER = 3
 SET_ASIDE_AFTER_AWS = 48
 AWS_ERRORS = (GatewayError, EventPublishError)
 
 
 def reconcile(services: Services) -> int:
-    """Look at every item that is due, each on its own; how many were looked at."""
+    """Look at the items that are due, each on its own, earliest first, until this pass's
+    share of AWS calls is spent (`PASS_CALL_BUDGET`; one item makes at most a few hundred:
+    it is one part of a group); the rest stay due for the next pass. How many were looked
+    at."""
     due = services.store.due_items(services.now_epoch())
+    memo: PassMemo = {}
+    started, looked = aws.CALLS.count, 0
     for run_id, group_id in due:
+        if aws.CALLS.count - started >= PASS_CALL_BUDGET:
+            observability.logger().warning(
+                "reconciler pass budget spent; the rest waits for the next pass",
+                looked_at=looked, left=len(due) - looked,
+            )  # fmt: skip
+            observability.count("ReconcilePassesCut")
+            break
+        looked += 1
         observability.bind_run(run_id)
         try:
             if group_id:
-                _reconcile_group(services, run_id, group_id)
+                _reconcile_group(services, run_id, group_id, memo)
             else:
                 _reconcile_run(services, run_id)
         except Exception as exc:  # one item's trouble must not starve or fail the others
             _contain(services, run_id, group_id, exc)
-    if due:
-        observability.count("GroupsReconciled", len(due))
-    return len(due)
+    if looked:
+        observability.count("GroupsReconciled", looked)
+    return looked
 
 
 def _contain(services: Services, run_id: str, group_id: str, error: Exception) -> None:
@@ -102,7 +120,7 @@ def _reconcile_run(services: Services, run_id: str) -> None:
         finalize.announce(services, run)
 
 
-def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
+def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassMemo) -> None:
     store, now = services.store, services.now_epoch()
     group = store.get_group(run_id, group_id)
     if group is None or group.finalized:
@@ -137,13 +155,12 @@ def _reconcile_group(services: Services, run_id: str, group_id: str) -> None:
         for member in store.list_instances(run_id, group_id)
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and member.phase(phase).sent
     ]
-    for member in waiting:
-        PHASES[phase].poll(services, member, phase)  # as its event would have been recorded
+    PHASES[phase].poll(services, waiting, phase, memo)  # as their events would have been
     deadline = group.deadline or now
     # Made only now (a retry at the deadline): they get one more look before timing out.
     just_sent = unsent - _unsent(store.list_instances(run_id, group_id), phase)
     if now >= deadline:
-        if PHASES[phase].poll is results.poll_power_state:
+        if PHASES[phase].poll is results.poll_power_states:
             _ask_state_of_unsent(services, group, phase)
         _time_out(services, group, phase, spare=just_sent)
     current = store.get_group(run_id, group_id)

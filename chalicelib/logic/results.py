@@ -8,14 +8,16 @@ arrives. Which reported statuses end a phase is read from the phase's declaratio
 from __future__ import annotations
 
 from chalicelib import observability
+from chalicelib.clock import parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import CorrelationPendingError, GatewayError
 from chalicelib.gateways.backup import TERMINAL_JOB_STATES
 from chalicelib.logic import decisions
-from chalicelib.logic.phase_declaration import EC2_REPORTS, declarations, declared
+from chalicelib.logic.phase_declaration import EC2_REPORTS, PassMemo, declarations, declared
 from chalicelib.logic.side_effects import adopt_command
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.events import BackupJobEvent, Ec2StateEvent, SsmInvocationEvent
+from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import Consistency, InstanceRecord, Lease, Phase, PhaseStatus
 
 InstanceKey = tuple[str, str, str]  # run id, group id, instance id
@@ -157,18 +159,29 @@ def held_by(holder: Lease) -> str:
 # -- the reconciler asks AWS (each phase declares which of these it polls with) ------------
 
 
-def poll_script(services: Services, member: InstanceRecord, phase: Phase) -> None:
-    result = member.phase(phase)
-    if result.command_id:
-        invocation = services.ssm.invocation(result.command_id, member.instance_id)
-        if invocation is not None:
-            key = (member.run_id, member.group_id, member.instance_id)
-            record_script_status(services, key, phase, *invocation)
+def poll_scripts(
+    services: Services, members: list[InstanceRecord], phase: Phase, memo: PassMemo
+) -> None:
+    """One ListCommandInvocations per command (up to 50 instances), not one call per
+    member; a member whose command id was never recorded is left to its resumption."""
+    by_command: dict[str, list[InstanceRecord]] = {}
+    for member in members:
+        command_id = member.phase(phase).command_id
+        if command_id:
+            by_command.setdefault(command_id, []).append(member)
+    for command_id, waiting in by_command.items():
+        invocations = services.ssm.invocations(command_id)
+        for member in waiting:
+            found = invocations.get(member.instance_id)
+            if found is not None:
+                key = (member.run_id, member.group_id, member.instance_id)
+                record_script_status(services, key, phase, *found)
 
 
-def poll_power_state(services: Services, member: InstanceRecord, phase: Phase) -> None:
-    state = services.ec2.states([member.instance_id]).get(member.instance_id, "terminated")
-    record_power_state(services, (member.run_id, member.group_id, member.instance_id), state)
+def poll_power_states(
+    services: Services, members: list[InstanceRecord], phase: Phase, memo: PassMemo
+) -> None:
+    record_power_states(services, members)
 
 
 def record_power_states(services: Services, members: list[InstanceRecord]) -> None:
@@ -183,10 +196,27 @@ def record_power_states(services: Services, members: list[InstanceRecord]) -> No
         record_power_state(services, key, states.get(member.instance_id, "terminated"))
 
 
-def poll_backup_job(services: Services, member: InstanceRecord, phase: Phase) -> None:
-    result = member.phase(phase)
-    if result.backup_job_id:
-        job = services.backup.describe_job(result.backup_job_id)
+def poll_backup_jobs(
+    services: Services, members: list[InstanceRecord], phase: Phase, memo: PassMemo
+) -> None:
+    """The run's jobs as ListBackupJobs pages them (a thousand a call), listed once per
+    reconciler pass for all the run's parts (`memo`), so that a long backup costs a few
+    calls per pass, not one per member; a job the listing does not show (yet) is
+    described alone."""
+    waiting = [m for m in members if m.phase(phase).backup_job_id]
+    if not waiting:
+        return
+    jobs = memo.get(("backup-jobs", waiting[0].run_id))
+    if jobs is None:
+        run = services.store.get_run(waiting[0].run_id)
+        if run is None:
+            return
+        vault = RunInput.model_validate_json(run.input_json).backup_details.backup_vault_name
+        jobs = services.backup.jobs_created_after(vault, parse_iso(run.created_at))
+        memo[("backup-jobs", waiting[0].run_id)] = jobs
+    for member in waiting:
+        job_id = member.phase(phase).backup_job_id or ""
+        job = jobs.get(job_id) or services.backup.describe_job(job_id)
         key = (member.run_id, member.group_id, member.instance_id)
         record_backup_state(services, key, job.state, job.status_message, job.recovery_point_arn)
 

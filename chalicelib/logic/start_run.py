@@ -248,38 +248,46 @@ def _skipped(
 
 
 def _parts(
-    candidates: dict[str, TargetInstance], group_by: str, part_size: int
+    candidates: dict[str, TargetInstance],
+    group_by: str,
+    part_size: int,
+    kept: list[InstanceRecord],
+    written_groups: dict[str, GroupRecord],
 ) -> dict[str, decisions.Part]:
-    """The part of its coordination group each candidate belongs to."""
+    """The part of its coordination group each candidate belongs to. When resuming, a
+    candidate whose coordination group already has parts joins the one with the fewest
+    members (its parts and barrier are written already), rather than new ones."""
     groups: dict[tuple[str, str], list[str]] = {}
     for instance_id, target in candidates.items():
         groups.setdefault(decisions.group_of(target, group_by), []).append(instance_id)
-    return {
-        instance_id: part
-        for (group_id, label), ids in groups.items()
-        for part in decisions.parts_of(group_id, label, ids, part_size)
-        for instance_id in part.instance_ids
-    }
+    sizes = Counter(record.group_id for record in kept)
+    assigned: dict[str, decisions.Part] = {}
+    for (group_id, label), ids in groups.items():
+        existing = [
+            g
+            for g in written_groups.values()
+            if group_id in (g.group_id, g.barrier) and sizes[g.group_id]
+        ]
+        if not existing:
+            for part in decisions.parts_of(group_id, label, ids, part_size):
+                assigned |= dict.fromkeys(part.instance_ids, part)
+            continue
+        for instance_id in sorted(ids):
+            smallest = min(existing, key=lambda g: (sizes[g.group_id], g.group_id))
+            sizes[smallest.group_id] += 1
+            assigned[instance_id] = decisions.Part(
+                smallest.group_id, smallest.label, (instance_id,), smallest.barrier
+            )
+    return assigned
 
 
-def _barriers(
-    run_id: str,
-    parts: list[decisions.Part],
-    part_of: dict[str, decisions.Part],
-    candidates: dict[str, TargetInstance],
-    group_by: str,
-) -> list[BarrierRecord]:
-    """The barrier of each group that has several parts, counting its parts that have
-    members (a part whose every instance is held by another run has none)."""
-    count = Counter(part.barrier for part in parts if part.barrier is not None)
-    labels = {
-        part.barrier: decisions.group_of(candidates[part.instance_ids[0]], group_by)[1]
-        for part in part_of.values()
-        if part.barrier is not None
-    }
+def _barriers(run_id: str, groups: list[GroupRecord]) -> list[BarrierRecord]:
+    """The barrier of each coordination group that runs as several parts."""
+    parts = Counter(group.barrier for group in groups if group.barrier is not None)
+    labels = {group.barrier: group.label.split(" (part ")[0] for group in groups}
     return [
         BarrierRecord(run_id=run_id, barrier=barrier, label=labels[barrier], parts=n)
-        for barrier, n in count.items()
+        for barrier, n in parts.items()
     ]
 
 
@@ -356,17 +364,29 @@ def _begin(
         now_epoch + decisions.run_budget_seconds(run_input) + services.settings.lease_margin_seconds
     )
     phases = decisions.plan(run_input)
-    skipped: list[InstanceRecord] = []
+    # A resumed start keeps what the start that died wrote: an instance it recorded stays
+    # as it was decided (member of its part, or skipped), so that its lease, its part and
+    # its record keep agreeing (an instance may have gone or been freed meanwhile). Nothing
+    # has moved since: a group of a run still STARTING enters no phase.
+    written = {i.instance_id: i for i in store.list_instances(run_id)} if resuming else {}
+    written_groups = {g.group_id: g for g in store.list_groups(run_id)} if resuming else {}
+    kept = [record for record in written.values() if record.group_id != UNGROUPED]
+    skipped = [record for record in written.values() if record.group_id == UNGROUPED]
+    new_skipped: list[InstanceRecord] = []
     candidates: dict[str, TargetInstance] = {}
     for instance_id in requested:
+        if instance_id in written:
+            continue
         target = found.get(instance_id)
         skip = decisions.skip_at_start(target)
         if skip is None and target is not None:
             candidates[instance_id] = target
             continue
         assert skip is not None  # skip_at_start gives a reason whenever target is None
-        skipped.append(_skipped(run_id, instance_id, target, skip))
-    part_of = _parts(candidates, run_input.group_by, services.settings.group_part_size)
+        new_skipped.append(_skipped(run_id, instance_id, target, skip))
+    part_of = _parts(
+        candidates, run_input.group_by, services.settings.group_part_size, kept, written_groups
+    )
     leases = [
         Lease(instance_id=i, run_id=run_id, group_id=part_of[i].group_id, expires_at=lease_until)
         for i in candidates
@@ -374,7 +394,7 @@ def _begin(
     # In batches (one call per hundred instances); a lease held by another run is asked
     # about alone (`results.acquire_lease`: it may be kept for a job that is over).
     taken = {lease.instance_id for lease in store.acquire_leases(leases, now_epoch)}
-    members: list[InstanceRecord] = []
+    new_members: list[InstanceRecord] = []
     for lease in leases:
         target, part = candidates[lease.instance_id], part_of[lease.instance_id]
         holder = None
@@ -382,9 +402,9 @@ def _begin(
             holder = results.acquire_lease(services, lease, now_epoch)
         if holder is not None:
             skip = decisions.SkipAtStart(results.held_by(holder), True)
-            skipped.append(_skipped(run_id, lease.instance_id, target, skip))
+            new_skipped.append(_skipped(run_id, lease.instance_id, target, skip))
             continue
-        members.append(
+        new_members.append(
             InstanceRecord(
                 run_id=run_id,
                 group_id=part.group_id,
@@ -395,47 +415,42 @@ def _begin(
                 phases={phase: PhaseResult() for phase in phases},
             )
         )
-    for record in skipped:
+    for record in new_skipped:
         log.warning("instance skipped", instance_id=record.instance_id, reason=record.reason)
+    members, skipped = kept + new_members, skipped + new_skipped
 
     # The reconciler looks at the groups after the run header (due by START_CLAIM_SECONDS
     # once activated): a start that died is announced, and a kept cancel applied, before
     # a group's first phase is requested again.
     first_look = now_epoch + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
     sizes = Counter(member.group_id for member in members)
-    parts = {part.group_id: part for part in part_of.values() if sizes[part.group_id]}
+    parts = {part.group_id: part for part in part_of.values()} | {
+        group_id: decisions.Part(group.group_id, group.label, (), group.barrier)
+        for group_id, group in written_groups.items()
+    }
     group_records = [
         GroupRecord(
             run_id=run_id,
-            group_id=part.group_id,
-            label=part.label,
-            size=sizes[part.group_id],
+            group_id=group_id,
+            label=parts[group_id].label,
+            size=size,
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
             due_at=first_look,
-            barrier=part.barrier,
+            barrier=parts[group_id].barrier,
         )
-        for part in parts.values()
+        for group_id, size in sizes.items()
     ]
-    # Nothing arrives at a barrier while the run is STARTING (no phase opens before the
-    # run is RUNNING): writing barriers again when resuming loses nothing.
-    barriers = _barriers(run_id, list(parts.values()), part_of, candidates, run_input.group_by)
-    if resuming:
-        # The reconciler may have opened a group's first phase meanwhile (its groups can
-        # come due before the run header): writing it back to REQUESTED, its members back
-        # to PENDING, would make their side effects a second time. Only what is missing
-        # is written; the groups are announced as they are.
-        written = {group.group_id: group for group in store.list_groups(run_id)}
-        kept = {(i.group_id, i.instance_id) for i in store.list_instances(run_id)}
-        store.put_groups_and_instances(
-            [group for group in group_records if group.group_id not in written],
-            [i for i in members + skipped if (i.group_id, i.instance_id) not in kept],
-            now_epoch,
-            barriers,
-        )
-        group_records = [written.get(group.group_id, group) for group in group_records]
-    else:
-        store.put_groups_and_instances(group_records, members + skipped, now_epoch, barriers)
+    # Written again whole when resuming (sizes may have grown): nothing changes a group,
+    # and nothing arrives at a barrier, while the run is STARTING.
+    store.put_groups_and_instances(
+        group_records, new_members + new_skipped, now_epoch, _barriers(run_id, group_records)
+    )
+    for group_id in set(written_groups) - set(sizes):
+        store.drop_group(run_id, group_id)  # its instances are gone or held: no member
+    for record in new_skipped if resuming else []:
+        # The start that died may have leased it before it was gone (or held) by now.
+        store.release_lease(record.instance_id, run_id)
     run = run.model_copy(
         update={
             "status": RunStatus.RUNNING,

@@ -491,6 +491,12 @@ def open_phase(
     )
 
 
+def drop_group(run_id: str, group_id: str) -> Delete:
+    """Delete a group that has no member (a start that died wrote it; its resumption
+    found its instances gone), while it has not entered a phase."""
+    return Delete(group_key(run_id, group_id), when=eq("phase_state", GroupPhaseState.REQUESTED))
+
+
 def claim_phase(run_id: str, group_id: str, phase: Phase, now_epoch: int, until: int) -> Update:
     """Take over making an OPEN phase's side effects, if nobody holds the claim now."""
     return Update(

@@ -304,21 +304,30 @@ class BackupEmulator:
                 return
 
     def list_backup_jobs(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
-        """ListBackupJobs with its ByResourceArn, ByState, ByBackupVaultName and
-        ByCreatedAfter filters."""
+        """ListBackupJobs with its ByResourceArn, ByState, ByBackupVaultName,
+        ByCreatedAfter and ByCreatedBefore filters, in pages of MaxResults (1 to 1000)
+        with a NextToken, oldest first."""
         wanted = {
             "ResourceArn": params.get("ByResourceArn"),
             "State": params.get("ByState"),
             "BackupVaultName": params.get("ByBackupVaultName"),
         }
-        after = params.get("ByCreatedAfter")
+        after, before = params.get("ByCreatedAfter"), params.get("ByCreatedBefore")
         jobs = [
             self._visible(job)
-            for job in self.jobs.values()
+            for job in sorted(self.jobs.values(), key=lambda job: job["CreationDate"])
             if all(value is None or job.get(key) == value for key, value in wanted.items())
             and (after is None or job["CreationDate"] > after)
+            and (before is None or job["CreationDate"] < before)
         ]
-        return _ok({"BackupJobs": jobs})
+        size = int(params.get("MaxResults") or 1000)
+        if not 1 <= size <= 1000:
+            return _error("InvalidParameterValueException", "MaxResults is 1 to 1000")
+        first = int(params.get("NextToken") or 0)
+        page: dict[str, Any] = {"BackupJobs": jobs[first : first + size]}
+        if first + size < len(jobs):
+            page["NextToken"] = str(first + size)
+        return _ok(page)
 
     def describe_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
         job = self.jobs.get(params["BackupJobId"])

@@ -12,6 +12,7 @@ import pytest
 
 from chalicelib.clock import parse_iso
 from chalicelib.dependencies import Services
+from chalicelib.logic.phase_declaration import PassMemo
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.models.state import InstanceRecord, Phase, PhaseStatus, RunStatus
 from prepost.local.cloud import HANG, Behaviour, LocalCloud
@@ -68,9 +69,11 @@ def test_the_reconciler_asks_aws_through_the_declared_poll(
     declared = PHASES[Phase.BACKUP]
     asked: list[tuple[str, Phase]] = []
 
-    def poll(services: Services, member: InstanceRecord, phase: Phase) -> None:
-        asked.append((member.instance_id, phase))
-        declared.poll(services, member, phase)
+    def poll(
+        services: Services, members: list[InstanceRecord], phase: Phase, memo: PassMemo
+    ) -> None:
+        asked.extend((member.instance_id, phase) for member in members)
+        declared.poll(services, members, phase, memo)
 
     declare(monkeypatch, Phase.BACKUP, poll=poll)
     ids = cloud.launch(2, tags={"backup-job": "true"})
@@ -87,7 +90,7 @@ def test_the_reconciler_asks_aws_through_the_declared_poll(
 def test_a_phase_whose_declared_poll_learns_nothing_times_out(
     behaviour: Behaviour, cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    declare(monkeypatch, Phase.BACKUP, poll=lambda services, member, phase: None)
+    declare(monkeypatch, Phase.BACKUP, poll=lambda services, members, phase, memo: None)
     (instance_id,) = cloud.launch(1, tags={"backup-job": "true"})
     behaviour.lose_event = lambda event: event["source"] == "aws.backup"
     run_id = cloud.run(seed_input())

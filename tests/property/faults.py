@@ -28,8 +28,8 @@ BACKUP_FAILURES = ["FAILED", "ABORTED", "EXPIRED", "PARTIAL", "RUNNING"]  # RUNN
 # Every AWS operation the handlers make (the reads only crash on DynamoDB's store; the
 # in-memory store names its writes as their DynamoDB calls, so writes crash on both).
 CRASHABLE = [
-    "ListCommands", "GetCommandInvocation", "StopInstances",
-    "StartInstances", "DescribeInstances", "StartBackupJob", "DescribeBackupJob",
+    "ListCommands", "ListCommandInvocations", "StopInstances",
+    "StartInstances", "DescribeInstances", "StartBackupJob", "ListBackupJobs",
     "PutEvents", "GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem",
     "TransactWriteItems",
 ]  # fmt: skip

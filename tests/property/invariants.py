@@ -103,6 +103,16 @@ class Observed:
                 self.first.setdefault(("ec2", facts["instance-id"], facts["state"]), at)
             if "backupJobId" in facts:
                 self.first.setdefault(("job", facts["backupJobId"], facts["state"]), at)
+        # A cancel whose handler died where it was delivered takes effect at Lambda's retry
+        # (a minute later, then two more): what the run did until then is not late.
+        failed = {at for at, what in cloud.timeline if what.startswith("error cancel_run:")}
+        for key, at in list(self.first.items()):
+            if key[0] == "cancel":
+                for retry_after in (60, 120):
+                    if at not in failed:
+                        break
+                    at += timedelta(seconds=retry_after)
+                self.first[key] = at
         self.sends = self._sends()
 
     def _sends(self) -> list[Send]:
@@ -312,22 +322,33 @@ def nothing_waits_forever(run: Run) -> list[str]:
 
 
 def one_run_per_instance(runs: dict[str, Run]) -> list[str]:
-    """No two runs acted on one instance while both were running."""
+    """No two runs acted on one instance at once: the time each run held it, from its
+    first side effect on it to the end of its last phase (its part then gives the lease
+    back, whether or not the rest of that run is over; never ended: for ever), does not
+    overlap another run's."""
     broken = []
     ordered = sorted(runs.values(), key=lambda r: r.record.created_at)
     for n, first in enumerate(ordered):
-        end = _time(first.record.finished_at) if first.record.finished_at else NEVER
         for later in ordered[n + 1 :]:
             for instance_id, record in later.instances.items():
                 mine = first.instances.get(instance_id)
-                if mine is None or mine.status is InstanceStatus.SKIPPED:
+                if mine is None:
                     continue
-                acted = [_time(r.started_at) for r in record.phases.values()
-                         if r.started_at and r.status is not PhaseStatus.SKIPPED]  # fmt: skip
-                if acted and min(acted) < end:
+                one, other = _held(mine), _held(record)
+                if one and other and one[0] < other[1] and other[0] < one[1]:
                     broken.append(f"{instance_id}: held by {first.record.run_id} "
                                   f"and {later.record.run_id} at once")  # fmt: skip
     return broken
+
+
+def _held(record: InstanceRecord) -> tuple[datetime, datetime] | None:
+    """From the first side effect of a run on an instance to the end of its last phase."""
+    acted = [_time(r.started_at) for r in record.phases.values()
+             if r.started_at and r.status is not PhaseStatus.SKIPPED]  # fmt: skip
+    if record.status is InstanceStatus.SKIPPED or not acted:
+        return None
+    ended = [r.ended_at for r in record.phases.values()]
+    return min(acted), NEVER if None in ended else max(_time(e) for e in ended if e)
 
 
 # -- 7. Nothing is lost --------------------------------------------------------------------------

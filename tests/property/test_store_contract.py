@@ -277,6 +277,7 @@ STEPS = st.one_of(
     ),
     call("advance_group", runs, groups, phases, st.none() | phases, st.booleans(), epochs),
     call("get_barrier", runs, barriers),
+    call("drop_group", runs, groups),
     call("arrive_at_barrier", parts(), phases, st.booleans(), epochs),
     call("release_group", runs, groups, phases, st.booleans(), epochs),
     call("finish_group", runs, groups),
@@ -313,7 +314,15 @@ STEPS = st.one_of(
 OPENING = st.tuples(call("put_run_if_new", run_records(), epochs, st.none() | epochs), put_fleet())
 # Steps on a group (run id, group id, phase first) and on an instance (run id, group id,
 # instance id, phase first), which `aimed` may point at an item that exists.
-ON_GROUP = {"open_phase", "claim_phase", "rearm", "advance_group", "finish_group", "cancel_group"}
+ON_GROUP = {
+    "open_phase",
+    "claim_phase",
+    "rearm",
+    "advance_group",
+    "finish_group",
+    "cancel_group",
+    "drop_group",
+}
 ON_INSTANCE = {
     "finish_phase",
     "set_phase_result",
