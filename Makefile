@@ -58,8 +58,11 @@ test: $(STAMP) lint template-checks
 mutants: $(STAMP)
 	$(PY) -m tests.mutants.run
 
+# The cost of one run, for 2-hour and 8-hour backup jobs (BENCH_SIZES=10,100 for a quick look).
+BENCH_SIZES ?= 10,100,1000,10000
 bench: $(STAMP)
-	$(VENV)/bin/prepost bench
+	$(VENV)/bin/prepost bench seed-example --sizes $(BENCH_SIZES)
+	$(VENV)/bin/prepost bench seed-example-8h --sizes $(BENCH_SIZES)
 
 # The CloudFormation template and deployment.zip of STAGE in build/package (see README, Deploy).
 package: $(STAMP)
