@@ -22,6 +22,15 @@ class BackupJob:
     status_message: str | None
     recovery_point_arn: str | None
 
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> BackupJob:
+        """From DescribeBackupJob's answer, or one job of ListBackupJobs'."""
+        return cls(
+            state=str(job["State"]),
+            status_message=job.get("StatusMessage"),
+            recovery_point_arn=job.get("RecoveryPointArn"),
+        )
+
 
 class BackupGateway:
     """AWS Backup's jobs; `ec2` (an EC2 client) relabels the AMI an EC2 backup produces,
@@ -61,11 +70,7 @@ class BackupGateway:
         """What AWS Backup says of a job now."""
         with translated("backup:DescribeBackupJob"):
             response = self._client.describe_backup_job(BackupJobId=backup_job_id)
-        return BackupJob(
-            state=str(response["State"]),
-            status_message=response.get("StatusMessage"),
-            recovery_point_arn=response.get("RecoveryPointArn"),
-        )
+        return BackupJob.of(response)
 
     def stop_job(self, backup_job_id: str) -> None:
         """Ask AWS Backup to stop a job (it goes ABORTING, then ABORTED)."""
@@ -75,16 +80,9 @@ class BackupGateway:
     def find_job(self, resource_arn: str, vault: str, created_after: datetime) -> str | None:
         """The id of the latest job backing up `resource_arn` into `vault` created after
         `created_after` (a job started by a handler that died before recording it)."""
-        found: list[dict[str, Any]] = []
-        with translated("backup:ListBackupJobs"):
-            for page in each_page(
-                self._client,
-                "list_backup_jobs",
-                ByResourceArn=resource_arn,
-                ByBackupVaultName=vault,
-                ByCreatedAfter=created_after,
-            ):
-                found += page.get("BackupJobs", [])
+        found = self._listed(
+            ByResourceArn=resource_arn, ByBackupVaultName=vault, ByCreatedAfter=created_after
+        )
         if not found:
             return None
         latest = max(found, key=lambda job: job["CreationDate"])
@@ -93,22 +91,21 @@ class BackupGateway:
     def jobs_created_after(self, vault: str, created_after: datetime) -> dict[str, BackupJob]:
         """Every job into `vault` created after `created_after` (AWS lists 30 days), by
         id, a thousand per call."""
-        jobs: dict[str, BackupJob] = {}
+        found = self._listed(ByBackupVaultName=vault, ByCreatedAfter=created_after)
+        return {str(job["BackupJobId"]): BackupJob.of(job) for job in found}
+
+    def _listed(self, **filters: Any) -> list[dict[str, Any]]:
+        """ListBackupJobs with these filters, every page (a thousand jobs each)."""
+        found: list[dict[str, Any]] = []
         with translated("backup:ListBackupJobs"):
             for page in each_page(
                 self._client,
                 "list_backup_jobs",
-                ByBackupVaultName=vault,
-                ByCreatedAfter=created_after,
                 PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+                **filters,
             ):
-                for job in page.get("BackupJobs", []):
-                    jobs[str(job["BackupJobId"])] = BackupJob(
-                        state=str(job["State"]),
-                        status_message=job.get("StatusMessage"),
-                        recovery_point_arn=job.get("RecoveryPointArn"),
-                    )
-        return jobs
+                found += page.get("BackupJobs", [])
+        return found
 
     def relabel(self, recovery_point_arn: str, consistency: str) -> None:
         """Overwrite the consistency tag of an EC2 recovery point (an AMI:
