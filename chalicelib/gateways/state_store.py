@@ -8,6 +8,8 @@ the calls.
 
 from __future__ import annotations
 
+import random
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +40,11 @@ __all__ = [  # the key attributes are the table's: importable from here too
     "table_definition",
     "to_item",
 ]
+
+# A transaction cancelled for a conflict is tried this many times in all, waiting up to
+# CONFLICT_WAIT_SECONDS * 2**try (jittered) between tries: under a second in all.
+CONFLICT_TRIES = 6
+CONFLICT_WAIT_SECONDS = 0.005
 
 KEY_SCHEMA = [
     {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
@@ -221,6 +228,20 @@ class StateStore(TableStore):
                 request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def _write(self, write: sm.Write) -> dict[str, Any] | None:
+        """Apply `write`. A transaction cancelled for a conflict (another request on one of
+        its items at that moment: many results of one group arriving together) is tried
+        again after a short, growing, jittered wait: a conflict is contention, not a
+        failure; only after `CONFLICT_TRIES` does it reach the handler (Lambda retries)."""
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            try:
+                return self._write_once(write)
+            except GatewayError as exc:
+                if not _conflicted(exc) or attempt == CONFLICT_TRIES:
+                    raise
+                time.sleep(random.uniform(0, CONFLICT_WAIT_SECONDS * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _write_once(self, write: sm.Write) -> dict[str, Any] | None:
         operation = f"dynamodb:{write.operation}"
         try:
             with translated(operation):
@@ -251,6 +272,11 @@ class StateStore(TableStore):
             while pending:
                 response = self._client.batch_write_item(RequestItems=pending)
                 pending = response.get("UnprocessedItems") or {}
+
+
+def _conflicted(exc: GatewayError) -> bool:
+    """A transaction cancelled because another request touched one of its items."""
+    return exc.code == "TransactionCanceledException" and "TransactionConflict" in exc.message
 
 
 def _refused(exc: GatewayError) -> bool:

@@ -146,6 +146,10 @@ class Behaviour:
     refuse_calls: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     # Virtual seconds an instance spends shutting down before it is terminated.
     terminate_seconds: float = 30
+    # Every n-th TransactWriteItems of a handler is cancelled for a TransactionConflict
+    # (another request on one of its items at that moment), as DynamoDB does under
+    # contention; 0: never.
+    transaction_conflict_every: int = 0
 
 
 @dataclass
@@ -469,6 +473,7 @@ class LocalCloud:
         self.commands: dict[str, dict[str, Any]] = {}
         # The bench's books (`prepost.local.ledger`), when it keeps them.
         self.ledger: Ledger | None = None
+        self._transactions = 0  # the handlers' TransactWriteItems (Behaviour's conflicts)
         self._invocation_serial = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -883,6 +888,9 @@ class LocalCloud:
         ("before-call.ssm.ListCommands", "_list_commands"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
         ("before-call.events.PutEvents", "_put_events_call"),
+        # On the wildcard, registered before local mode's DynamoDB (`FastDynamoDB`), whose
+        # wildcard hook answers every call: botocore calls a wildcard's hooks first.
+        ("before-call.dynamodb.*", "_transaction_call"),
         ("before-call.ec2.StopInstances", "_power_call"),
         ("before-call.ec2.StartInstances", "_power_call"),
         # One after-call hook, so that the emulation always reacts before a simulated crash.
@@ -999,6 +1007,28 @@ class LocalCloud:
         if model.name == "CreateTags":  # the AMIs of recovery points
             return self.backup.create_tags(params)
         return self.backup.describe_backup_job(params)
+
+    def _transaction_call(self, model: Any, **_: Any) -> Any:
+        """Cancel every n-th transaction of a handler for a conflict (nothing written)."""
+        every = self.behaviour.transaction_conflict_every
+        if not every or _HANDLER.get() is None or model.name != "TransactWriteItems":
+            return None
+        with self._queue_lock:
+            self._transactions += 1
+            conflict = self._transactions % every == 0
+        if not conflict:
+            return None
+        self.timeline.append((self.clock.now(), "conflict dynamodb:TransactWriteItems"))
+        response, parsed = _error(
+            "TransactionCanceledException",
+            "Transaction cancelled, please refer cancellation reasons for specific reasons "
+            "[TransactionConflict, None]",
+        )
+        parsed["CancellationReasons"] = [
+            {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
+            {"Code": "None"},
+        ]
+        return response, parsed
 
     def _put_events_call(self, context: Any, **_: Any) -> Any:
         """Refuse, as a whole, a batch holding an entry of a refused detail-type."""
