@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -11,10 +12,24 @@ class Clock(Protocol):
         """The current time, timezone-aware, in UTC."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never going back: what a handler waits by."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait (a paced handler between its calls)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 def iso(moment: datetime) -> str:

@@ -12,7 +12,8 @@ has a transition of its own: they only interpret the definitions.
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from chalicelib.models import state_machine as sm
 from chalicelib.models.events import CancelRequest
@@ -28,7 +29,10 @@ from chalicelib.models.state import (
     PhaseStatus,
     RunRecord,
     RunStatus,
+    StartedJob,
 )
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -80,7 +84,13 @@ class Store(Protocol):
         self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
     ) -> bool: ...
     def release_group(
-        self, run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        aborted: bool,
+        due_at: int,
+        calls_per_second: float | None = None,
     ) -> bool: ...
     def get_group(self, run_id: str, group_id: str) -> GroupRecord | None: ...
     def list_groups(self, run_id: str) -> list[GroupRecord]: ...
@@ -118,7 +128,28 @@ class Store(Protocol):
     def annotate_phase(
         self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool | int
     ) -> None: ...
+    def start_phases(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        instance_ids: list[str],
+        result: PhaseResult,
+        expected: PhaseStatus,
+    ) -> list[str]: ...
+    def annotate_phases(
+        self, run_id: str, group_id: str, phase: Phase, fields: dict[str, dict[str, Any]]
+    ) -> None: ...
     def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None: ...
+    def finish_phases(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        status: PhaseStatus,
+        fields: dict[str, dict[str, Any]],
+        expected: PhaseStatus,
+    ) -> list[str]: ...
     def finish_phase(
         self,
         run_id: str,
@@ -139,13 +170,8 @@ class Store(Protocol):
         due_at: int,
     ) -> bool: ...
     def finish_group(self, run_id: str, group_id: str) -> bool: ...
-    def set_instance_outcome(
-        self,
-        run_id: str,
-        group_id: str,
-        instance_id: str,
-        status: InstanceStatus,
-        reason: str | None,
+    def set_instance_outcomes(
+        self, run_id: str, outcomes: list[tuple[str, str, InstanceStatus, str | None]]
     ) -> None: ...
 
     # profiles
@@ -162,6 +188,7 @@ class Store(Protocol):
     def acquire_leases(self, leases: list[Lease], now_epoch: int) -> list[Lease]: ...
     def get_lease(self, instance_id: str) -> Lease | None: ...
     def release_lease(self, instance_id: str, run_id: str) -> None: ...
+    def release_leases(self, instance_ids: list[str], run_id: str) -> None: ...
 
     # leases kept for a backup job that outlives its run
     def hold_lease_for_job(self, instance_id: str, run_id: str, backup_job_id: str) -> bool: ...
@@ -170,12 +197,18 @@ class Store(Protocol):
     ) -> bool: ...
 
     # correlation
-    def put_command(
-        self, command_id: str, run_id: str, group_id: str, phase: Phase, now_epoch: int
+    def record_command(
+        self,
+        command_id: str,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        instance_ids: list[str],
+        now_epoch: int,
     ) -> None: ...
     def get_command(self, command_id: str) -> dict[str, Any] | None: ...
-    def put_job(
-        self, backup_job_id: str, run_id: str, group_id: str, instance_id: str, now_epoch: int
+    def record_jobs(
+        self, run_id: str, group_id: str, jobs: list[StartedJob], now_epoch: int
     ) -> None: ...
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None: ...
 
@@ -212,6 +245,27 @@ class TableStore(abc.ABC):
 
     def _applied(self, write: sm.Write) -> bool:
         return self._write(write) is not None
+
+    def _apply_batched(
+        self, items: list[T], build: Callable[[list[T]], list[sm.Single]], size: int
+    ) -> list[T]:
+        """Apply the writes `build` makes of `items`, `size` items to a transaction (one
+        call, where there would be one per item); the items whose writes applied. A
+        transaction refused because a precondition failed is halved, and its halves tried
+        again, until the refused items are alone: a few calls more per refused item, not
+        one per item. One write alone is applied as itself, not as a transaction."""
+        applied: list[T] = []
+        batches = [items[n : n + size] for n in range(0, len(items), size)]
+        while batches:
+            batch = batches.pop()
+            writes = build(batch)
+            write = writes[0] if len(writes) == 1 else sm.Transaction(tuple(writes))
+            if not writes or self._applied(write):
+                applied += batch
+            elif len(batch) > 1:
+                middle = len(batch) // 2
+                batches += [batch[:middle], batch[middle:]]
+        return applied
 
     def expiry(self, now_epoch: int) -> int:
         """The TTL of history items written now."""
@@ -342,10 +396,17 @@ class TableStore(abc.ABC):
         return self._applied(write)
 
     def release_group(
-        self, run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        aborted: bool,
+        due_at: int,
+        calls_per_second: float | None = None,
     ) -> bool:
         """A part waiting at its barrier enters `phase`; False if it was not waiting."""
-        return self._applied(sm.release_group(run_id, group_id, phase, aborted, due_at))
+        write = sm.release_group(run_id, group_id, phase, aborted, due_at, calls_per_second)
+        return self._applied(write)
 
     def list_groups(self, run_id: str) -> list[GroupRecord]:
         return [sm.group_from_item(item) for item in self._query(f"RUN#{run_id}", "GROUP#")]
@@ -404,6 +465,61 @@ class TableStore(abc.ABC):
     ) -> None:
         self._write(sm.annotate_phase(run_id, group_id, instance_id, phase, fields))
 
+    def start_phases(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        instance_ids: list[str],
+        result: PhaseResult,
+        expected: PhaseStatus,
+    ) -> list[str]:
+        """`set_phase_result` for many members of a group, in transactions; the members
+        whose result was `expected` and is now `result`."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            return [
+                sm.set_phase_result(run_id, group_id, instance_id, phase, result, expected)
+                for instance_id in batch
+            ]
+
+        return self._apply_batched(instance_ids, build, sm.TRANSACTION_SIZE)
+
+    def annotate_phases(
+        self, run_id: str, group_id: str, phase: Phase, fields: dict[str, dict[str, Any]]
+    ) -> None:
+        """`annotate_phase` for many members of a group (instance id: its fields), in
+        transactions."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            return [
+                sm.annotate_phase(run_id, group_id, instance_id, phase, fields[instance_id])
+                for instance_id in batch
+            ]
+
+        self._apply_batched(list(fields), build, sm.TRANSACTION_SIZE)
+
+    def finish_phases(
+        self,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        status: PhaseStatus,
+        fields: dict[str, dict[str, Any]],
+        expected: PhaseStatus,
+    ) -> list[str]:
+        """`finish_phase` for many members of a group (instance id: the fields of its
+        result), each transaction counting its members in the group once; the members
+        finished."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            return list(
+                sm.finish_phases(run_id, group_id, phase, status, {i: fields[i] for i in batch},
+                                 expected).writes
+            )  # fmt: skip
+
+        return self._apply_batched(list(fields), build, sm.TRANSACTION_SIZE - 1)
+
     def mark_terminated(self, run_id: str, group_id: str, instance_id: str) -> None:
         self._write(sm.mark_terminated(run_id, group_id, instance_id))
 
@@ -435,15 +551,16 @@ class TableStore(abc.ABC):
     def finish_group(self, run_id: str, group_id: str) -> bool:
         return self._applied(sm.finish_group(run_id, group_id))
 
-    def set_instance_outcome(
-        self,
-        run_id: str,
-        group_id: str,
-        instance_id: str,
-        status: InstanceStatus,
-        reason: str | None,
+    def set_instance_outcomes(
+        self, run_id: str, outcomes: list[tuple[str, str, InstanceStatus, str | None]]
     ) -> None:
-        self._write(sm.set_instance_outcome(run_id, group_id, instance_id, status, reason))
+        """The final status of many instances of a run (group id, instance id, status,
+        reason), in transactions."""
+
+        def build(batch: list[tuple[str, str, InstanceStatus, str | None]]) -> list[sm.Single]:
+            return [sm.set_instance_outcome(run_id, *outcome) for outcome in batch]
+
+        self._apply_batched(outcomes, build, sm.TRANSACTION_SIZE)
 
     # -- profiles ------------------------------------------------------------------------
 
@@ -475,19 +592,11 @@ class TableStore(abc.ABC):
         `TRANSACTION_SIZE` per call; the leases taken. A transaction refused because one
         of its leases is held is halved, and its halves tried again, until the held ones
         are alone: a few calls more per held instance, not one per instance."""
-        taken: list[Lease] = []
-        size = sm.TRANSACTION_SIZE
-        batches = [leases[n : n + size] for n in range(0, len(leases), size)]
-        while batches:
-            batch = batches.pop()
-            writes = tuple(sm.acquire_lease(lease, now_epoch) for lease in batch)
-            write = writes[0] if len(writes) == 1 else sm.Transaction(writes)
-            if self._applied(write):
-                taken += batch
-            elif len(batch) > 1:
-                middle = len(batch) // 2
-                batches += [batch[:middle], batch[middle:]]
-        return taken
+
+        def build(batch: list[Lease]) -> list[sm.Single]:
+            return [sm.acquire_lease(lease, now_epoch) for lease in batch]
+
+        return self._apply_batched(leases, build, sm.TRANSACTION_SIZE)
 
     def get_lease(self, instance_id: str) -> Lease | None:
         item = self._get(sm.lease_key(instance_id))
@@ -495,6 +604,14 @@ class TableStore(abc.ABC):
 
     def release_lease(self, instance_id: str, run_id: str) -> None:
         self._write(sm.release_lease(instance_id, run_id))
+
+    def release_leases(self, instance_ids: list[str], run_id: str) -> None:
+        """`release_lease` for many instances, in transactions."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            return [sm.release_lease(instance_id, run_id) for instance_id in batch]
+
+        self._apply_batched(instance_ids, build, sm.TRANSACTION_SIZE)
 
     # -- leases kept for a backup job that outlives its run ------------------------------
 
@@ -510,19 +627,51 @@ class TableStore(abc.ABC):
 
     # -- correlation ---------------------------------------------------------------------
 
-    def put_command(
-        self, command_id: str, run_id: str, group_id: str, phase: Phase, now_epoch: int
+    def record_command(
+        self,
+        command_id: str,
+        run_id: str,
+        group_id: str,
+        phase: Phase,
+        instance_ids: list[str],
+        now_epoch: int,
     ) -> None:
-        self._write(sm.put_command(command_id, run_id, group_id, phase, self.expiry(now_epoch)))
+        """A script command was sent to `instance_ids` (members of one group): their
+        results note it as sent, with its id, and the command's item names the group, all
+        in one transaction: a report that finds the command finds every member noting it."""
+        annotations = [
+            sm.annotate_phase(run_id, group_id, i, phase, {"sent": True, "command_id": command_id})
+            for i in instance_ids
+        ]
+        if len(annotations) >= sm.TRANSACTION_SIZE:
+            raise ValueError(f"one command names at most {sm.TRANSACTION_SIZE - 1} members")
+        expires_at = self.expiry(now_epoch)
+        put = sm.put_command(command_id, run_id, group_id, phase, expires_at)
+        self._write(sm.Transaction((*annotations, put)) if annotations else put)
 
     def get_command(self, command_id: str) -> dict[str, Any] | None:
         return self._get(sm.command_key(command_id))
 
-    def put_job(
-        self, backup_job_id: str, run_id: str, group_id: str, instance_id: str, now_epoch: int
+    def record_jobs(
+        self, run_id: str, group_id: str, jobs: list[StartedJob], now_epoch: int
     ) -> None:
-        write = sm.put_job(backup_job_id, run_id, group_id, instance_id, self.expiry(now_epoch))
-        self._write(write)
+        """Backup jobs were started for members of a group: each job's item names its
+        instance, and the instance's BACKUP result notes the job, together, in
+        transactions (a job's report finds its member noting it)."""
+        expires_at = self.expiry(now_epoch)
+
+        def build(batch: list[StartedJob]) -> list[sm.Single]:
+            return [
+                write
+                for job in batch
+                for write in (
+                    sm.put_job(job.backup_job_id, run_id, group_id, job.instance_id, expires_at),
+                    sm.annotate_phase(run_id, group_id, job.instance_id, Phase.BACKUP,
+                                      {"backup_job_id": job.backup_job_id} | job.noted),
+                )
+            ]  # fmt: skip
+
+        self._apply_batched(jobs, build, sm.TRANSACTION_SIZE // 2)
 
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
         return self._get(sm.job_key(backup_job_id))

@@ -105,7 +105,22 @@ def _plain(value: Any) -> Any:
 
 
 def to_item(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in attributes.items() if v is not None}
+    return {k: _serialized(v) for k, v in attributes.items() if v is not None}
+
+
+def _serialized(value: Any) -> Any:
+    """A value in DynamoDB's form; a float as a number (boto3 takes only Decimals)."""
+    return _serializer.serialize(_decimals(value))
+
+
+def _decimals(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_decimals(v) for v in value]
+    return value
 
 
 def from_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +145,7 @@ class _Expressions:
 
     def value(self, value: Any) -> str:
         placeholder = f":v{len(self._values)}"
-        self._values[placeholder] = _serializer.serialize(value)
+        self._values[placeholder] = _serialized(value)
         return placeholder
 
     def condition(self, condition: sm.Condition) -> str:

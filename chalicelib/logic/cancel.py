@@ -33,6 +33,7 @@ from chalicelib.models.state import (
     PhaseStatus,
     RunRecord,
     RunStatus,
+    StartedJob,
 )
 
 
@@ -208,12 +209,9 @@ def _unrecorded_job(services: Services, member: InstanceRecord, vault: str) -> s
         )  # fmt: skip
         return None
     if job_id is not None:
-        services.store.put_job(
-            job_id, member.run_id, member.group_id, member.instance_id, services.now_epoch()
-        )
-        services.store.annotate_phase(
-            member.run_id, member.group_id, member.instance_id, Phase.BACKUP,
-            backup_job_id=job_id,
+        services.store.record_jobs(
+            member.run_id, member.group_id, [StartedJob(member.instance_id, job_id, {})],
+            services.now_epoch(),
         )  # fmt: skip
     return job_id
 

@@ -51,21 +51,25 @@ def close_group(services: Services, run_id: str, group_id: str) -> None:
 
 def conclude_members(services: Services, run: RunRecord, members: list[InstanceRecord]) -> None:
     """Write each member's final status (where it changed) and give its lease back (or
-    keep it for a backup job that may still run). Idempotent: a repeat writes nothing
-    new and releases nothing twice."""
+    keep it for a backup job that may still run), in transactions. Idempotent: a repeat
+    writes nothing new and releases nothing twice."""
+    changed = []
     for instance in members:
         outcome, why = decisions.instance_outcome(instance, run.plan)
         if (outcome, why) != (instance.status, instance.reason):
-            services.store.set_instance_outcome(
-                run.run_id, instance.group_id, instance.instance_id, outcome, why
-            )
+            changed.append((instance.group_id, instance.instance_id, outcome, why))
             if outcome is InstanceStatus.STUCK_STOPPED:
                 # This run stopped it and could not start it again: someone must act.
                 observability.logger().error(
                     "instance left stopped", instance_id=instance.instance_id, reason=why
                 )
                 observability.count("InstancesStuckStopped")
-        release_or_keep_lease(services, instance)
+    services.store.set_instance_outcomes(run.run_id, changed)
+    kept = [instance for instance in members if job_may_run(instance)]
+    released = [instance.instance_id for instance in members if not job_may_run(instance)]
+    services.store.release_leases(released, run.run_id)
+    for instance in kept:
+        keep_lease_for_job(services, instance)
 
 
 def finalize_run(services: Services, run: RunRecord) -> None:
@@ -93,16 +97,21 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     announce(services, run.model_copy(update=update))
 
 
-def release_or_keep_lease(services: Services, instance: InstanceRecord) -> None:
-    """Give the instance's lease back, unless its backup job may still run (the phase
-    ended by cancellation or timeout, and no terminal state of the job was reported):
-    then keep it, naming the job, until the job's terminal report releases it (or a later
-    run finds the job over, or the lease's TTL runs out)."""
-    store, backup = services.store, instance.phase(Phase.BACKUP)
-    job_id = backup.backup_job_id
-    if job_id is None or backup.job_state is not None or backup.status is PhaseStatus.SUCCEEDED:
-        store.release_lease(instance.instance_id, instance.run_id)
-        return
+def job_may_run(instance: InstanceRecord) -> bool:
+    """Whether the instance's backup job may still run after its run: the phase ended by
+    cancellation or timeout, and no terminal state of the job was reported."""
+    backup = instance.phase(Phase.BACKUP)
+    return (
+        backup.backup_job_id is not None
+        and backup.job_state is None
+        and backup.status is not PhaseStatus.SUCCEEDED
+    )
+
+
+def keep_lease_for_job(services: Services, instance: InstanceRecord) -> None:
+    """Keep the instance's lease, naming its job, until the job's terminal report
+    releases it (or a later run finds the job over, or the lease's TTL runs out)."""
+    store, job_id = services.store, instance.phase(Phase.BACKUP).backup_job_id or ""
     if not store.hold_lease_for_job(instance.instance_id, instance.run_id, job_id):
         return  # not this run's lease (any more)
     # The job's terminal report may have come between the read and the hold: it found no

@@ -5,8 +5,9 @@ is read from its declaration (`phase_table.PHASES`); this module is the same for
 
 Crash safety: the handler that opens a phase holds a claim on making its side effects.
 Each member is marked IN_PROGRESS before any call (so no report can arrive before its
-intent) and `sent` after the call is recorded. A retry after a crash, or the reconciler,
-finds members IN_PROGRESS and not `sent`, takes the claim over once it has run out, and
+intent) and `sent` after the call is recorded; both in transactions of up to a hundred
+members (one call, not one per member), all or none of each. A retry after a crash, or the
+reconciler, finds members IN_PROGRESS and not `sent`, takes the claim over once it has run out, and
 makes their side effects again without repeating one that happened: a script already sent
 is found by its comment, a backup job by its idempotency token, and a stop or start is
 simply asked again (EC2 answers with the state the instance is in).
@@ -99,29 +100,33 @@ def _mark(
     phase: Phase,
     choices: list[tuple[InstanceRecord, MemberDecision]],
 ) -> list[InstanceRecord]:
-    """Mark PENDING members as decided: a skipped one ends the phase SKIPPED (counted out
-    of the group's `pending`), an acting one goes IN_PROGRESS; the acting members marked."""
+    """Mark PENDING members as decided, in transactions (a handler that dies between two
+    leaves the rest PENDING, which its resumption decides and marks): a skipped one ends
+    the phase SKIPPED (counted out of the group's `pending`), an acting one goes
+    IN_PROGRESS; the acting members marked. Every member is of one group."""
+    if not choices:
+        return []
     store, now = services.store, iso(services.clock.now())
-    for member, choice in choices:
-        if choice.act:
-            continue
-        fields = {"ended_at": now} | ({"reason": choice.reason} if choice.reason else {})
-        if store.finish_phase(
-            run_id, member.group_id, member.instance_id, phase, PhaseStatus.SKIPPED, fields,
-            expected=PhaseStatus.PENDING,
-        ):  # fmt: skip
+    group_id = choices[0][0].group_id
+    skipped = {
+        member.instance_id: {"ended_at": now} | ({"reason": choice.reason} if choice.reason else {})
+        for member, choice in choices
+        if not choice.act
+    }
+    if skipped:
+        ended = store.finish_phases(
+            run_id, group_id, phase, PhaseStatus.SKIPPED, skipped, expected=PhaseStatus.PENDING
+        )
+        for _ in ended:
             observability.phase_outcome(phase, PhaseStatus.SKIPPED)
-    actors = []
-    for member, choice in choices:
-        if not choice.act:
-            continue
-        result = PhaseResult(status=PhaseStatus.IN_PROGRESS, started_at=now)
-        if store.set_phase_result(
-            run_id, member.group_id, member.instance_id, phase, result,
-            expected=PhaseStatus.PENDING,
-        ):  # fmt: skip
-            actors.append(member)
-    return actors
+    acting = {member.instance_id: member for member, choice in choices if choice.act}
+    result = PhaseResult(status=PhaseStatus.IN_PROGRESS, started_at=now)
+    marked = set(
+        store.start_phases(
+            run_id, group_id, phase, list(acting), result, expected=PhaseStatus.PENDING
+        )
+    )
+    return [member for instance_id, member in acting.items() if instance_id in marked]
 
 
 def resume_phase(services: Services, group: GroupRecord) -> None:

@@ -52,6 +52,8 @@ def record_power_state(services: Services, key: InstanceKey, state: str) -> None
         services.store.mark_terminated(*key)
         observability.logger().warning("instance terminated during the run", instance_id=key[2])
         for phase, result in instance.phases.items():
+            if phase is Phase.BACKUP and result.backup_job_id:
+                continue  # its job goes on: the job's end (reported or polled) ends the phase
             if result.status is PhaseStatus.IN_PROGRESS:
                 reason = f"instance {state} during the phase"
                 finish(services, *key, phase, PhaseStatus.FAILED, reason=reason)
@@ -71,7 +73,6 @@ def record_backup_state(
     outcome = declared(Phase.BACKUP).ends_on(state)
     if outcome is None:
         return
-    services.store.annotate_phase(*key, Phase.BACKUP, job_state=state)
     reason = None
     produced = recovery_point_arn
     if outcome is not PhaseStatus.SUCCEEDED:
@@ -79,9 +80,12 @@ def record_backup_state(
         reason = f"backup job {state}" + (f": {text}" if text else "")
         recovery_point_arn = None
     recorded = finish(
-        services, *key, Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn
-    )
+        services, *key, Phase.BACKUP, outcome, reason=reason,
+        recovery_point_arn=recovery_point_arn, job_state=state,
+    )  # fmt: skip
     if not recorded:
+        # The phase ended otherwise (cancelled, timed out): the job's end is noted apart.
+        services.store.annotate_phase(*key, Phase.BACKUP, job_state=state)
         _after_the_phase(services, key, state, produced)
 
 
@@ -259,6 +263,9 @@ def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
         return
     job = services.store.get_job(detail.backup_job_id)
     if job is None:
+        if _backup_awaiting_its_job_id(services, detail.resource_arn):
+            # Started jobs are recorded a few at a time: retry rather than drop the report.
+            raise CorrelationPendingError(f"backup job {detail.backup_job_id} not recorded yet")
         observability.logger().info("not a job of this app", backup_job_id=detail.backup_job_id)
         return
     observability.bind_run(job["run_id"])
@@ -273,6 +280,20 @@ def _script_awaiting_its_command_id(services: Services, instance_id: str) -> boo
     if instance is None:
         return False
     return any(_awaits_command_id(instance, p) for p in (Phase.PRE_SCRIPT, Phase.POST_SCRIPT))
+
+
+def _backup_awaiting_its_job_id(services: Services, resource_arn: str | None) -> bool:
+    """Whether the job's resource is an instance whose run started its backup and has
+    not recorded the job yet."""
+    if not resource_arn or ":instance/" not in resource_arn:
+        return False
+    instance = leased_instance(services, resource_arn.rsplit("/", 1)[-1])
+    if instance is None:
+        return False
+    result = instance.phases.get(Phase.BACKUP)
+    return (
+        result is not None and result.status is PhaseStatus.IN_PROGRESS and not result.backup_job_id
+    )
 
 
 def _awaits_command_id(instance: InstanceRecord, phase: Phase) -> bool:

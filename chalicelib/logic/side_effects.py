@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from chalicelib import observability
 from chalicelib.clock import parse_iso
@@ -17,7 +18,7 @@ from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
 from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND, SentCommand
-from chalicelib.logic import decisions, policy, transient
+from chalicelib.logic import decisions, pacing, policy, transient
 from chalicelib.logic.phase_declaration import PhaseDeclaration
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.run_input import RunInput
@@ -28,6 +29,7 @@ from chalicelib.models.state import (
     Phase,
     PhaseStatus,
     RunRecord,
+    StartedJob,
 )
 
 
@@ -43,6 +45,8 @@ class PhaseContext:
     resuming: bool  # members may have had their side effect from a handler that died
     # Seconds until each member refused for now is due its next try (`refused`).
     retry_after: list[int] = field(default_factory=list)
+    # What is noted on the members refused for now, written together by `settle`.
+    refusals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def phase(self) -> Phase:
@@ -55,10 +59,11 @@ class PhaseContext:
             PhaseStatus.FAILED, reason=str(error), refused=True,
         )  # fmt: skip
 
-    def mark_sent(self, instance_id: str, **ids: str) -> None:
-        self.services.store.annotate_phase(
-            self.group.run_id, self.group.group_id, instance_id, self.phase, sent=True, **ids
-        )
+    def mark_sent(self, instance_ids: list[str]) -> None:
+        self.services.store.annotate_phases(
+            self.group.run_id, self.group.group_id, self.phase,
+            {instance_id: {"sent": True} for instance_id in instance_ids},
+        )  # fmt: skip
 
     def refused(self, member: InstanceRecord, error: GatewayError) -> None:
         """AWS refused the side effect: fail the member if the refusal is final
@@ -69,10 +74,9 @@ class PhaseContext:
             self.fail(member.instance_id, error)
             return
         retries = (member.phase(self.phase).retries or 0) + 1
-        self.services.store.annotate_phase(
-            self.group.run_id, self.group.group_id, member.instance_id, self.phase,
-            last_error=str(error), last_error_code=error.code, retries=retries,
-        )  # fmt: skip
+        self.refusals[member.instance_id] = {
+            "last_error": str(error), "last_error_code": error.code, "retries": retries,
+        }  # fmt: skip
         self.retry_after.append(transient.backoff_seconds(retries))
         observability.logger().warning(
             "side effect refused for now; will retry", instance_id=member.instance_id,
@@ -80,11 +84,15 @@ class PhaseContext:
         )  # fmt: skip
         observability.count(f"{self.phase}_RETRIED")
 
-    def rearm_for_retries(self) -> None:
-        """Have the reconciler look again when the soonest refused member is due a retry
+    def settle(self) -> None:
+        """After the side effects: note the refusals on their members (together), and
+        have the reconciler look again when the soonest refused member is due a retry
         (never past the deadline), rather than at the phase's next poll."""
         if not self.retry_after:
             return
+        self.services.store.annotate_phases(
+            self.group.run_id, self.group.group_id, self.phase, self.refusals
+        )
         now = self.services.now_epoch()
         due = now + min(self.retry_after)
         if self.group.deadline is not None:
@@ -138,7 +146,7 @@ def send_scripts(context: PhaseContext, members: list[InstanceRecord]) -> None:
                     context.refused(member, exc)
             continue
         _record_command(services, run.run_id, context.group, phase, command_id, ids)
-    context.rearm_for_retries()
+    context.settle()
 
 
 def _send_one_by_one(
@@ -231,13 +239,11 @@ def _record_command(
     command_id: str,
     instance_ids: list[str],
 ) -> None:
-    # The command item last: a report that finds it takes every member's record to hold
-    # the command id, so a handler that dies half-way leaves the command to adopt again.
-    for instance_id in instance_ids:
-        services.store.annotate_phase(
-            group.run_id, group.group_id, instance_id, phase, sent=True, command_id=command_id
-        )
-    services.store.put_command(command_id, run_id, group.group_id, phase, services.now_epoch())
+    # One transaction: a report that finds the command item takes every member's record
+    # to hold the command id; a handler that dies before leaves the command to adopt.
+    services.store.record_command(
+        command_id, run_id, group.group_id, phase, instance_ids, services.now_epoch()
+    )
     observability.logger().info(
         "script sent", phase=phase, command_id=command_id, instances=len(instance_ids)
     )
@@ -263,31 +269,37 @@ def _change_power(context: PhaseContext, members: list[InstanceRecord], call: Po
     by_id = {member.instance_id: member for member in members}
     side_effect = transient.SIDE_EFFECT_OF[context.phase]
     outcome = call(list(by_id), lambda code: transient.names_an_instance(side_effect, code))
+    arrived = {id: state for id, state in outcome.items() if not isinstance(state, GatewayError)}
+    context.mark_sent(list(arrived))
     for instance_id, state in outcome.items():
         if isinstance(state, GatewayError):
             context.refused(by_id[instance_id], state)
-            continue
-        context.mark_sent(instance_id)
-        ended = context.declaration.ends_on(state)
+    for instance_id, state in arrived.items():
+        ended = context.declaration.ends_on(str(state))
         if ended is not None:
             finish(
                 context.services, context.group.run_id, context.group.group_id, instance_id,
                 context.phase, ended,
             )  # fmt: skip
-    context.rearm_for_retries()
+    context.settle()
 
 
 # -- backup ---------------------------------------------------------------------------------------
 
 
 def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
-    """StartBackupJob, one per instance, labelled with what the backup really is."""
+    """StartBackupJob, one per instance, labelled with what the backup really is; the jobs
+    are recorded a transaction at a time (a handler that dies before finds them again
+    by their idempotency tokens)."""
     services, run, run_input = context.services, context.run, context.run_input
     details = run_input.backup_details
     window = timedelta(minutes=details.start_window_minutes)
+    started: list[StartedJob] = []
+    # The parts released together share the account's StartBackupJob rate (`pacing.py`).
+    pacer = pacing.Pacer(services.clock, context.group.calls_per_second)
     for member in members:
-        started = member.phase(Phase.BACKUP).started_at
-        if context.resuming and started and services.clock.now() > parse_iso(started) + window:
+        begun = member.phase(Phase.BACKUP).started_at
+        if context.resuming and begun and services.clock.now() > parse_iso(begun) + window:
             last_error = member.phase(Phase.BACKUP).last_error
             reason = "no backup job could be started within the start window" + (
                 f" (last error: {last_error})" if last_error else ""
@@ -299,6 +311,7 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
             "prepost:run-id": run.run_id,
             "prepost:consistency": str(label),
         }
+        pacer.wait()
         try:
             # The token makes a repeated call (a resumption) return the same job.
             job_id = services.backup.start_backup_job(
@@ -310,12 +323,29 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
         except GatewayError as exc:
             context.refused(member, exc)
             continue
-        services.store.put_job(
-            job_id, run.run_id, context.group.group_id, member.instance_id, services.now_epoch()
-        )
-        context.mark_sent(member.instance_id, backup_job_id=job_id, consistency=str(label))
         observability.logger().info(
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
-    context.rearm_for_retries()
+        started.append(
+            StartedJob(member.instance_id, job_id, {"sent": True, "consistency": str(label)})
+        )
+        if len(started) == JOBS_PER_RECORD:
+            _record_jobs(context, started)
+            started = []
+    _record_jobs(context, started)
+    context.settle()
+
+
+# Started jobs are recorded this many at a time: few writes, and a job's report seldom
+# comes before its record (it is retried if it does); a handler that dies loses at most
+# this many records, which its resumption finds again by their tokens.
+JOBS_PER_RECORD = 25
+
+
+def _record_jobs(context: PhaseContext, started: list[StartedJob]) -> None:
+    if started:
+        services = context.services
+        services.store.record_jobs(
+            context.run.run_id, context.group.group_id, started, services.now_epoch()
+        )

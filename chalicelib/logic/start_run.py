@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import cancel, decisions, policy, results
+from chalicelib.logic import cancel, decisions, pacing, policy, results
 from chalicelib.logic.finalize import announce, announce_by, finalize_run
 from chalicelib.logic.transitions import phase_request
 from chalicelib.models.events import AwsEvent, DetailType
@@ -222,12 +222,14 @@ def _announce_start(
         "group_count": len(groups),
         "plan": [str(p) for p in run.plan],
     }
+    now_look = services.now_epoch() + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
     services.events.emit(
         [(DetailType.RUN_STARTED, started)]
         + [
             (DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, Phase(group.phase)))
             for group in groups
             if group.phase_state is GroupPhaseState.REQUESTED
+            and (group.due_at or 0) <= now_look  # not one paced for later
         ]
     )
     services.store.mark_start_announced(run.run_id, iso(services.clock.now()), due_at)
@@ -428,6 +430,9 @@ def _begin(
         group_id: decisions.Part(group.group_id, group.label, (), group.barrier)
         for group_id, group in written_groups.items()
     }
+    # Every group enters the first phase now, paced (`pacing.py`): a group whose turn is
+    # later is due then, and its Phase Requested is left to the reconciler.
+    slots = pacing.schedule(services.settings, phases[0], list(sizes.values()))
     group_records = [
         GroupRecord(
             run_id=run_id,
@@ -436,10 +441,11 @@ def _begin(
             size=size,
             phase=str(phases[0]),
             phase_state=GroupPhaseState.REQUESTED,
-            due_at=first_look,
+            due_at=first_look + slot.offset,
+            calls_per_second=slot.calls_per_second,
             barrier=parts[group_id].barrier,
         )
-        for group_id, size in sizes.items()
+        for (group_id, size), slot in zip(sizes.items(), slots, strict=True)
     ]
     # Written again whole when resuming (sizes may have grown): nothing changes a group,
     # and nothing arrives at a barrier, while the run is STARTING.

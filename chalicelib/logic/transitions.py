@@ -10,7 +10,7 @@ from typing import Any
 from chalicelib import observability
 from chalicelib.clock import iso
 from chalicelib.dependencies import Services
-from chalicelib.logic import decisions
+from chalicelib.logic import decisions, pacing
 from chalicelib.models.events import DetailType, PhaseCompleted, PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
@@ -153,7 +153,7 @@ def release_parts(
     aborted = finished is Phase.PRE_SCRIPT and decisions.aborts_group(
         run_input, barrier.count(Phase.PRE_SCRIPT, PhaseStatus.FAILED)
     )
-    due_at = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+    now = services.now_epoch()
     waiting = sorted(
         (
             part
@@ -164,20 +164,29 @@ def release_parts(
         ),
         key=lambda part: part.group_id == releasing,
     )
+    # Paced (`pacing.py`): a part whose turn is later is released due then, without an
+    # event; the reconciler requests it when it is due.
+    slots = pacing.schedule(services.settings, phase, [part.size for part in waiting])
     released = [
-        part
-        for part in waiting
-        if store.release_group(run.run_id, part.group_id, phase, part.aborted or aborted, due_at)
-    ]
+        (part, slot)
+        for part, slot in zip(waiting, slots, strict=True)
+        if store.release_group(
+            run.run_id, part.group_id, phase, part.aborted or aborted,
+            now + (slot.offset or decisions.REQUEST_GRACE_SECONDS), slot.calls_per_second,
+        )
+    ]  # fmt: skip
     if not released:
         return True
+    later = sum(1 for _, slot in released if slot.offset)
     observability.logger().info(
-        "group parts released", barrier=barrier_id, phase=phase, parts=len(released)
-    )
+        "group parts released", barrier=barrier_id, phase=phase, parts=len(released),
+        paced_for_later=later,
+    )  # fmt: skip
     services.events.emit(
         [
             (DetailType.PHASE_REQUESTED, phase_request(run, part.group_id, phase))
-            for part in released
+            for part, slot in released
+            if not slot.offset
         ]
     )
     return True

@@ -5,7 +5,9 @@ Items are small and bounded: nothing here grows with the size of the fleet.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,6 +127,9 @@ class GroupRecord(_Record):
     # A part of a larger coordination group (`decisions.parts_of`): its parts go from
     # phase to phase together, through the barrier of that id; None for a whole group.
     barrier: str | None = None
+    # Paced by calls (`pacing.py`): the StartBackupJob calls a second this part may make,
+    # sharing the account's rate with the parts released with it; None: unpaced.
+    calls_per_second: float | None = None
     # The reconciler's failures on this item while it was due, and why it was set aside
     # (taken out of the due index) if it was: see `Store.note_due_failure`, `set_aside`.
     reconcile_failures: int = 0
@@ -189,3 +194,13 @@ class Lease(_Record):
     # Set when the run ended while this backup job still ran: the lease is kept until the
     # job is terminal (AWS runs one backup job per resource at a time).
     backup_job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A backup job started for one instance (not an item: the store writes its item and
+    notes it on the instance's BACKUP result, with what `noted` adds: sent, label)."""
+
+    instance_id: str
+    backup_job_id: str
+    noted: dict[str, Any]

@@ -228,7 +228,9 @@ class Transaction:
     operation: ClassVar[str] = "TransactWriteItems"
 
 
-Write = Put | Update | Delete | Transaction
+Single = Put | Update | Delete
+Write = Single | Transaction
+
 BATCH_SIZE = 25  # items of one BatchWriteItem call; a batch is not a transaction
 TRANSACTION_SIZE = 100  # items of one TransactWriteItems call (DynamoDB's limit)
 BATCH_OPERATION = "BatchWriteItem"
@@ -590,18 +592,34 @@ def finish_phase(
     a duplicate, stale or late report fails the condition and changes nothing. `fields`
     (reason, ended_at, ...) are set on the phase result.
     """
+    return finish_phases(run_id, group_id, phase, status, {instance_id: fields}, expected)
+
+
+def finish_phases(
+    run_id: str,
+    group_id: str,
+    phase: Phase,
+    status: PhaseStatus,
+    fields: dict[str, dict[str, Any]],
+    expected: PhaseStatus,
+) -> Transaction:
+    """`finish_phase` for several members of one group (instance id: its fields), counted
+    in the group by one write: all of them, or none if one was not `expected`."""
     result = f"phases.{phase}"
     return Transaction(
         (
-            Update(
-                instance_key(run_id, group_id, instance_id),
-                set={f"{result}.status": status}
-                | {f"{result}.{name}": value for name, value in fields.items()},
-                when=eq(f"{result}.status", expected),
+            *(
+                Update(
+                    instance_key(run_id, group_id, instance_id),
+                    set={f"{result}.status": status}
+                    | {f"{result}.{name}": value for name, value in values.items()},
+                    when=eq(f"{result}.status", expected),
+                )
+                for instance_id, values in fields.items()
             ),
             Update(
                 group_key(run_id, group_id),
-                add={"pending": -1, _count_name(phase, status): 1},
+                add={"pending": -len(fields), _count_name(phase, status): len(fields)},
                 when=all_of(eq("phase", phase), eq("phase_state", GroupPhaseState.OPEN)),
             ),
         )
@@ -679,11 +697,24 @@ def arrive_at_barrier(
     )
 
 
-def release_group(run_id: str, group_id: str, phase: Phase, aborted: bool, due_at: int) -> Update:
-    """A part waiting at its barrier enters `phase` (every part finished the one before)."""
+def release_group(
+    run_id: str,
+    group_id: str,
+    phase: Phase,
+    aborted: bool,
+    due_at: int,
+    calls_per_second: float | None = None,
+) -> Update:
+    """A part waiting at its barrier enters `phase` (every part finished the one before),
+    requested by `due_at` (paced: its turn), at most `calls_per_second` if paced by calls."""
     return Update(
         group_key(run_id, group_id),
-        set={"phase_state": GroupPhaseState.REQUESTED, "aborted": aborted, DUE_AT: due_at},
+        set={
+            "phase_state": GroupPhaseState.REQUESTED,
+            "aborted": aborted,
+            DUE_AT: due_at,
+            "calls_per_second": calls_per_second,
+        },
         when=all_of(eq("phase", phase), eq("phase_state", GroupPhaseState.WAITING)),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 
@@ -9,6 +10,19 @@ class VirtualClock:
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
         self.started = self._now
+        # A handler runs at one virtual moment; its waits (`sleep`) pass no virtual time,
+        # only the handler's own: `monotonic` is what all the waits add up to. Told to
+        # `on_sleep` (the bench's ledger books the wait on the invocation).
+        self._waited = 0.0
+        self.on_sleep: Callable[[float], None] | None = None
+
+    def monotonic(self) -> float:
+        return self._waited
+
+    def sleep(self, seconds: float) -> None:
+        self._waited += max(seconds, 0.0)
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
 
     def now(self) -> datetime:
         return self._now

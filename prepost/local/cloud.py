@@ -142,10 +142,18 @@ class Behaviour:
     agent_offline: set[str] = field(default_factory=set)
     # Transient refusals: the error codes answered in turn to the calls of an operation
     # ("SendCommand", "StopInstances", "StartInstances") naming the instance id, one
-    # per call; then the calls go through.
+    # per call ("": that call goes through); then the calls go through.
     refuse_calls: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     # Virtual seconds an instance spends shutting down before it is terminated.
     terminate_seconds: float = 30
+    # EC2's resource token buckets, by operation ("StopInstances", "StartInstances"):
+    # (tokens when full, refilled per second), one token per instance a call names; a
+    # call naming more than the bucket holds is refused RequestLimitExceeded. Empty: no
+    # limit (AWS's are 1000 and 20 or 2 a second: docs/aws-facts.md).
+    ec2_buckets: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # Virtual seconds DescribeInstances lists a terminated instance: about an hour on AWS
+    # (docs/aws-facts.md), then it is absent from the answer.
+    terminated_visible_seconds: float = 3600
     # Every n-th TransactWriteItems of a handler is cancelled for a TransactionConflict
     # (another request on one of its items at that moment), as DynamoDB does under
     # contention; 0: never.
@@ -443,12 +451,15 @@ class LocalCloud:
         self.region = region
         self.stage = stage
         self.clock = clock or VirtualClock()
+        self.clock.on_sleep = self._waited
         self.backup = BackupEmulator(self)
         # Every call attempted (params as sent); `refused` holds those answered with an
         # error, with its code; `succeeded` the others.
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.refused: list[tuple[str, str, dict[str, Any], str]] = []
         self._refused_ids: set[int] = set()
+        self._terminated_at: dict[str, datetime] = {}  # when each instance was terminated
+        self._bucket_state: dict[str, tuple[float, datetime]] = {}  # tokens, as of when
         # (handler, service, operation, params) of the calls the handlers made.
         self.handler_calls: list[tuple[str, str, str, dict[str, Any]]] = []
         self.invocations: Counter[str] = Counter()
@@ -719,6 +730,8 @@ class LocalCloud:
         if self.state_of(instance_id) != before:
             return None
         self._set_state(instance_id, after)
+        if after == "terminated":
+            self._terminated_at[instance_id] = self.clock.now()
         return self._ec2_event(instance_id, after)
 
     # -- running ---------------------------------------------------------------------------
@@ -906,6 +919,7 @@ class LocalCloud:
             "StopInstances": self._after_stop,
             "StartInstances": self._after_start,
             "PutEvents": self._after_put_events,
+            "DescribeInstances": self._after_describe_instances,
         }
         if http_response.status_code >= 300:
             self._record_refusal(parsed, model, context)
@@ -915,6 +929,18 @@ class LocalCloud:
         if react is not None:
             react(http_response=http_response, parsed=parsed, context=context)
         self._maybe_crash(http_response=http_response, model=model)
+
+    def _after_describe_instances(self, parsed: Any, **_: Any) -> None:
+        """An instance terminated longer ago than `Behaviour.terminated_visible_seconds`
+        is no longer listed (moto lists it for good)."""
+        window = timedelta(seconds=self.behaviour.terminated_visible_seconds)
+        gone = {i for i, at in self._terminated_at.items() if at + window <= self.clock.now()}
+        if not gone or not isinstance(parsed, dict):
+            return
+        for reservation in parsed.get("Reservations", []):
+            instances = reservation.get("Instances", [])
+            reservation["Instances"] = [i for i in instances if i["InstanceId"] not in gone]
+        parsed["Reservations"] = [r for r in parsed.get("Reservations", []) if r["Instances"]]
 
     def _record_refusal(self, parsed: Any, model: Any, context: Any) -> None:
         record = context.get("local_record")
@@ -956,6 +982,11 @@ class LocalCloud:
             for s, o, params in self.calls
             if (s, o) == (service, operation) and id(params) not in self._refused_ids
         ]
+
+    def _waited(self, seconds: float) -> None:
+        """A handler waited (paced): the bench books it on the invocation."""
+        if self.ledger is not None:
+            self.ledger.wait(_INVOCATION.get(), seconds)
 
     def _record_call(self, params: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
         context["local_params"] = params
@@ -1059,8 +1090,8 @@ class LocalCloud:
         codes = []
         for instance_id in instance_ids:
             left = self.behaviour.refuse_calls.get((instance_id, operation))
-            if left:
-                codes.append((instance_id, left.pop(0)))
+            if left and (code := left.pop(0)):  # an empty code lets that call through
+                codes.append((instance_id, code))
         if not codes:
             return None
         instance_id, code = codes[0]
@@ -1070,7 +1101,9 @@ class LocalCloud:
         """EC2 refuses the whole call when one of its instances is refused, as AWS does,
         or is in a state the change cannot start from (IncorrectInstanceState)."""
         instance_ids = context["local_params"].get("InstanceIds", [])
-        refused = self._transient_refusal(model.name, instance_ids)
+        refused = self._transient_refusal(model.name, instance_ids) or self._overdrawn(
+            model.name, len(instance_ids)
+        )
         if refused:
             return refused
         for instance_id in instance_ids:
@@ -1085,6 +1118,22 @@ class LocalCloud:
                     "IncorrectInstanceState",
                     f"The instance '{instance_id}' is not in a state from which it can be {verb}.",
                 )
+        return None
+
+    def _overdrawn(self, operation: str, instances: int) -> Any:
+        """EC2's resource bucket of `operation` (`Behaviour.ec2_buckets`) pays for the
+        call's instances, or the call is throttled."""
+        limit = self.behaviour.ec2_buckets.get(operation)
+        if limit is None:
+            return None
+        burst, per_second = limit
+        now = self.clock.now()
+        tokens, since = self._bucket_state.get(operation, (float(burst), now))
+        tokens = min(burst, tokens + per_second * (now - since).total_seconds())
+        if instances > tokens:
+            self._bucket_state[operation] = (tokens, now)
+            return _error("RequestLimitExceeded", "Request limit exceeded. (simulated bucket)")
+        self._bucket_state[operation] = (tokens - instances, now)
         return None
 
     def _existing_states(self, instance_ids: list[str]) -> dict[str, str]:

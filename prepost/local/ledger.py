@@ -67,6 +67,12 @@ class Ledger:
         entry.calls[f"{service}:{operation}"] += 1
         entry.seconds += LATENCY_SECONDS.get(service, DEFAULT_LATENCY_SECONDS)
 
+    def wait(self, invocation: int | None, seconds: float) -> None:
+        """A handler waited `seconds` (paced calls): part of its invocation's duration."""
+        entry = self.invocations.get(invocation) if invocation is not None else None
+        if entry is not None:
+            entry.seconds += seconds
+
     def phase_entered(self, run_id: str, group_id: str, phase: str) -> None:
         """A group entered `phase` (its Phase Requested, or DONE)."""
         self._group_phase[(run_id, group_id)] = phase

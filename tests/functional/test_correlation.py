@@ -6,8 +6,8 @@ import pytest
 
 from chalicelib.dependencies import services
 from chalicelib.errors import CorrelationPendingError
-from chalicelib.logic.results import script_invocation_changed
-from chalicelib.models.events import SsmInvocationEvent
+from chalicelib.logic.results import backup_job_changed, script_invocation_changed
+from chalicelib.models.events import BackupJobEvent, SsmInvocationEvent
 from chalicelib.models.state import Phase, PhaseStatus
 from prepost.local.cloud import Behaviour, LocalCloud
 from prepost.samples import load_event
@@ -83,3 +83,40 @@ def test_ssm_report_for_a_command_whose_record_was_lost_is_adopted(
     assert done is not None
     assert done.phase(Phase.PRE_SCRIPT).status is PhaseStatus.SUCCEEDED
     assert done.phase(Phase.PRE_SCRIPT).command_id == command_id
+
+
+def backup_event(backup_job_id: str, instance_id: str) -> BackupJobEvent:
+    event = load_event("aws-backup-job-completed")
+    event["detail"] |= {
+        "backupJobId": backup_job_id,
+        "resourceArn": f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}",
+    }
+    return BackupJobEvent.model_validate(event)
+
+
+def test_backup_report_before_its_job_is_recorded_is_retried(
+    behaviour: Behaviour, cloud: LocalCloud
+) -> None:
+    """Started jobs are recorded a few at a time: a job that ends at once may report
+    before its record; the report is retried, not dropped as a foreign job's."""
+    [instance_id] = cloud.launch(1, tags={"backup-job": "true"})
+    behaviour.crash_at_call[("start_backups", "StartBackupJob")] = 1
+    cloud.publish(cloud.start_event(seed_input()))
+    for _ in range(200):
+        if any(what.startswith("crash after") for _, what in cloud.timeline):
+            break
+        assert cloud.step(1) == 1
+    store = services().store
+    lease = store.get_lease(instance_id)
+    assert lease is not None
+    instance = store.get_instance(lease.run_id, lease.group_id, instance_id)
+    assert instance is not None
+    backup = instance.phase(Phase.BACKUP)
+    assert backup.status is PhaseStatus.IN_PROGRESS
+    assert backup.backup_job_id is None
+
+    with pytest.raises(CorrelationPendingError):
+        backup_job_changed(services(), backup_event("JOB-NOT-RECORDED", instance_id))
+    # A job of an instance no run holds is not ours: ignored, not retried.
+    [other] = cloud.launch(1)
+    backup_job_changed(services(), backup_event("JOB-OF-ANOTHER-TOOL", other))

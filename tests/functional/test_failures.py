@@ -179,8 +179,13 @@ def test_instance_terminated_during_the_run_does_not_block_it(cloud: LocalCloud)
     assert run.status is RunStatus.COMPLETED_WITH_ERRORS
     gone = instances[doomed]
     assert gone.terminated
-    assert gone.phase(Phase.BACKUP).status is PhaseStatus.FAILED
-    assert gone.phase(Phase.BACKUP).reason == "instance terminated during the phase"
+    # Its backup job went on (AWS Backup snapshots the volumes that remain): the job's
+    # end ends the phase, and its recovery point is on the record.
+    backup = gone.phase(Phase.BACKUP)
+    assert backup.status is PhaseStatus.SUCCEEDED
+    assert backup.recovery_point_arn
+    assert gone.status is InstanceStatus.FAILED
+    assert "terminated" in (gone.reason or "")
     assert gone.phase(Phase.START).status is PhaseStatus.SKIPPED
     assert gone.phase(Phase.POST_SCRIPT).status is PhaseStatus.SKIPPED
     assert instances[survivor].status is InstanceStatus.SUCCEEDED

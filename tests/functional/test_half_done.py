@@ -47,10 +47,15 @@ def _crashed(cloud: LocalCloud) -> bool:
     return any(what.startswith("crash after") for _, what in cloud.timeline)
 
 
-@pytest.mark.parametrize("marked", [0, 2], ids=["none-marked", "two-marked"])
+# The phase's handler writes open_phase (an UpdateItem), then marks its members IN_PROGRESS
+# in one transaction: it dies after either.
+CRASH_POINTS = [("UpdateItem", 0), ("TransactWriteItems", FLEET)]
+
+
+@pytest.mark.parametrize(("call", "marked"), CRASH_POINTS, ids=["none-marked", "all-marked"])
 @pytest.mark.parametrize("phase", list(Phase), ids=[str(p) for p in Phase])
 def test_members_left_pending_by_a_dead_handler_are_resumed(
-    behaviour: Behaviour, cloud: LocalCloud, phase: Phase, marked: int
+    behaviour: Behaviour, cloud: LocalCloud, phase: Phase, call: str, marked: int
 ) -> None:
     ids = cloud.launch(FLEET, tags={"backup-job": "true"})
     run_id = _publish(cloud)
@@ -62,8 +67,7 @@ def test_members_left_pending_by_a_dead_handler_are_resumed(
         )
 
     _step_until(cloud, requested)
-    # The phase's handler writes open_phase, then marks one member per write.
-    behaviour.crash_at_call[(PHASES[phase].handler, "UpdateItem")] = 1 + marked
+    behaviour.crash_at_call[(PHASES[phase].handler, call)] = 1
     _step_until(cloud, lambda: _crashed(cloud))
     [group] = cloud.store.list_groups(run_id)
     assert group.phase_state is GroupPhaseState.OPEN
@@ -273,7 +277,8 @@ def test_a_reconciler_that_dies_finalizing_the_last_group_leaves_the_run_due_soo
     behaviour: Behaviour, any_store: LocalCloud
 ) -> None:
     """The last group's Phase Completed (DONE) is lost, so the reconciler closes the group;
-    it dies after counting the group out (releasing the first lease). The group is no
+    it dies after counting the group out (its third transaction: the members' outcomes,
+    their leases, the count). The group is no
     longer due: the run header must be, minutes later, not at the end of the run's budget
     (found by the property test: a run completed hours after its last phase)."""
     cloud = any_store
@@ -286,7 +291,7 @@ def test_a_reconciler_that_dies_finalizing_the_last_group_leaves_the_run_due_soo
         )
 
     behaviour.lose_event = lose
-    behaviour.crash_at_call[("reconcile_runs", "DeleteItem")] = 1
+    behaviour.crash_at_call[("reconcile_runs", "TransactWriteItems")] = 3
     run_id = _publish(cloud)
     cloud.drain(EVENTS)
     assert _crashed(cloud)

@@ -103,16 +103,17 @@ MUTANTS = [
     Mutant(
         "recovery-point-not-recorded",
         "chalicelib/logic/results.py",
-        "Phase.BACKUP, outcome, reason=reason, recovery_point_arn=recovery_point_arn",
-        "Phase.BACKUP, outcome, reason=reason, recovery_point_arn=None",
+        "recovery_point_arn=recovery_point_arn, job_state=state,",
+        "recovery_point_arn=None, job_state=state,",
         "a completed backup's recovery point ARN is not recorded",
     ),
     # Issue 12's items, one bug each (item 1 is pending-members-not-resumed above).
     Mutant(
         "transient-refusals-final",
         "chalicelib/logic/transient.py",
-        "    return rule(SIDE_EFFECT_OF[phase], code, phase).verdict\n",
-        "    return Verdict.FAIL\n",
+        "        r.code for r in RULES if rule(side_effect, r.code, phase).verdict "
+        "is not Verdict.FAIL\n",
+        "        r.code for r in RULES if False\n",
         "every refusal is final: a throttled send, stop or start, or a start refused while the "
         "instance is still stopping, fails the instance instead of being retried",
     ),
@@ -166,12 +167,13 @@ MUTANTS = [
     ),
     Mutant(
         "command-item-before-its-members",
-        "chalicelib/logic/side_effects.py",
-        "    for instance_id in instance_ids:\n        services.store.annotate_phase(",
-        "    services.store.put_command(command_id, run_id, group.group_id, phase, 0)\n"
-        "    for instance_id in instance_ids:\n        services.store.annotate_phase(",
-        "a command's item is written before its members record it: a handler dying between "
-        "leaves members that finish with no command id",
+        "chalicelib/store.py",
+        "        self._write(sm.Transaction((*annotations, put)) if annotations else put)\n",
+        "        self._write(put)\n"
+        "        for annotation in annotations:\n"
+        "            self._write(annotation)\n",
+        "a command's item is written before (and apart from) its members' notes of it: a "
+        "handler dying between leaves members that finish with no command id",
     ),
     Mutant(
         "last-group-close-not-rearmed",

@@ -236,10 +236,11 @@ THROTTLES = [
 ]
 
 
-def _throttled_calls(setup: Setup, refusals: list[tuple[int, tuple[str, str], int]]) -> None:
-    for n, (operation, code), times in refusals:
+def _throttled_calls(setup: Setup, refusals: list[tuple[Any, ...]]) -> None:
+    """(instance, (operation, code), times[, calls let through first])."""
+    for n, (operation, code), times, *first in refusals:
         refused = setup.cloud.behaviour.refuse_calls.setdefault((setup.ids[n], operation), [])
-        refused += [code] * times
+        refused += [""] * (first[0] if first else 0) + [code] * times
 
 
 def _terminations(setup: Setup, terminated: list[tuple[int, int]]) -> None:
@@ -316,6 +317,28 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "terminations": FaultKind(lambda n: _indexed(n, st.integers(0, 4 * 3600)), _terminations),
 }
 
+
+def _lost_ec2_events(setup: Setup, lost: list[int]) -> None:
+    """Every EC2 state-change event of these instances is lost."""
+    behaviour, before = setup.cloud.behaviour, setup.cloud.behaviour.lose_event
+    gone = {setup.ids[n] for n in lost}
+
+    def lose(event: dict[str, Any]) -> bool:
+        detail = event.get("detail") or {}
+        ec2 = event.get("source") == "aws.ec2" and isinstance(detail, dict)
+        return (ec2 and detail.get("instance-id") in gone) or bool(before and before(event))
+
+    behaviour.lose_event = lose
+
+
+# Kinds that the targeted schedules use and the generator does not draw (drawing a new
+# kind would change every drawn schedule).
+TARGETED_KINDS: dict[str, FaultKind] = {
+    "lost_ec2_events": FaultKind(
+        lambda n: st.lists(st.integers(0, n - 1), min_size=1, max_size=2), _lost_ec2_events
+    ),
+}
+
 # Kinds today's code cannot survive; each is fixed by another engineer's item of issue 12.
 PENDING_FIXES: set[str] = set()
 
@@ -390,6 +413,6 @@ def start(cloud: LocalCloud, schedule: Schedule) -> list[str]:
     run_id = run_id_for(first["id"], AwsEvent.model_validate(first).time)
     setup = Setup(cloud, schedule, ids, detail, run_id)
     for name, params in schedule.faults:
-        FAULT_KINDS[name].apply(setup, params)
+        (FAULT_KINDS | TARGETED_KINDS)[name].apply(setup, params)
     cloud.publish(first, delay=START_AT)
     return ids

@@ -237,6 +237,17 @@ def restore_power_state(
             broken.append(f"{instance_id}: left {states[instance_id]}, not reported STUCK_STOPPED")
         if stuck and states[instance_id] == "running":
             broken.append(f"{instance_id}: reported STUCK_STOPPED, but running")
+        # A start refused for a while (throttled, no capacity for now) is tried again
+        # until its deadline: stuck before it only if EC2 refuses the start for good.
+        for run in runs.values():
+            record = run.instances.get(instance_id)
+            if record is None or record.status is not InstanceStatus.STUCK_STOPPED:
+                continue
+            reason = record.phase(Phase.START).reason or ""
+            final = (instance_id, "StartInstances") in cloud.behaviour.power_errors
+            if not final and "timed out" not in reason:
+                broken.append(f"{instance_id}: STUCK_STOPPED before its deadline, although "
+                              f"EC2 refused its start only for a while ({reason})")  # fmt: skip
         # A start while a stop it asked for is under way (starting an instance that no
         # stop reached, refused until the phase gave up, changes nothing).
         stopped = seen.first.get(("ec2", instance_id, "stopped"), NEVER)

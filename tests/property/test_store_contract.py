@@ -39,6 +39,7 @@ from chalicelib.models.state import (
     PhaseStatus,
     RunRecord,
     RunStatus,
+    StartedJob,
 )
 from chalicelib.store import Store
 from prepost.local.cloud import ACCOUNT
@@ -264,7 +265,32 @@ STEPS = st.one_of(
         annotations,
         st.none() | st.integers(1, 2),
     ),
+    call(
+        "start_phases",
+        runs,
+        groups,
+        phases,
+        st.lists(instances, max_size=3, unique=True),
+        phase_results(),
+        phase_statuses,
+    ),
+    call(
+        "annotate_phases",
+        runs,
+        groups,
+        phases,
+        st.dictionaries(instances, annotations, max_size=3),
+    ),
     call("mark_terminated", runs, groups, instances),
+    call(
+        "finish_phases",
+        runs,
+        groups,
+        phases,
+        phase_statuses,
+        st.dictionaries(instances, fields, min_size=1, max_size=3),
+        st.sampled_from([PhaseStatus.IN_PROGRESS, PhaseStatus.PENDING]),
+    ),
     call(
         "finish_phase",
         runs,
@@ -282,12 +308,13 @@ STEPS = st.one_of(
     call("release_group", runs, groups, phases, st.booleans(), epochs),
     call("finish_group", runs, groups),
     call(
-        "set_instance_outcome",
+        "set_instance_outcomes",
         runs,
-        groups,
-        instances,
-        st.sampled_from(list(InstanceStatus)),
-        reasons,
+        st.lists(
+            st.tuples(groups, instances, st.sampled_from(list(InstanceStatus)), reasons),
+            max_size=3,
+            unique_by=lambda outcome: outcome[:2],
+        ),
     ),
     call("put_profile", profiles()),
     call("get_profile", st.sampled_from(["p1", "p2"])),
@@ -302,11 +329,30 @@ STEPS = st.one_of(
     ),
     call("get_lease", instances),
     call("release_lease", instances, runs),
+    call("release_leases", st.lists(instances, max_size=3, unique=True), runs),
     call("hold_lease_for_job", instances, runs, backup_jobs),
     call("release_lease_after_job", instances, runs, backup_jobs),
-    call("put_command", texts, runs, groups, phases, epochs),
+    call(
+        "record_command",
+        texts,
+        runs,
+        groups,
+        phases,
+        st.lists(instances, max_size=3, unique=True),
+        epochs,
+    ),
     call("get_command", texts),
-    call("put_job", texts, runs, groups, instances, epochs),
+    call(
+        "record_jobs",
+        runs,
+        groups,
+        st.lists(
+            st.builds(StartedJob, instances, backup_jobs, st.just({"sent": True})),
+            max_size=2,
+            unique_by=(lambda job: job.instance_id, lambda job: job.backup_job_id),
+        ),
+        epochs,
+    ),
     call("get_job", texts),
 )
 
@@ -322,6 +368,9 @@ ON_GROUP = {
     "finish_group",
     "cancel_group",
     "drop_group",
+    "start_phases",
+    "annotate_phases",
+    "finish_phases",
 }
 ON_INSTANCE = {
     "finish_phase",
@@ -329,7 +378,6 @@ ON_INSTANCE = {
     "annotate_late_report",
     "annotate_phase",
     "mark_terminated",
-    "set_instance_outcome",
     "get_instance",
 }
 
