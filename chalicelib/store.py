@@ -112,6 +112,7 @@ class Store(Protocol):
         self, run_id: str, group_id: str, phase: Phase, now_epoch: int, until: int
     ) -> bool: ...
     def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None: ...
+    def request_again(self, run_id: str, group_id: str, phase: Phase, due_at: int) -> bool: ...
     def cancel_group(self, run_id: str, group_id: str) -> None: ...
     def annotate_late_report(
         self, run_id: str, group_id: str, instance_id: str, phase: Phase, status: str, text: str
@@ -439,6 +440,9 @@ class TableStore(abc.ABC):
 
     def rearm(self, run_id: str, group_id: str, phase: str, due_at: int) -> None:
         self._write(sm.rearm(run_id, group_id, phase, due_at))
+
+    def request_again(self, run_id: str, group_id: str, phase: Phase, due_at: int) -> bool:
+        return self._applied(sm.request_again(run_id, group_id, phase, due_at))
 
     def cancel_group(self, run_id: str, group_id: str) -> None:
         self._write(sm.cancel_group(run_id, group_id))

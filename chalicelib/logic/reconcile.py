@@ -3,7 +3,7 @@
 Runs on a schedule. It reads only the groups that are due (a sparse index), so its cost
 grows with overdue work, not with the fleet. Every answer goes through the same code an
 event would (`results.record_*` through the poll each phase declares, `phases.enter_phase`,
-`finalize.group_completed`).
+`finalize.group_completed`); a group due to enter its phase is requested by event first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from chalicelib.logic import (
 from chalicelib.logic.phase_declaration import PassMemo
 from chalicelib.logic.phase_table import PHASES
 from chalicelib.logic.transitions import close_phase, finish, release_parts
-from chalicelib.models.events import PhaseRequest
+from chalicelib.models.events import DetailType, PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -137,9 +137,17 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
         _release_waiting(services, group, phase)
         return
     if group.phase_state is GroupPhaseState.REQUESTED:
-        # Its Phase Requested event was lost, or its handler kept failing.
-        store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
-        phases.enter_phase(services, PhaseRequest(run_id=run_id, group_id=group_id, phase=phase))
+        # Its turn came (paced), or its Phase Requested event was lost, or its handler
+        # kept failing: requested again, by event, so that the phase runs in its own
+        # handler (parts paced together run at once, each within its own time and calls;
+        # run here, one after another, they would make this pass unbounded). If that
+        # event does not get through either, the next look enters the phase here.
+        request = PhaseRequest(run_id=run_id, group_id=group_id, phase=phase)
+        if group.requested_again:
+            store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
+            phases.enter_phase(services, request)
+        elif store.request_again(run_id, group_id, phase, now + decisions.REQUEST_GRACE_SECONDS):
+            services.events.emit([(DetailType.PHASE_REQUESTED, request.model_dump(mode="json"))])
         return
     if group.cancelled and PHASES[phase].forward:
         # Its cancel event was lost (or its handler kept failing): end its forward phase.

@@ -130,6 +130,10 @@ class GroupRecord(_Record):
     # Paced by calls (`pacing.py`): the StartBackupJob calls a second this part may make,
     # sharing the account's rate with the parts released with it; None: unpaced.
     calls_per_second: float | None = None
+    # The reconciler put this REQUESTED group's Phase Requested again (its turn came, or
+    # the event was lost); if it is still REQUESTED at the next look, the reconciler
+    # enters the phase itself.
+    requested_again: bool = False
     # The reconciler's failures on this item while it was due, and why it was set aside
     # (taken out of the due index) if it was: see `Store.note_due_failure`, `set_aside`.
     reconcile_failures: int = 0

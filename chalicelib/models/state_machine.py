@@ -488,6 +488,7 @@ def open_phase(
             "deadline": deadline,
             DUE_AT: due_at,
             "claim_until": claim_until,
+            "requested_again": False,
         },
         when=all_of(eq("phase", phase), eq("phase_state", GroupPhaseState.REQUESTED)),
     )
@@ -518,6 +519,17 @@ def rearm(run_id: str, group_id: str, phase: str, due_at: int) -> Update:
         group_key(run_id, group_id),
         set={DUE_AT: due_at},
         when=all_of(eq("phase", phase), Exists(DUE_PARTITION)),
+    )
+
+
+def request_again(run_id: str, group_id: str, phase: Phase, due_at: int) -> Update:
+    """The reconciler put a group's Phase Requested again; it looks again at `due_at`."""
+    return Update(
+        group_key(run_id, group_id),
+        set={DUE_AT: due_at, "requested_again": True},
+        when=all_of(
+            eq("phase", phase), eq("phase_state", GroupPhaseState.REQUESTED), Exists(DUE_PARTITION)
+        ),
     )
 
 

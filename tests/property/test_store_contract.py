@@ -245,6 +245,7 @@ STEPS = st.one_of(
     call("open_phase", runs, groups, phases, st.integers(0, 2), epochs, epochs, epochs),
     call("claim_phase", runs, groups, phases, epochs, epochs),
     call("rearm", runs, groups, phases.map(str), epochs),
+    call("request_again", runs, groups, phases, epochs),
     call("cancel_group", runs, groups),
     call("annotate_late_report", runs, groups, instances, phases, phase_statuses.map(str), texts),
     call(
@@ -364,6 +365,7 @@ ON_GROUP = {
     "open_phase",
     "claim_phase",
     "rearm",
+    "request_again",
     "advance_group",
     "finish_group",
     "cancel_group",
