@@ -10,8 +10,8 @@ class VirtualClock:
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
         self.started = self._now
-        # A handler runs at one virtual moment; its waits (`sleep`) pass no virtual time,
-        # only the handler's own: `monotonic` is what all the waits add up to. Told to
+        # A handler runs at one virtual moment; its waits (`sleep`) and calls (`spend`)
+        # pass no virtual time, only the handler's own: `monotonic` adds them up. Told to
         # `on_sleep` (the bench's ledger books the wait on the invocation).
         self._waited = 0.0
         self.on_sleep: Callable[[float], None] | None = None
@@ -23,6 +23,11 @@ class VirtualClock:
         self._waited += max(seconds, 0.0)
         if self.on_sleep is not None:
             self.on_sleep(seconds)
+
+    def spend(self, seconds: float) -> None:
+        """A handler's call took `seconds` (assumed): a paced handler waits that much less
+        before its next call, as it would on AWS."""
+        self._waited += seconds
 
     def now(self) -> datetime:
         return self._now

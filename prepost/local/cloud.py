@@ -46,7 +46,14 @@ from chalicelib.store import Store
 from prepost.local import ROOT, STAGE
 from prepost.local.clock import VirtualClock
 from prepost.local.fast_dynamodb import FastDynamoDB
-from prepost.local.ledger import READS, WRITES, Ledger, written_keys
+from prepost.local.ledger import (
+    DEFAULT_LATENCY_SECONDS,
+    LATENCY_SECONDS,
+    READS,
+    WRITES,
+    Ledger,
+    written_keys,
+)
 from prepost.local.memory_store import InMemoryStateStore
 from prepost.local.moto_speedups import fast_transactions
 from prepost.local.patterns import matches
@@ -995,6 +1002,8 @@ class LocalCloud:
         context["local_record"] = record
         self.calls.append((service, model.name, record))
         handler = _HANDLER.get()
+        if handler is not None:
+            self.clock.spend(LATENCY_SECONDS.get(service, DEFAULT_LATENCY_SECONDS))
         if self.ledger is not None:
             self.ledger.call(_INVOCATION.get(), handler, service, model.name)
         if handler is not None:  # for the policy coverage test: who made which call
