@@ -331,9 +331,22 @@ def _lost_ec2_events(setup: Setup, lost: list[int]) -> None:
     behaviour.lose_event = lose
 
 
+def _lost_completions(setup: Setup, on: bool) -> None:
+    """Every Phase Completed that ends a group (next phase DONE) is lost."""
+    behaviour, before = setup.cloud.behaviour, setup.cloud.behaviour.lose_event
+
+    def lose(event: dict[str, Any]) -> bool:
+        detail = event.get("detail") or {}
+        done = isinstance(detail, dict) and detail.get("next_phase") == "DONE"
+        return (on and done) or bool(before and before(event))
+
+    behaviour.lose_event = lose
+
+
 # Kinds that the targeted schedules use and the generator does not draw (drawing a new
 # kind would change every drawn schedule).
 TARGETED_KINDS: dict[str, FaultKind] = {
+    "lost_completions": FaultKind(lambda n: st.just(True), _lost_completions),
     "lost_ec2_events": FaultKind(
         lambda n: st.lists(st.integers(0, n - 1), min_size=1, max_size=2), _lost_ec2_events
     ),

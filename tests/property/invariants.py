@@ -326,7 +326,19 @@ def nothing_waits_forever(run: Run) -> list[str]:
     budget = timedelta(seconds=run_budget_seconds(run.run_input)
                        + 2 * 60 * RECONCILE_EVERY_MINUTES)  # fmt: skip
     took = _time(record.finished_at) - _time(record.created_at)
-    return [f"took {took}, past its deadline {budget}"] if took > budget else []
+    if took > budget:
+        return [f"took {took}, past its deadline {budget}"]
+    # Nor does a finished run wait for its final record: a few reconciler passes at most
+    # after its last phase ended (not its budget's end, hours later).
+    ended = [_time(r.ended_at) for i in run.instances.values() for r in i.phases.values()
+             if r.ended_at]  # fmt: skip
+    late = _time(record.finished_at) - max(ended, default=_time(record.created_at))
+    if late > timedelta(seconds=FINAL_RECORD_WITHIN * 60 * RECONCILE_EVERY_MINUTES):
+        return [f"finished {late} after its last phase ended"]
+    return []
+
+
+FINAL_RECORD_WITHIN = 4  # reconciler passes
 
 
 # -- 6. One run per instance at a time -----------------------------------------------------------

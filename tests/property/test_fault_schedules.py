@@ -78,6 +78,12 @@ TARGETED = [
     # job lost. The job went on: its phase waits for it (polled), its recovery point kept.
     _targeted(size=18, pre_script=False, post_script=False, seed=631,
               faults=(("delivery", (0.0, 0.3, 0.0)), ("terminations", [(0, 904), (17, 0)]))),
+    # The group's last Phase Completed is lost; the reconciler closes the group and dies
+    # right after counting it out (its third transaction: outcomes, leases, the count):
+    # the run is finalized minutes later, not when its budget ends.
+    _targeted(pre_script=False, post_script=False,
+              faults=(("lost_completions", True),
+                      ("crash_at_call", ("reconcile_runs", "TransactWriteItems", 3)))),
 ]  # fmt: skip
 
 
