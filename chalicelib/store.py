@@ -58,7 +58,7 @@ class Store(Protocol):
         announce_by: int,
     ) -> bool: ...
     def mark_announced(self, run_id: str, at: str) -> None: ...
-    def cancel_run(self, run_id: str, reason: str | None = None) -> bool: ...
+    def cancel_run(self, run_id: str, at: str, reason: str | None = None) -> bool: ...
     def keep_cancel(self, request: CancelRequest, at: str, now_epoch: int) -> bool: ...
     def pending_cancel(self, run_id: str) -> CancelRequest | None: ...
     def rearm_run(self, run_id: str, due_at: int) -> None: ...
@@ -309,10 +309,10 @@ class TableStore(abc.ABC):
     def mark_announced(self, run_id: str, at: str) -> None:
         self._write(sm.mark_announced(run_id, at))
 
-    def cancel_run(self, run_id: str, reason: str | None = None) -> bool:
-        """Mark a RUNNING run cancelled; False if it is not running, or was cancelled
-        already."""
-        return self._applied(sm.cancel_run(run_id, reason))
+    def cancel_run(self, run_id: str, at: str, reason: str | None = None) -> bool:
+        """Mark a RUNNING run cancelled at `at`; False if it is not running, or was
+        cancelled already."""
+        return self._applied(sm.cancel_run(run_id, reason, at))
 
     # A cancel that comes before its run is RUNNING is kept beside the run, for the handler
     # that makes the run RUNNING to apply (it expires with the run's history).

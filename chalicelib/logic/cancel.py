@@ -70,7 +70,7 @@ def apply_cancel(services: Services, request: CancelRequest) -> None:
     """Cancel a RUNNING run and each of its groups. Idempotent: a handler that died half-way
     is finished by Lambda's retry, or by the start handler applying a kept cancel."""
     store, log = services.store, observability.logger()
-    if store.cancel_run(request.run_id, request.reason):
+    if store.cancel_run(request.run_id, iso(services.clock.now()), request.reason):
         log.warning("run cancelled", reason=request.reason)
         observability.count("RunsCancelled")
     else:

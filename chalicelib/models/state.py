@@ -178,6 +178,7 @@ class RunRecord(_Record):
     instance_count: int = 0
     counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
     cancelled: bool = False
+    cancelled_at: str | None = None  # when the cancel flag was written
     notified_at: str | None = None  # when its summary went to the notification topic
     announced_at: str | None = None  # when its Run Completed event was put
     start_announced_at: str | None = None  # when its Run Started event was put

@@ -364,12 +364,14 @@ def mark_announced(run_id: str, at: str) -> Update:
     )
 
 
-def cancel_run(run_id: str, reason: str | None) -> Update:
-    """Mark a RUNNING run cancelled, with the reason asked, unless it is already: only the
-    first cancel of a run is applied (a repeated or retried one finds it cancelled)."""
+def cancel_run(run_id: str, reason: str | None, at: str) -> Update:
+    """Mark a RUNNING run cancelled at `at`, with the reason asked, unless it is already:
+    only the first cancel of a run is applied (a repeated or retried one finds it
+    cancelled)."""
+    cancelled = {"cancelled": True, "cancelled_at": at}
     return Update(
         run_key(run_id),
-        set={"cancelled": True} | ({"cancel_reason": reason} if reason is not None else {}),
+        set=cancelled | ({"cancel_reason": reason} if reason is not None else {}),
         when=all_of(eq("status", RunStatus.RUNNING), ne("cancelled", True)),
     )
 

@@ -457,6 +457,8 @@ def cancel_is_honoured(run: Run, seen: Observed, runs: dict[str, Run]) -> list[s
     cancelled = seen.first.get(("cancel", run_id))
     if cancelled is None:
         return []
+    if run.record.cancelled_at is not None:  # its handler died after writing the flag
+        cancelled = min(cancelled, _time(run.record.cancelled_at))
     finished = _time(run.record.finished_at) if run.record.finished_at else NEVER
     completed = seen.position.get(("completed", run_id))
     if cancelled > finished or (completed is not None and

@@ -84,6 +84,12 @@ TARGETED = [
     _targeted(pre_script=False, post_script=False,
               faults=(("lost_completions", True),
                       ("crash_at_call", ("reconcile_runs", "TransactWriteItems", 3)))),
+    # The cancel handler dies right after writing the run's cancel flag, before reaching
+    # the group: the run is cancelled from then on, not from Lambda's retry a minute later
+    # (the group's STOP, requested meanwhile, must read the run's flag).
+    _targeted(start_stop=True, post_script=True,
+              faults=(("cancel_in_pre_script", 0),
+                      ("crash_at_call", ("cancel_run", "UpdateItem", 1)))),
 ]  # fmt: skip
 
 

@@ -227,7 +227,7 @@ STEPS = st.one_of(
         epochs,
     ),
     call("mark_announced", runs, texts),
-    call("cancel_run", runs, reasons),
+    call("cancel_run", runs, texts, reasons),
     call("keep_cancel", st.builds(CancelRequest, run_id=runs, reason=reasons), texts, epochs),
     call("pending_cancel", runs),
     call("rearm_run", runs, epochs),
