@@ -55,7 +55,7 @@ from prepost.local.ledger import (
     written_keys,
 )
 from prepost.local.memory_store import InMemoryStateStore
-from prepost.local.moto_speedups import fast_transactions
+from prepost.local.moto_speedups import speedups
 from prepost.local.patterns import matches
 from prepost.samples import load_event
 
@@ -510,7 +510,7 @@ class LocalCloud:
             os.environ[key] = value
         self._mock = mock_aws()
         self._mock.start()
-        self._speedups = fast_transactions()
+        self._speedups = speedups()
         self._speedups.__enter__()
         self.session = _hooked_session(self.region)
         LocalCloud.active = self

@@ -3,6 +3,11 @@
 moto 5.2.5 deep-copies every table a TransactWriteItems touches, to roll back on
 failure; that makes each transaction cost as much as the whole table. Here the rollback
 copy is taken of the touched items only, which is all a rollback needs.
+
+moto 5.2.5 finds an EC2 resource's own tags by filtering every tag of the account (its
+`describe_tags` with a resource-id filter): DescribeInstances over a tag, which reads each
+instance's tags, is quadratic in the fleet (six minutes at 10,000 instances). Here an
+instance reads its own tags from the same store, by its id.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 from moto.dynamodb import responses as dynamodb_responses
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
+from moto.ec2.models.core import TaggedEC2Resource
+from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
 
 from chalicelib.models.state_machine import TRANSACTION_SIZE
 
@@ -27,6 +34,36 @@ def _key_of(table: Table, operation: dict[str, Any]) -> dict[str, Any]:
     if table.range_key_attr is not None:
         key[table.range_key_attr] = item[table.range_key_attr]
     return key
+
+
+def _own_tags(self: Any) -> list[dict[str, str]]:
+    """What moto's `get_tags` answers (`describe_tags` filtered to this resource's id),
+    read by the id (an EC2 id is exact: no other id has it as a prefix)."""
+    if not self.id:
+        return []
+    tags = self.ec2_backend.tags.get(self.id, {})
+    kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
+    return [
+        {"resource_id": self.id, "key": key, "value": value, "resource_type": kind}
+        for key, value in tags.items()
+    ]
+
+
+@contextmanager
+def fast_tags() -> Iterator[None]:
+    original = TaggedEC2Resource.get_tags
+    TaggedEC2Resource.get_tags = _own_tags  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TaggedEC2Resource.get_tags = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def speedups() -> Iterator[None]:
+    """Every speed-up of this module, for as long as the local cloud lives."""
+    with fast_transactions(), fast_tags():
+        yield
 
 
 @contextmanager
