@@ -22,7 +22,7 @@ from chalicelib.logic.decisions import MemberDecision
 from chalicelib.logic.phase_table import PHASES, decide_member
 from chalicelib.logic.side_effects import PhaseContext
 from chalicelib.logic.transitions import close_phase
-from chalicelib.models.events import PhaseRequest
+from chalicelib.models.events import DetailType, PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     GroupPhaseState,
@@ -44,6 +44,9 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
     """A group enters the requested phase (from its event, or from the reconciler)."""
     log = observability.logger()
     observability.bind_run(request.run_id)
+    if request.more_group_ids:
+        fan_out(services, request)
+        return
     store = services.store
     group = store.get_group(request.run_id, request.group_id)
     if group is None or group.phase != request.phase:
@@ -92,6 +95,24 @@ def enter_phase(services: Services, request: PhaseRequest) -> None:
         _execute(services, run, run_input, opened, actors, resuming=False)
     else:
         close_phase(services, opened)
+
+
+def fan_out(services: Services, request: PhaseRequest) -> None:
+    """A request for many groups (a run's start, `transitions.phase_requests`): put one
+    Phase Requested per group, as the start would have for fewer. Idempotent: a retry puts
+    them again, and a group already in its phase ignores its request; should this event
+    be lost, each group is due for the reconciler, which requests it."""
+    group_ids = list(dict.fromkeys([request.group_id, *request.more_group_ids]))
+    observability.logger().info("phase requests fanned out", phase=request.phase,
+                                groups=len(group_ids))  # fmt: skip
+    services.events.emit(
+        [
+            (DetailType.PHASE_REQUESTED, PhaseRequest(
+                run_id=request.run_id, group_id=group_id, phase=request.phase
+            ).model_dump(mode="json", exclude_defaults=True))
+            for group_id in group_ids
+        ]
+    )  # fmt: skip
 
 
 def _mark(

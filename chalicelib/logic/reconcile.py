@@ -147,7 +147,8 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
             store.rearm(run_id, group_id, group.phase, now + decisions.REQUEST_GRACE_SECONDS)
             phases.enter_phase(services, request)
         elif store.request_again(run_id, group_id, phase, now + decisions.REQUEST_GRACE_SECONDS):
-            services.events.emit([(DetailType.PHASE_REQUESTED, request.model_dump(mode="json"))])
+            detail = request.model_dump(mode="json", exclude_defaults=True)
+            services.events.emit([(DetailType.PHASE_REQUESTED, detail)])
         return
     if group.cancelled and PHASES[phase].forward:
         # Its cancel event was lost (or its handler kept failing): end its forward phase.

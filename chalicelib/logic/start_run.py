@@ -14,7 +14,7 @@ from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import cancel, decisions, pacing, policy, results
 from chalicelib.logic.finalize import announce, announce_by, finalize_run
-from chalicelib.logic.transitions import phase_request
+from chalicelib.logic.transitions import phase_requests
 from chalicelib.models.events import AwsEvent, DetailType
 from chalicelib.models.profile import Profile, ProfileRequest, catch_up
 from chalicelib.models.run_input import RunInput, validation_messages
@@ -223,14 +223,14 @@ def _announce_start(
         "plan": [str(p) for p in run.plan],
     }
     now_look = services.now_epoch() + START_CLAIM_SECONDS + decisions.REQUEST_GRACE_SECONDS
+    due: dict[Phase, list[str]] = {}  # a resumed announcement may find groups moved on
+    for group in groups:
+        if group.phase_state is GroupPhaseState.REQUESTED and (group.due_at or 0) <= now_look:
+            due.setdefault(Phase(group.phase), []).append(group.group_id)  # not paced later
+    requests = [r for phase, ids in due.items() for r in phase_requests(run, ids, phase)]
     services.events.emit(
         [(DetailType.RUN_STARTED, started)]
-        + [
-            (DetailType.PHASE_REQUESTED, phase_request(run, group.group_id, Phase(group.phase)))
-            for group in groups
-            if group.phase_state is GroupPhaseState.REQUESTED
-            and (group.due_at or 0) <= now_look  # not one paced for later
-        ]
+        + [(DetailType.PHASE_REQUESTED, request) for request in requests]
     )
     services.store.mark_start_announced(run.run_id, iso(services.clock.now()), due_at)
 

@@ -11,7 +11,7 @@ from chalicelib import observability
 from chalicelib.clock import iso
 from chalicelib.dependencies import Services
 from chalicelib.logic import decisions, pacing
-from chalicelib.models.events import DetailType, PhaseCompleted, PhaseRequest
+from chalicelib.models.events import FAN_OUT_GROUPS, DetailType, PhaseCompleted, PhaseRequest
 from chalicelib.models.run_input import RunInput
 from chalicelib.models.state import (
     DONE,
@@ -193,7 +193,37 @@ def release_parts(
 
 
 def phase_request(run: RunRecord, group_id: str, phase: Phase) -> dict[str, Any]:
-    return PhaseRequest(run_id=run.run_id, group_id=group_id, phase=phase).model_dump(mode="json")
+    return PhaseRequest(run_id=run.run_id, group_id=group_id, phase=phase).model_dump(
+        mode="json", exclude_defaults=True
+    )
+
+
+# Up to this many groups get their Phase Requested events from the handler at hand; more
+# (a run of one group per instance) get requests for many groups each, which the phase's
+# handler fans out (`phases.fan_out`): a 10,000-group start puts 2 PutEvents, not 1,000.
+FAN_OUT_INLINE = 100
+FAN_OUT_BYTES = 20_000  # of group ids per request: ten requests fit one PutEvents (256 KB)
+
+
+def phase_requests(run: RunRecord, group_ids: list[str], phase: Phase) -> list[dict[str, Any]]:
+    """The Phase Requested details that request `phase` for `group_ids`."""
+    if len(group_ids) <= FAN_OUT_INLINE:
+        return [phase_request(run, group_id, phase) for group_id in group_ids]
+    requests, chunk, size = [], list[str](), 0
+    for group_id in group_ids:
+        if chunk and (len(chunk) == FAN_OUT_GROUPS or size + len(group_id) > FAN_OUT_BYTES):
+            requests.append(_many(run, chunk, phase))
+            chunk, size = [], 0
+        chunk.append(group_id)
+        size += len(group_id.encode()) + 3  # its quotes and comma
+    return [*requests, _many(run, chunk, phase)]
+
+
+def _many(run: RunRecord, group_ids: list[str], phase: Phase) -> dict[str, Any]:
+    request = PhaseRequest(
+        run_id=run.run_id, group_id=group_ids[0], phase=phase, more_group_ids=group_ids[1:]
+    )
+    return request.model_dump(mode="json", exclude_defaults=True)
 
 
 def leased_instance(services: Services, instance_id: str) -> InstanceRecord | None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from chalicelib.errors import PoisonEventError
 from chalicelib.models.state import Phase, RunRecord
@@ -97,12 +104,23 @@ class BackupJobEvent(AwsEvent):
     detail: BackupJobDetail
 
 
+# A run's first Phase Requested events, when it has many groups (one per instance), go
+# out as requests for up to this many groups each; the phase's handler puts the single
+# requests (`phases.fan_out`), so that no one invocation puts thousands of events.
+FAN_OUT_GROUPS = 500
+
+
 class PhaseRequest(_Detail):
-    """Detail of `PrePostBackup Phase Requested`: a group enters a phase."""
+    """Detail of `PrePostBackup Phase Requested`: a group enters a phase. With
+    `more_group_ids`, a request for several groups of the run at once: its handler puts
+    one request for each (`group_id` included) and does nothing else."""
 
     run_id: str
     group_id: str
     phase: Phase
+    more_group_ids: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=list, max_length=FAN_OUT_GROUPS - 1
+    )
 
 
 class PhaseRequestEvent(AwsEvent):
