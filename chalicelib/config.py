@@ -52,6 +52,10 @@ class Settings(BaseModel):
     # (`decisions.parts_of`): what one handler invocation works on. 100 keeps every
     # invocation under a few hundred AWS calls; tests set it low to exercise the barrier.
     group_part_size: int = Field(default=100, ge=1, le=100)
+    # A run of more groups than this counts them in tallies of about this many each
+    # (`decisions.tallies_of`): the run header is written once per tally, not per group.
+    # Tests set it low to exercise the tallies.
+    tally_groups: int = Field(default=500, ge=1, le=1000)
     # The account's token buckets for the calls a large run makes many of (AWS's defaults,
     # docs/aws-facts.md "Rate limits a large run meets"); parts of a group enter STOP, START
     # and BACKUP paced to them (`logic/pacing.py`). Raise them if AWS raised yours.
@@ -91,6 +95,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         notify_on=(env.get("PREPOST_NOTIFY_ON") or NotifyOn.FAILURES).strip().lower(),
         schedule_catch_up_minutes=int(env.get("PREPOST_SCHEDULE_CATCH_UP_MINUTES", "60")),
         group_part_size=int(env.get("PREPOST_GROUP_PART_SIZE") or 100),
+        tally_groups=int(env.get("PREPOST_TALLY_GROUPS") or 500),
         ec2_stop_burst=int(env.get("PREPOST_EC2_STOP_BURST") or 1000),
         ec2_stops_per_second=float(env.get("PREPOST_EC2_STOPS_PER_SECOND") or 20),
         ec2_start_burst=int(env.get("PREPOST_EC2_START_BURST") or 1000),

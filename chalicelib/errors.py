@@ -27,3 +27,7 @@ class EventPublishError(PrePostError):
 
 class CorrelationPendingError(PrePostError):
     """A report arrived before its side effect was recorded; raising makes Lambda retry it."""
+
+
+class ContentionError(PrePostError):
+    """An item kept changing under a conditional write; raising makes Lambda retry it."""

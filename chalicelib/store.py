@@ -30,6 +30,7 @@ from chalicelib.models.state import (
     RunRecord,
     RunStatus,
     StartedJob,
+    TallyRecord,
 )
 
 T = TypeVar("T")
@@ -77,8 +78,10 @@ class Store(Protocol):
         instances: list[InstanceRecord],
         now_epoch: int,
         barriers: list[BarrierRecord] | None = None,
+        tallies: list[TallyRecord] | None = None,
     ) -> None: ...
     def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None: ...
+    def get_tally(self, run_id: str, tally: int) -> TallyRecord | None: ...
     def drop_group(self, run_id: str, group_id: str) -> bool: ...
     def arrive_at_barrier(
         self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
@@ -170,7 +173,9 @@ class Store(Protocol):
         aborted: bool,
         due_at: int,
     ) -> bool: ...
-    def finish_group(self, run_id: str, group_id: str) -> bool: ...
+    def finish_group(
+        self, run_id: str, group_id: str, tally: int | None = None, last_of_tally: bool = False
+    ) -> bool: ...
     def set_instance_outcomes(
         self, run_id: str, outcomes: list[tuple[str, str, InstanceStatus, str | None]]
     ) -> None: ...
@@ -365,11 +370,13 @@ class TableStore(abc.ABC):
         instances: list[InstanceRecord],
         now_epoch: int,
         barriers: list[BarrierRecord] | None = None,
+        tallies: list[TallyRecord] | None = None,
     ) -> None:
-        """Write a run's groups (with the barriers of their parts) and instances, in
-        batches (not one transaction: a crash may leave the first batches written; writing
-        them again is harmless)."""
-        puts = sm.groups_and_instances(groups, instances, self.expiry(now_epoch), barriers)
+        """Write a run's groups (with the barriers of their parts and the tallies that
+        count them) and instances, in batches (not one transaction: a crash may leave the
+        first batches written; writing them again is harmless)."""
+        expires = self.expiry(now_epoch)
+        puts = sm.groups_and_instances(groups, instances, expires, barriers, tallies)
         for start in range(0, len(puts), sm.BATCH_SIZE):
             self._put_batch(puts[start : start + sm.BATCH_SIZE])
 
@@ -383,6 +390,10 @@ class TableStore(abc.ABC):
     def get_barrier(self, run_id: str, barrier: str) -> BarrierRecord | None:
         item = self._get(sm.barrier_key(run_id, barrier))
         return sm.barrier_from_item(item) if item else None
+
+    def get_tally(self, run_id: str, tally: int) -> TallyRecord | None:
+        item = self._get(sm.tally_key(run_id, tally))
+        return sm.tally_from_item(item) if item else None
 
     def arrive_at_barrier(
         self, group: GroupRecord, to_phase: Phase, aborted: bool, due_at: int
@@ -552,8 +563,12 @@ class TableStore(abc.ABC):
         write = sm.advance_group(run_id, group_id, from_phase, to_phase, aborted, due_at)
         return self._applied(write)
 
-    def finish_group(self, run_id: str, group_id: str) -> bool:
-        return self._applied(sm.finish_group(run_id, group_id))
+    def finish_group(
+        self, run_id: str, group_id: str, tally: int | None = None, last_of_tally: bool = False
+    ) -> bool:
+        """Count a finished group out (`sm.finish_group`); False if it was already, or if
+        its tally's count was not what `last_of_tally` assumed."""
+        return self._applied(sm.finish_group(run_id, group_id, tally, last_of_tally))
 
     def set_instance_outcomes(
         self, run_id: str, outcomes: list[tuple[str, str, InstanceStatus, str | None]]

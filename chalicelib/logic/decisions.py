@@ -342,3 +342,13 @@ def run_budget_seconds(run_input: RunInput) -> int:
         + declared(phase).poll_seconds
         for phase in plan(run_input)
     )
+
+
+def tallies_of(group_ids: list[str], per_tally: int) -> dict[str, int]:
+    """The tally counting each group, for a run of more than `per_tally` groups (the
+    setting `tally_groups`), dealt round so that groups that finish together spread over
+    the tallies; {} for fewer: the run header counts them itself."""
+    if len(group_ids) <= per_tally:
+        return {}
+    count = -(-len(group_ids) // per_tally)
+    return {group_id: n % count for n, group_id in enumerate(sorted(group_ids))}

@@ -5,10 +5,13 @@ from __future__ import annotations
 from chalicelib import observability
 from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
+from chalicelib.errors import ContentionError
 from chalicelib.logic import decisions
 from chalicelib.models.events import DetailType, PhaseCompleted, RunCompleted
 from chalicelib.models.state import (
     DONE,
+    GroupPhaseState,
+    GroupRecord,
     InstanceRecord,
     InstanceStatus,
     Phase,
@@ -36,17 +39,43 @@ def close_group(services: Services, run_id: str, group_id: str) -> None:
     running = before is not None and before.status is RunStatus.RUNNING
     if before is not None and running and group is not None and not group.finalized:
         conclude_members(services, before, services.store.list_instances(run_id, group_id))
-    if before is not None and before.status is RunStatus.RUNNING and before.groups_pending <= 1:
-        # The last group: should this handler die once the group is counted out (the group
-        # is then no longer due), the reconciler finds the run due soon, not at the end
-        # of its budget hours later.
-        grace = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
-        services.store.rearm_run(run_id, grace)
-    services.store.finish_group(run_id, group_id)  # once; a repeat changes nothing
+    if group is not None and group.tally is not None:
+        _count_out_of_tally(services, before, group)
+    else:
+        if running and before is not None and before.groups_pending <= 1:
+            _rearm_for_the_last(services, run_id)
+        services.store.finish_group(run_id, group_id)  # once; a repeat changes nothing
     run = services.store.get_run(run_id)
     # Checked even after a repeat: the handler that counted the group out may have died.
     if run is not None and run.status is RunStatus.RUNNING and run.groups_pending <= 0:
         finalize_run(services, run)
+
+
+def _rearm_for_the_last(services: Services, run_id: str) -> None:
+    """The last group: should this handler die once the group is counted out (the group
+    is then no longer due), the reconciler finds the run due soon, not at the end of its
+    budget hours later."""
+    services.store.rearm_run(run_id, services.now_epoch() + decisions.REQUEST_GRACE_SECONDS)
+
+
+def _count_out_of_tally(services: Services, run: RunRecord | None, group: GroupRecord) -> None:
+    """Count a group of a run of many out of its tally, and the tally out of the run when
+    this is its last group (one transaction either way). Two groups of one tally that
+    finish together may both take themselves for not the last: the one whose count is
+    refused reads the tally again and tries as what it is then."""
+    store, tally = services.store, group.tally
+    assert tally is not None
+    for _ in range(3):
+        current = store.get_tally(group.run_id, tally)
+        last = current is not None and current.pending <= 1
+        if last and run is not None and run.status is RunStatus.RUNNING and run.groups_pending <= 1:
+            _rearm_for_the_last(services, group.run_id)
+        if store.finish_group(group.run_id, group.group_id, tally, last_of_tally=last):
+            return
+        again = store.get_group(group.run_id, group.group_id)
+        if again is None or again.finalized or again.phase_state is not GroupPhaseState.DONE:
+            return  # counted out already (a repeat), or not done: nothing to count
+    raise ContentionError(f"tally {tally} of run {group.run_id} kept changing; retried by Lambda")
 
 
 def conclude_members(services: Services, run: RunRecord, members: list[InstanceRecord]) -> None:

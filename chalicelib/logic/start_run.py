@@ -29,6 +29,7 @@ from chalicelib.models.state import (
     PhaseResult,
     RunRecord,
     RunStatus,
+    TallyRecord,
 )
 from chalicelib.models.targets import TargetInstance
 
@@ -433,6 +434,7 @@ def _begin(
     # Every group enters the first phase now, paced (`pacing.py`): a group whose turn is
     # later is due then, and its Phase Requested is left to the reconciler.
     slots = pacing.schedule(services.settings, phases[0], list(sizes.values()))
+    tally_of = decisions.tallies_of(list(sizes), services.settings.tally_groups)
     group_records = [
         GroupRecord(
             run_id=run_id,
@@ -444,14 +446,20 @@ def _begin(
             due_at=first_look + slot.offset,
             calls_per_second=slot.calls_per_second,
             barrier=parts[group_id].barrier,
+            tally=tally_of.get(group_id),
         )
         for (group_id, size), slot in zip(sizes.items(), slots, strict=True)
     ]
+    tallies = [
+        TallyRecord(run_id=run_id, tally=tally, pending=pending)
+        for tally, pending in sorted(Counter(tally_of.values()).items())
+    ]
     # Written again whole when resuming (sizes may have grown): nothing changes a group,
-    # and nothing arrives at a barrier, while the run is STARTING.
+    # nothing arrives at a barrier and nothing is counted out, while the run is STARTING.
     store.put_groups_and_instances(
-        group_records, new_members + new_skipped, now_epoch, _barriers(run_id, group_records)
-    )
+        group_records, new_members + new_skipped, now_epoch, _barriers(run_id, group_records),
+        tallies,
+    )  # fmt: skip
     for group_id in set(written_groups) - set(sizes):
         store.drop_group(run_id, group_id)  # its instances are gone or held: no member
     for record in new_skipped if resuming else []:
@@ -462,7 +470,8 @@ def _begin(
             "status": RunStatus.RUNNING,
             "plan": phases,
             "groups_total": len(group_records),
-            "groups_pending": len(group_records),
+            "groups_pending": len(tallies) or len(group_records),
+            "tallies": len(tallies),
             "instance_count": len(requested),
         }
     )

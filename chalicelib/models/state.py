@@ -123,6 +123,7 @@ class GroupRecord(_Record):
     claim_until: int | None = None  # a handler is making the phase's side effects until then
     cancelled: bool = False  # no more forward side effects; only the compensation
     finalized: bool = False
+    tally: int | None = None  # the tally counting it, in a run of many groups
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
     # A part of a larger coordination group (`decisions.parts_of`): its parts go from
     # phase to phase together, through the barrier of that id; None for a whole group.
@@ -143,6 +144,18 @@ class GroupRecord(_Record):
 
     def count(self, phase: Phase, status: PhaseStatus) -> int:
         return self.counts.get(f"{phase}_{status}", 0)
+
+
+class TallyRecord(_Record):
+    """A share of a run's count of unfinished groups, for a run of many groups (one per
+    instance): each group is counted out of its tally, and a tally out of the run header
+    when its last group is, so that no item is written more than a few hundred times
+    when thousands of groups finish together (`decisions.tallies_of`)."""
+
+    run_id: str
+    tally: int
+    pending: int  # its groups not yet counted out
+    closed: bool = False  # counted out of the run header
 
 
 class BarrierRecord(_Record):
@@ -174,7 +187,9 @@ class RunRecord(_Record):
     reason: str | None = None
     plan: list[Phase] = Field(default_factory=list)
     groups_total: int = 0
+    # What the run still waits for: its groups, or, with `tallies`, its open tallies.
     groups_pending: int = 0
+    tallies: int = 0
     instance_count: int = 0
     counts: dict[str, int] = Field(default_factory=dict)  # InstanceStatus -> n
     cancelled: bool = False

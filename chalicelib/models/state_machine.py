@@ -48,6 +48,7 @@ from chalicelib.models.state import (
     PhaseStatus,
     RunRecord,
     RunStatus,
+    TallyRecord,
 )
 
 # -- keys ------------------------------------------------------------------------------------
@@ -82,6 +83,10 @@ def instance_key(run_id: str, group_id: str, instance_id: str) -> Key:
 
 def barrier_key(run_id: str, barrier: str) -> Key:
     return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: f"BARRIER#{barrier}"}
+
+
+def tally_key(run_id: str, tally: int) -> Key:
+    return {PARTITION_KEY: f"RUN#{run_id}", SORT_KEY: f"TALLY#{tally:05d}"}
 
 
 def pending_cancel_key(run_id: str) -> Key:
@@ -292,7 +297,8 @@ def activate_run(run: RunRecord, due_at: int) -> Update:
             "status": RunStatus.RUNNING,
             "plan": list(run.plan),
             "groups_total": run.groups_total,
-            "groups_pending": run.groups_total,
+            "groups_pending": run.groups_pending,
+            "tallies": run.tallies,
             "instance_count": run.instance_count,
             DUE_AT: due_at,
         },
@@ -443,12 +449,14 @@ def groups_and_instances(
     instances: list[InstanceRecord],
     expires_at: int,
     barriers: list[BarrierRecord] | None = None,
+    tallies: list[TallyRecord] | None = None,
 ) -> list[Put]:
-    """The items of a run's groups (and the barriers of their parts) and instances,
-    written unconditionally (in batches)."""
+    """The items of a run's groups (and the barriers of their parts, the tallies that
+    count them) and instances, written unconditionally (in batches)."""
     expires = {TTL_ATTRIBUTE: expires_at}
     return (
-        [
+        [Put(tally_key(t.run_id, t.tally) | dump(t) | expires) for t in tallies or []]
+        + [
             Put(barrier_key(b.run_id, b.barrier) | dump(b, exclude={"counts", "arrived"}) | expires)
             for b in barriers or []
         ]
@@ -733,19 +741,33 @@ def release_group(
     )
 
 
-def finish_group(run_id: str, group_id: str) -> Transaction:
-    """Count a finished group out of its run, once."""
-    return Transaction(
-        (
-            Update(
-                group_key(run_id, group_id),
-                set={"finalized": True},
-                remove=(DUE_PARTITION, DUE_AT),
-                when=all_of(eq("phase_state", GroupPhaseState.DONE), Missing("finalized")),
-            ),
-            Update(run_key(run_id), add={"groups_pending": -1}),
-        )
+def finish_group(
+    run_id: str, group_id: str, tally: int | None = None, last_of_tally: bool = False
+) -> Transaction:
+    """Count a finished group out of its run, once: out of the run header, or out of its
+    tally; the last group of a tally (one left in it, checked) closes the tally and counts
+    it out of the run header in the same transaction, so that a tally is never left at
+    zero and open."""
+    group = Update(
+        group_key(run_id, group_id),
+        set={"finalized": True},
+        remove=(DUE_PARTITION, DUE_AT),
+        when=all_of(eq("phase_state", GroupPhaseState.DONE), Missing("finalized")),
     )
+    header = Update(run_key(run_id), add={"groups_pending": -1})
+    if tally is None:
+        return Transaction((group, header))
+    if not last_of_tally:
+        count = Update(tally_key(run_id, tally), add={"pending": -1},
+                       when=all_of(ne("pending", 1), ne("closed", True)))  # fmt: skip
+        return Transaction((group, count))
+    close = Update(tally_key(run_id, tally), set={"closed": True}, add={"pending": -1},
+                   when=all_of(eq("pending", 1), ne("closed", True)))  # fmt: skip
+    return Transaction((group, close, header))
+
+
+def tally_from_item(item: dict[str, Any]) -> TallyRecord:
+    return TallyRecord.model_validate(item)
 
 
 def set_instance_outcome(

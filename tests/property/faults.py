@@ -415,6 +415,8 @@ def start(cloud: LocalCloud, schedule: Schedule) -> list[str]:
     cloud.create_vault(VAULT)
     if schedule.part_size != 100:
         cloud.configure_stage(PREPOST_GROUP_PART_SIZE=str(schedule.part_size))
+    if schedule.group_by == "instance":  # counted in tallies of two groups
+        cloud.configure_stage(PREPOST_TALLY_GROUPS="2")
     ids: list[str] = []
     for cluster in range(schedule.groups):
         members = len(range(cluster, schedule.size, schedule.groups))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from chalicelib.models.state import (
     RunRecord,
     RunStatus,
     StartedJob,
+    TallyRecord,
 )
 from chalicelib.store import Store
 from prepost.local.cloud import ACCOUNT
@@ -121,9 +123,9 @@ def instance_records(run_id: str, group_id: str, instance_id: str) -> Any:
 @st.composite
 def fleets(
     draw: Any,
-) -> tuple[list[GroupRecord], list[InstanceRecord], list[BarrierRecord]]:
-    """A run's groups (sometimes parts of a group, with its barrier) and instances;
-    sometimes more than one batch of puts (25)."""
+) -> tuple[list[GroupRecord], list[InstanceRecord], list[BarrierRecord], list[TallyRecord]]:
+    """A run's groups (sometimes parts of a group, with its barrier; sometimes counted by
+    tallies) and instances; sometimes more than one batch of puts (25)."""
     run_id = draw(runs)
     written = [
         GroupRecord(
@@ -137,9 +139,11 @@ def fleets(
             claim_until=draw(st.none() | epochs),
             due_at=draw(st.none() | epochs),
             barrier=draw(st.none() | barriers),
+            tally=draw(st.none() | tallies),
         )
         for group_id in draw(st.lists(groups, min_size=1, max_size=2, unique=True))
     ]
+    counted = Counter(group.tally for group in written if group.tally is not None)
     meeting = {group.barrier for group in written if group.barrier}
     many = draw(st.sampled_from([3, 3, 3, 30]))  # beyond i1..i3: only to fill batches
     members = [f"i{n}" for n in range(1, many + 1)]
@@ -150,13 +154,14 @@ def fleets(
             for instance_id in members
         ],
         [BarrierRecord(run_id=run_id, barrier=b, label=b, parts=2) for b in sorted(meeting)],
+        [TallyRecord(run_id=run_id, tally=t, pending=n) for t, n in sorted(counted.items())],
     )
 
 
 def put_fleet() -> Any:
     return st.builds(
         lambda fleet, now, crash: Step(
-            "put_groups_and_instances", (fleet[0], fleet[1], now, fleet[2]), {}, crash
+            "put_groups_and_instances", (fleet[0], fleet[1], now, fleet[2], fleet[3]), {}, crash
         ),
         fleets(),
         epochs,
@@ -177,6 +182,7 @@ def profiles() -> st.SearchStrategy[Profile]:
 
 backup_jobs = st.sampled_from(["JOB-1", "JOB-2"])
 barriers = st.sampled_from(["b1", "b1", "b2"])
+tallies = st.sampled_from([0, 0, 1])
 
 
 def parts() -> st.SearchStrategy[GroupRecord]:
@@ -307,7 +313,8 @@ STEPS = st.one_of(
     call("drop_group", runs, groups),
     call("arrive_at_barrier", parts(), phases, st.booleans(), epochs),
     call("release_group", runs, groups, phases, st.booleans(), epochs),
-    call("finish_group", runs, groups),
+    call("finish_group", runs, groups, st.none() | tallies, st.booleans()),
+    call("get_tally", runs, tallies),
     call(
         "set_instance_outcomes",
         runs,
@@ -396,7 +403,9 @@ def aimed(step: Step, items: list[dict[str, Any]], data: Any) -> Step:
     target = data.draw(st.sampled_from(targets))
     args = list(step.args)
     args[:2] = [target["run_id"], target["group_id"]]
-    if kind == "GROUP#":
+    if step.name == "finish_group":
+        args[2] = target.get("tally")  # counted by the tally it has (or none)
+    elif kind == "GROUP#":
         if len(args) > 2 and target["phase"] in set(Phase):
             args[2] = type(args[2])(target["phase"])  # a Phase, or its text (rearm)
     else:
