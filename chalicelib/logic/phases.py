@@ -150,12 +150,16 @@ def _mark(
     return [member for instance_id, member in acting.items() if instance_id in marked]
 
 
-def resume_phase(services: Services, group: GroupRecord) -> None:
+def resume_phase(
+    services: Services, group: GroupRecord, members: list[InstanceRecord] | None = None
+) -> bool:
     """Make the side effects of members that never got them (their handler died, or the
-    call is to be retried), once nobody else holds the claim."""
+    call is to be retried), once nobody else holds the claim; whether it tried any.
+    `members`: the group's members as just read, if the caller has them."""
     phase = Phase(group.phase)
     now_epoch = services.now_epoch()
-    members = services.store.list_instances(group.run_id, group.group_id)
+    if members is None:
+        members = services.store.list_instances(group.run_id, group.group_id)
     # Members its handler died before marking are decided and marked now, like unsent ones.
     unmarked = [m for m in members if m.phase(phase).status is PhaseStatus.PENDING]
     unsent = [
@@ -164,12 +168,12 @@ def resume_phase(services: Services, group: GroupRecord) -> None:
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and not member.phase(phase).sent
     ]
     if not unsent and not unmarked:
-        return
+        return False
     if not services.store.claim_phase(
         group.run_id, group.group_id, phase, now_epoch, now_epoch + EXECUTION_CLAIM_SECONDS
     ):
         observability.logger().info("phase is being executed elsewhere", group_id=group.group_id)
-        return
+        return False
     observability.logger().warning(
         "resuming side effects",
         phase=phase,
@@ -195,6 +199,7 @@ def resume_phase(services: Services, group: GroupRecord) -> None:
     current = services.store.get_group(group.run_id, group.group_id)
     if current is not None and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # the members marked now were all skipped
+    return True
 
 
 def _run(services: Services, run_id: str) -> tuple[RunRecord, RunInput]:

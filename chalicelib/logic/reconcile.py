@@ -156,18 +156,24 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
         group = store.get_group(run_id, group_id) or group
         if group.phase != phase or group.phase_state is not GroupPhaseState.OPEN:
             return
-    _ask_state_of_refused(services, group, phase)  # a stop or start refused for its state
-    unsent = _unsent(store.list_instances(run_id, group_id), phase)
-    phases.resume_phase(services, group)  # members whose side effect was never made
+    # The members are read once, and again only after this look changed them (a state
+    # asked and recorded, side effects resumed): a look at a group whose events arrive
+    # costs one read of its members, whatever it finds.
+    members = store.list_instances(run_id, group_id)
+    if _ask_state_of_refused(services, phase, members):  # a stop or start refused for its state
+        members = store.list_instances(run_id, group_id)
+    unsent = _unsent(members, phase)
+    if phases.resume_phase(services, group, members):  # members whose side effect was never made
+        members = store.list_instances(run_id, group_id)
     waiting = [
         member
-        for member in store.list_instances(run_id, group_id)
+        for member in members
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and member.phase(phase).sent
     ]
     PHASES[phase].poll(services, waiting, phase, memo)  # as their events would have been
     deadline = group.deadline or now
     # Made only now (a retry at the deadline): they get one more look before timing out.
-    just_sent = unsent - _unsent(store.list_instances(run_id, group_id), phase)
+    just_sent = unsent - _unsent(members, phase)
     if now >= deadline:
         if PHASES[phase].poll is results.poll_power_states:
             _ask_state_of_unsent(services, group, phase)
@@ -175,8 +181,7 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
     current = store.get_group(run_id, group_id)
     if current and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # its last member finished but it never moved on
-    elif now < deadline:
-        members = store.list_instances(run_id, group_id)
+    elif now < deadline:  # (the poll may have ended some members: looked at sooner, then)
         store.rearm(run_id, group_id, group.phase, min(deadline, now + _next_look(members, phase)))
     elif just_sent:
         store.rearm(run_id, group_id, group.phase, now + PHASES[phase].poll_seconds)
@@ -203,17 +208,19 @@ def _unsent(members: list[InstanceRecord], phase: Phase) -> set[str]:
     }
 
 
-def _ask_state_of_refused(services: Services, group: GroupRecord, phase: Phase) -> None:
+def _ask_state_of_refused(services: Services, phase: Phase, members: list[InstanceRecord]) -> bool:
     """EC2 refused a stop or start for the instance's state (still `stopping`, or gone):
-    ask the state now and record it as its event would be, before trying again."""
+    ask the state now and record it as its event would be, before trying again; whether
+    there was any to ask about."""
     refused = [
         member
-        for member in services.store.list_instances(group.run_id, group.group_id)
+        for member in members
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS
         and not member.phase(phase).sent
         and transient.asks_state(phase, member.phase(phase).last_error_code)
     ]
     results.record_power_states(services, refused)
+    return bool(refused)
 
 
 def _ask_state_of_unsent(services: Services, group: GroupRecord, phase: Phase) -> None:
