@@ -27,6 +27,19 @@ def _start(cloud: LocalCloud, per_tally: int) -> str:
     return run_id_for(event["id"], AwsEvent.model_validate(event).time)
 
 
+def _assert_counted_out(cloud: LocalCloud, run_id: str) -> None:
+    """The run succeeded, every one of its three tallies closed at zero, and the header
+    counted each out once."""
+    run = cloud.store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.SUCCEEDED
+    assert (run.tallies, run.groups_pending) == (3, 0)
+    for tally in range(3):
+        counted = cloud.store.get_tally(run_id, tally)
+        assert counted is not None
+        assert (counted.closed, counted.pending) == (True, 0)
+
+
 def _header_writes(ledger: Ledger) -> int:
     return sum(n for (pk, sk, _), n in ledger.item_writes.items() if sk == "RUN")
 
@@ -43,15 +56,7 @@ def test_the_run_header_is_written_per_tally_not_per_group(cloud: LocalCloud) ->
     cloud.ledger = ledger = Ledger()
     run_id = _start(cloud, PER_TALLY)
     cloud.drain()
-    run = cloud.store.get_run(run_id)
-    assert run is not None
-    assert run.status is RunStatus.SUCCEEDED
-    assert run.tallies == 3
-    for tally in range(3):
-        counted = cloud.store.get_tally(run_id, tally)
-        assert counted is not None
-        assert counted.closed
-        assert counted.pending == 0
+    _assert_counted_out(cloud, run_id)
     # three tallies counted out, and the header's own few writes (activation, the
     # last-group rearm, the final record, its announcement)
     assert _header_writes(ledger) <= 3 + 6, ledger.item_writes
@@ -93,14 +98,6 @@ def test_groups_of_one_tally_finishing_together_count_it_out_once(
 
     assert any(what.startswith("conflict ") for _, what in cloud.timeline)
     assert [what for _, what in cloud.timeline if what.startswith("error ")] == []
-    run = cloud.store.get_run(run_id)
-    assert run is not None
-    assert run.status is RunStatus.SUCCEEDED
-    assert run.groups_pending == 0
-    for tally in range(3):
-        counted = cloud.store.get_tally(run_id, tally)
-        assert counted is not None
-        assert counted.closed
-        assert counted.pending == 0
+    _assert_counted_out(cloud, run_id)
     completed = [e for e in cloud.emitted if e["detail-type"] == "PrePostBackup Run Completed"]
     assert len(completed) == 1
