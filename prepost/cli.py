@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from prepost.local import MAX_FLEET
 from prepost.report import run_report
 
 app = typer.Typer(help="prepost-backup operator tooling.", no_args_is_help=True)
@@ -59,7 +60,7 @@ StoreOption = Annotated[
 def simulate(
     scenario: ScenarioArgument = "seed-example",
     input_file: InputOption = None,
-    instances: Annotated[int | None, typer.Option(min=1, max=5000, help="Fleet size.")] = None,
+    instances: Annotated[int | None, typer.Option(min=1, max=MAX_FLEET, help="Fleet size.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the scenario's random faults.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     show_timeline: Annotated[bool, typer.Option("--timeline", help="Print the timeline.")] = False,

@@ -6,5 +6,7 @@ from prepost import ROOT
 # hold the examples of `events/` (a bucket and a role of account 123456789012 that no
 # deployer owns), so it is simulated, never deployed (`prepost.package` refuses it).
 STAGE = "local"
+# The largest fleet `prepost simulate` and a scenario take (the bench measures 10,000).
+MAX_FLEET = 100_000
 
-__all__ = ["ROOT", "STAGE"]
+__all__ = ["MAX_FLEET", "ROOT", "STAGE"]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prepost.local import MAX_FLEET
 from prepost.local.cloud import Behaviour, LocalCloud
 from prepost.samples import EVENTS_DIR, load_event
 
@@ -52,7 +53,7 @@ class ApiError(Selection):
 
 
 class Fleet(_Spec):
-    count: int = Field(default=3, ge=1, le=5000)
+    count: int = Field(default=3, ge=1, le=MAX_FLEET)
     tags: dict[str, str] = Field(default_factory=lambda: {"backup-job": "true"})
     # One more tag whose values are dealt round-robin (consistency groups): {"cluster": [..]}
     spread: dict[str, list[str]] = Field(default_factory=dict)

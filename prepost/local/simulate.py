@@ -38,6 +38,10 @@ def simulate(
     (local mode's own by default) and report the run."""
     scenario = _resized(scenario, instances)
     with _cloud(scenario, seed, store, stage) as cloud, _quiet():
+        if stage is None:  # local mode's own stage takes any fleet it simulates (a deployed
+            # stage's limit, PREPOST_MAX_INSTANCES_PER_RUN, is what its operator sets)
+            limit = max(scenario.fleet.count, 1000)
+            cloud.configure_stage(PREPOST_MAX_INSTANCES_PER_RUN=str(limit))
         ids = scenario.prepare(cloud)
         detail = run_input if run_input is not None else scenario.run_input()
         event = cloud.start_event(detail)

@@ -162,3 +162,18 @@ def test_simulate_refuses_an_unknown_stage() -> None:
     result = runner.invoke(app, ["simulate", "--stage", "nope"])
     assert result.exit_code == 2
     assert "no stage 'nope'" in result.output
+
+
+def test_simulate_takes_a_fleet_larger_than_the_stage_limit_and_says_so_under_a_stage() -> None:
+    """Local mode's own stage takes any fleet it simulates (up to 100,000); the local
+    stage applied as deployed keeps its PREPOST_MAX_INSTANCES_PER_RUN (1,000)."""
+    big = ["simulate", "seed-example", "--instances", "1001", "--store", "memory", "--json"]
+    result = runner.invoke(app, big)
+    assert result.exit_code == 0, result.output[-2000:]
+    report = json.loads(result.output)
+    assert report["status"] == "SUCCEEDED"
+    assert len(report["instances"]) == 1001
+    staged = runner.invoke(app, [*big, "--stage", "local"])
+    assert json.loads(staged.output)["status"] == "REJECTED"
+    too_many = runner.invoke(app, ["simulate", "--instances", "100001"])
+    assert too_many.exit_code == 2
