@@ -20,6 +20,7 @@ random writes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,7 +30,7 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 
 ENABLED = True  # False: moto answers every write (the tests that compare both)
 MAX_ITEM_BYTES = 400_000  # below moto's limit (405,000), so that moto decides near it
-COMPARE = {
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b,
     "<>": lambda a, b: a != b,
     "<": lambda a, b: a is not None and b is not None and a < b,
@@ -148,7 +149,8 @@ class Request:
         self.used.add(placeholder)
         if placeholder not in self.values:
             raise UnknownError(placeholder)
-        return self.values[placeholder]
+        value: dict[str, Any] = self.values[placeholder]
+        return value
 
     def all_used(self) -> bool:
         return self.used == set(self.names) | set(self.values)
