@@ -758,8 +758,8 @@ def finish_group(
     if tally is None:
         return Transaction((group, header))
     if not last_of_tally:
-        count = Update(tally_key(run_id, tally), add={"pending": -1},
-                       when=all_of(ne("pending", 1), ne("closed", True)))  # fmt: skip
+        open_tally = all_of(Exists("pending"), ne("pending", 1), ne("closed", True))
+        count = Update(tally_key(run_id, tally), add={"pending": -1}, when=open_tally)
         return Transaction((group, count))
     close = Update(tally_key(run_id, tally), set={"closed": True}, add={"pending": -1},
                    when=all_of(eq("pending", 1), ne("closed", True)))  # fmt: skip
