@@ -6,10 +6,15 @@ The flow of a run (per group of instances):
     start event -> start_run -> Phase Requested (PRE_SCRIPT) -> run_scripts -> aws.ssm
       -> script_invocation_changed -> Phase Requested (STOP) -> stop_instances -> aws.ec2
       -> instance_state_changed -> Phase Requested (BACKUP) -> start_backups -> aws.backup
-      -> backup_job_changed -> Phase Requested (START) -> start_instances -> aws.ec2
+      -> check_capture (polled, SQS) -> Phase Requested (START) -> start_instances -> aws.ec2
       -> instance_state_changed -> Phase Requested (POST_SCRIPT) -> run_scripts -> aws.ssm
       -> script_invocation_changed -> Phase Completed (DONE) -> finalize_group
+      ... backup_job_changed (each job's end) -> Phase Completed (DONE) -> finalize_group
       -> Run Completed -> notify_run_completed -> SNS (when a topic is configured)
+
+A group releases its instances (START, POST_SCRIPT) once their snapshots are taken, not
+when their jobs complete (`ReleaseAfter`): `check_capture` polls a group waiting for its
+capture; the run completes only once every job has ended.
 
 Every few minutes `reconcile_runs` looks at the groups that are overdue: it asks AWS for
 what events did not deliver, resumes side effects whose handler died, and times out what
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, Rate
+from chalice.app import Chalice, CloudWatchEvent, Rate, SQSEvent
 
 from chalicelib import observability, patterns
 from chalicelib.dependencies import services
 from chalicelib.logic import (
     cancel,
+    capture,
     finalize,
     notify,
     phase_table,
@@ -40,12 +46,14 @@ from chalicelib.logic import (
 from chalicelib.models.events import (
     BackupJobEvent,
     CancelRequestEvent,
+    CaptureCheck,
     Ec2StateEvent,
     PhaseCompletedEvent,
     PhaseRequestEvent,
     RunCompletedEvent,
     SsmInvocationEvent,
     parse,
+    parse_json,
 )
 
 app = Chalice(app_name="prepost-backup", configure_logs=False)
@@ -105,6 +113,16 @@ def instance_state_changed(event: CloudWatchEvent) -> None:
 @app.on_cw_event(patterns.BACKUP_JOB)
 def backup_job_changed(event: CloudWatchEvent) -> None:
     results.backup_job_changed(services(), parse(BackupJobEvent, event.to_dict()))
+
+
+# -- inside BACKUP, a group waiting for its members' capture is polled (AWS sends no event
+#    when an AMI's snapshots start): captured, it is released to START and POST_SCRIPT ------
+
+
+@app.on_sqs_message(queue=patterns.CAPTURE_POLLS, batch_size=1)
+def check_capture(event: SQSEvent) -> None:
+    for record in event:
+        capture.check(services(), parse_json(CaptureCheck, record.body))
 
 
 # -- a group is done; after the last one, the run is ------------------------------------------

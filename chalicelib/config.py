@@ -64,6 +64,8 @@ class Settings(BaseModel):
     ec2_start_burst: int = Field(default=1000, ge=1)
     ec2_starts_per_second: float = Field(default=2, gt=0)
     backup_starts_per_second: float = Field(default=5, gt=0)  # StartBackupJob calls
+    # The SQS queue of capture polls (`logic/capture.py`); empty: only the reconciler looks.
+    capture_queue_url: str = ""
 
 
 @cache
@@ -101,6 +103,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         ec2_start_burst=int(env.get("PREPOST_EC2_START_BURST") or 1000),
         ec2_starts_per_second=float(env.get("PREPOST_EC2_STARTS_PER_SECOND") or 2),
         backup_starts_per_second=float(env.get("PREPOST_BACKUP_STARTS_PER_SECOND") or 5),
+        capture_queue_url=env.get("PREPOST_CAPTURE_QUEUE_URL", "").strip(),
     )
 
 

@@ -16,6 +16,7 @@ from chalicelib.gateways import aws
 from chalicelib.gateways.backup import BackupGateway
 from chalicelib.gateways.ec2 import Ec2Gateway
 from chalicelib.gateways.events import EventsGateway
+from chalicelib.gateways.queue import CaptureQueue
 from chalicelib.gateways.sns import NotificationGateway
 from chalicelib.gateways.ssm import SsmGateway
 from chalicelib.gateways.state_store import StateStore
@@ -32,6 +33,7 @@ class Services:
     backup: BackupGateway
     events: EventsGateway
     notifications: NotificationGateway
+    capture_queue: CaptureQueue
 
     def now_epoch(self) -> int:
         return int(self.clock.now().timestamp())
@@ -74,4 +76,5 @@ def services() -> Services:
         backup=BackupGateway(aws.client(session, "backup"), aws.client(session, "ec2")),
         events=EventsGateway(aws.client(session, "events"), settings.event_bus_name),
         notifications=NotificationGateway(aws.client(session, "sns")),
+        capture_queue=CaptureQueue(aws.client(session, "sqs"), settings.capture_queue_url),
     )

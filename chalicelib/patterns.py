@@ -18,6 +18,15 @@ AWS_SOURCE_PREFIX = "aws."
 
 RECONCILE_EVERY_MINUTES = 5
 SCHEDULER_EVERY_MINUTES = 5  # how often scheduled profiles are looked at
+# The SQS queue of capture polls (`logic/capture.py`); the packaged template names each
+# stage's own queue (`capture_queue_name`) in its place.
+CAPTURE_POLLS = "prepost-backup-capture-polls"
+
+
+def capture_queue_name(stage: str) -> str:
+    """A stage's SQS queue of capture polls."""
+    return f"prepost-backup-{stage}-capture-polls"
+
 
 START_RUN: dict[str, Any] = {
     "source": [APP_SOURCE],

@@ -130,7 +130,7 @@ class Store(Protocol):
         expected: PhaseStatus,
     ) -> bool: ...
     def annotate_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool | int
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: Any
     ) -> None: ...
     def start_phases(
         self,
@@ -163,6 +163,26 @@ class Store(Protocol):
         status: PhaseStatus,
         fields: dict[str, Any],
         expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
+    ) -> bool: ...
+    def arm_capture(
+        self,
+        run_id: str,
+        group_id: str,
+        capture_until: int | None,
+        jobs_deadline: int,
+        due_at: int,
+    ) -> bool: ...
+    def claim_capture_poll(self, run_id: str, group_id: str, poll: int, next_at: int) -> bool: ...
+    def release_members(
+        self, run_id: str, group_id: str, fields: dict[str, dict[str, Any]], count: str
+    ) -> list[str]: ...
+    def finish_released(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        status: PhaseStatus,
+        fields: dict[str, Any],
     ) -> bool: ...
     def advance_group(
         self,
@@ -476,7 +496,7 @@ class TableStore(abc.ABC):
         return self._applied(write)
 
     def annotate_phase(
-        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: str | bool | int
+        self, run_id: str, group_id: str, instance_id: str, phase: Phase, **fields: Any
     ) -> None:
         self._write(sm.annotate_phase(run_id, group_id, instance_id, phase, fields))
 
@@ -549,6 +569,42 @@ class TableStore(abc.ABC):
         expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
     ) -> bool:
         write = sm.finish_phase(run_id, group_id, instance_id, phase, status, fields, expected)
+        return self._applied(write)
+
+    def arm_capture(
+        self,
+        run_id: str,
+        group_id: str,
+        capture_until: int | None,
+        jobs_deadline: int,
+        due_at: int,
+    ) -> bool:
+        write = sm.arm_capture(run_id, group_id, capture_until, jobs_deadline, due_at)
+        return self._applied(write)
+
+    def claim_capture_poll(self, run_id: str, group_id: str, poll: int, next_at: int) -> bool:
+        return self._applied(sm.claim_capture_poll(run_id, group_id, poll, next_at))
+
+    def release_members(
+        self, run_id: str, group_id: str, fields: dict[str, dict[str, Any]], count: str
+    ) -> list[str]:
+        """`sm.release_members` in transactions; the members released."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            chosen = {instance_id: fields[instance_id] for instance_id in batch}
+            return list(sm.release_members(run_id, group_id, chosen, count).writes)
+
+        return self._apply_batched(list(fields), build, sm.TRANSACTION_SIZE - 1)
+
+    def finish_released(
+        self,
+        run_id: str,
+        group_id: str,
+        instance_id: str,
+        status: PhaseStatus,
+        fields: dict[str, Any],
+    ) -> bool:
+        write = sm.finish_released(run_id, group_id, instance_id, status, fields)
         return self._applied(write)
 
     def advance_group(
@@ -684,7 +740,11 @@ class TableStore(abc.ABC):
                 write
                 for job in batch
                 for write in (
-                    sm.put_job(job.backup_job_id, run_id, group_id, job.instance_id, expires_at),
+                    sm.put_job(
+                        job.backup_job_id, run_id, group_id, job.instance_id, expires_at,
+                        {"at_capture": "volumes" in job.noted,
+                         "windows_vss": bool(job.noted.get("windows_vss"))},
+                    ),
                     sm.annotate_phase(run_id, group_id, job.instance_id, Phase.BACKUP,
                                       {"backup_job_id": job.backup_job_id} | job.noted),
                 )

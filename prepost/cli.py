@@ -557,12 +557,18 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
         for phase in phases:
             table.add_column(phase.lower().replace("_", "-"))
         table.add_column("consistency")
+        table.add_column("frozen", justify="right")
+        table.add_column("stopped", justify="right")
         table.add_column("result")
         for instance in instances:
             table.add_row(
                 instance["instance_id"],
                 *[_style(instance["phases"][p]["status"], short=True) for p in phases],
                 instance["phases"].get("BACKUP", {}).get("consistency", "-"),
+                *[
+                    _maybe_duration(instance.get(f"{held}_seconds"))
+                    for held in ("frozen", "stopped")
+                ],
                 _style(instance["status"]),
             )
     else:  # a large fleet: one row per group
@@ -591,6 +597,7 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
             else f"took {_duration(report['duration_seconds'])})"
         )
     )
+    _print_release(instances)
     if report["reason"]:
         console.print(f"reason: {report['reason']}")
     for error in report.get("errors", []):
@@ -599,6 +606,29 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
         console.print(
             f"set aside by the reconciler: {aside['item']}: {aside['reason']}", style="red"
         )
+
+
+def _print_release(instances: list[dict[str, Any]]) -> None:
+    """How many were released at capture, and how long they were held (frozen, stopped)."""
+    released = [i for i in instances if i.get("released_at")]
+    if not released:
+        return
+    captured = sum(1 for i in released if i.get("captured_at"))
+    parts = [f"released at capture: {captured} of {len(instances)} instances"]
+    if len(released) > captured:
+        parts.append(f"{len(released) - captured} released uncaptured (crash-consistent)")
+    for held in ("frozen", "stopped"):
+        spans = sorted(
+            i[f"{held}_seconds"] for i in instances if i.get(f"{held}_seconds") is not None
+        )
+        if spans:
+            median = spans[len(spans) // 2]
+            parts.append(f"{held} median {_duration(median)}, max {_duration(spans[-1])}")
+    console.print("; ".join(parts))
+
+
+def _maybe_duration(seconds: int | None) -> str:
+    return "-" if seconds is None else _duration(seconds)
 
 
 def _duration(seconds: int) -> str:

@@ -51,6 +51,7 @@ from chalicelib import patterns
 from chalicelib.models.events import APP_SOURCE, DetailType
 from chalicelib.models.state import RunStatus
 from chalicelib.observability import NAMESPACE, SERVICE
+from chalicelib.patterns import capture_queue_name
 from prepost import policies
 from prepost.local import ROOT
 from prepost.local import STAGE as LOCAL_STAGE
@@ -184,6 +185,7 @@ class Handler:
     name: str  # the Python name, e.g. start_run_handler
     scheduled: bool  # a Chalice schedule (SAM `Schedule`) or an event pattern
     pattern: dict[str, Any] | None = field(default=None, compare=False)  # None: scheduled
+    queue: bool = False  # fed by the SQS queue of capture polls (SAM `SQS`), not a rule
 
     @property
     def logical_id(self) -> str:
@@ -191,7 +193,10 @@ class Handler:
 
     @property
     def event_id(self) -> str:
-        return to_cfn_resource_name(f"{self.name}-event")
+        # The names Chalice gives a function's event source, so that the merge template
+        # changes Chalice's own.
+        return to_cfn_resource_name(f"{self.name}-sqs-event-source" if self.queue
+                                    else f"{self.name}-event")  # fmt: skip
 
     def function_name(self, stage: str) -> str:
         name = policies.stage_values(stage, self.name)["FunctionName"]
@@ -227,7 +232,7 @@ class Package:
 
 def handlers() -> list[Handler]:
     """Every function the Chalice app defines, from the app itself."""
-    from chalice.app import CloudWatchEventConfig, ScheduledEventConfig
+    from chalice.app import CloudWatchEventConfig, ScheduledEventConfig, SQSEventConfig
 
     from app import app as chalice_app
 
@@ -237,6 +242,8 @@ def handlers() -> list[Handler]:
             found.append(Handler(source.name, scheduled=True))
         elif isinstance(source, CloudWatchEventConfig):
             found.append(Handler(source.name, scheduled=False, pattern=source.event_pattern))
+        elif isinstance(source, SQSEventConfig) and source.queue == patterns.CAPTURE_POLLS:
+            found.append(Handler(source.name, scheduled=False, queue=True))
         else:  # a new kind of trigger needs its own retry and dead-letter settings here
             raise PackageError(f"{source.name}: unsupported event source {type(source)}")
     if chalice_app.pure_lambda_functions or chalice_app.routes:
@@ -498,7 +505,9 @@ def merge_template(
                             "Condition": {
                                 "ArnEquals": {
                                     "aws:SourceArn": [
-                                        handler.rule_arn(stage, app_bus) for handler in found
+                                        handler.rule_arn(stage, app_bus)
+                                        for handler in found
+                                        if not handler.queue
                                     ]
                                 }
                             },
@@ -595,13 +604,17 @@ def merge_template(
                 **_above_zero(alarm_actions),
             },
         }
+    resources |= capture_queue_resources(stage, dlq_arn)
     for handler in found:
+        environment: dict[str, Any] = dict(overrides or {})
+        if handler.name in CAPTURE_POLLERS:
+            environment["PREPOST_CAPTURE_QUEUE_URL"] = {"Ref": CAPTURE_QUEUE}
         function = FunctionSettings(
             app_bus=app_bus,
             reserved_concurrency=reserved if handler.name in FAN_OUT else 0,
             # Chalice reads the environment from .chalice/config.json; overridden keys
             # must reach the functions too.
-            environment=dict(overrides or {}),
+            environment=environment,
         )
         resources.update(_function_resources(stage, handler, dlq_arn, function))
     if bus is not None:
@@ -720,7 +733,55 @@ class FunctionSettings:
 
     app_bus: str  # the bus the app's own events are put on
     reserved_concurrency: int  # 0: none reserved
-    environment: dict[str, str] = field(default_factory=dict, compare=False)
+    environment: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+CAPTURE_QUEUE = "CaptureQueue"  # the logical id of the queue of capture polls
+# The functions that send capture polls (and so need the queue's URL).
+CAPTURE_POLLERS = ("start_backups", "check_capture", "reconcile_runs")
+CAPTURE_BATCH_SIZE = 1  # one group per invocation: a failing poll retries alone
+CAPTURE_FUNCTION_TIMEOUT = 60  # seconds; `.chalice/config.json` says the same
+
+
+def capture_queue_resources(stage: str, dlq_arn: Any) -> dict[str, Any]:
+    """The SQS queue whose delayed messages are the capture polls of groups waiting for
+    their capture (`chalicelib/logic/capture.py`), TLS only; a message that keeps failing
+    goes to the dead-letter queue after five receives."""
+    queue_arn = {"Fn::GetAtt": [CAPTURE_QUEUE, "Arn"]}
+    return {
+        CAPTURE_QUEUE: {
+            "Type": "AWS::SQS::Queue",
+            "Metadata": {"checkov": {"skip": QUEUE_SKIPS}},
+            "Properties": {
+                "QueueName": capture_queue_name(stage),
+                "SqsManagedSseEnabled": True,
+                # AWS: at least six times the function's timeout for an SQS event source.
+                "VisibilityTimeout": 6 * CAPTURE_FUNCTION_TIMEOUT,
+                # A poll older than an hour is moot: the reconciler has looked since.
+                "MessageRetentionPeriod": 3600,
+                "RedrivePolicy": {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5},
+            },
+        },
+        f"{CAPTURE_QUEUE}Policy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": CAPTURE_QUEUE}],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "OnlyOverTls",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "sqs:*",
+                            "Resource": queue_arn,
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
 
 
 def _function_resources(
@@ -731,7 +792,10 @@ def _function_resources(
         "RetryPolicy": RULE_RETRY_POLICY,
         "DeadLetterConfig": {"Arn": dlq_arn},
     }
-    if handler.scheduled:
+    if handler.queue:
+        event_type = "SQS"
+        event = {"Queue": {"Fn::GetAtt": [CAPTURE_QUEUE, "Arn"]}, "BatchSize": CAPTURE_BATCH_SIZE}
+    elif handler.scheduled:
         event_type = "Schedule"
         event["Name"] = handler.rule_name(stage)
     else:
@@ -754,6 +818,12 @@ def _function_resources(
         skips = [skip for skip in FUNCTION_SKIPS if skip["id"] != "CKV_AWS_115"]
     if settings.environment:
         properties["Environment"] = {"Variables": settings.environment}
+    if not handler.queue:  # an SQS event source invokes synchronously: its queue retries
+        properties["EventInvokeConfig"] = {
+            "MaximumRetryAttempts": ASYNC_RETRY_ATTEMPTS,
+            "MaximumEventAgeInSeconds": ASYNC_MAX_EVENT_AGE_SECONDS,
+            "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": dlq_arn}},
+        }
     return {
         handler.logical_id: {
             # The role may only write to this log group, so it must exist first.
@@ -761,11 +831,6 @@ def _function_resources(
             "Metadata": {"checkov": {"skip": skips}},
             "Properties": {
                 **properties,
-                "EventInvokeConfig": {
-                    "MaximumRetryAttempts": ASYNC_RETRY_ATTEMPTS,
-                    "MaximumEventAgeInSeconds": ASYNC_MAX_EVENT_AGE_SECONDS,
-                    "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": dlq_arn}},
-                },
                 "Events": {handler.event_id: {"Type": event_type, "Properties": event}},
             },
         },
@@ -833,6 +898,12 @@ def post_process(
             raise PackageError(f"{logical_id}: no policy for function {function}")
         if logical_id not in by_logical_id:
             raise PackageError(f"{logical_id}: not a handler the merge template knows")
+        handler = by_logical_id[logical_id]
+        if handler.queue:
+            # The merge template cannot replace Chalice's queue ARN (a merge joins the two
+            # objects): the stage's own queue, here.
+            event = resource["Properties"]["Events"][handler.event_id]["Properties"]
+            event["Queue"] = {"Fn::GetAtt": [CAPTURE_QUEUE, "Arn"]}
         role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
         role = resources[role_id]["Properties"]
         (chalice_policy,) = role["Policies"]  # autogen_policy off: the policy file alone
@@ -883,14 +954,37 @@ def template_problems(template: dict[str, Any]) -> list[str]:
         properties = resource["Properties"]
         if "FunctionName" not in properties:
             problems.append(f"{logical_id} has no FunctionName")
+        events = properties.get("Events", {})
+        if any(event["Type"] == "SQS" for event in events.values()):
+            problems += _queue_problems(logical_id, events, resources)
+            continue
         if "OnFailure" not in properties.get("EventInvokeConfig", {}).get("DestinationConfig", {}):
             problems.append(f"{logical_id} has no OnFailure destination")
-        for name, event in properties.get("Events", {}).items():
+        for name, event in events.items():
             if event["Type"] not in ("EventBridgeRule", "Schedule"):
                 problems.append(f"{logical_id}.{name} is a {event['Type']} event")
             for key in ("RetryPolicy", "DeadLetterConfig"):
                 if key not in event["Properties"]:
                     problems.append(f"{logical_id}.{name} has no {key}")
+    return problems
+
+
+def _queue_problems(
+    logical_id: str, events: dict[str, Any], resources: dict[str, Any]
+) -> list[str]:
+    """A queue-fed function: fed by the capture polls' queue only, one message a time, and
+    the queue dead-letters what keeps failing (an SQS event source has no OnFailure)."""
+    problems = []
+    expected = {"Type": "SQS", "Properties": {
+        "Queue": {"Fn::GetAtt": [CAPTURE_QUEUE, "Arn"]}, "BatchSize": CAPTURE_BATCH_SIZE,
+    }}  # fmt: skip
+    for name, event in events.items():
+        if event | {"Properties": {k: v for k, v in event["Properties"].items()
+                                   if k in expected["Properties"]}} != expected:  # fmt: skip
+            problems.append(f"{logical_id}.{name} is not fed by {CAPTURE_QUEUE} one at a time")
+    queue = resources.get(CAPTURE_QUEUE, {}).get("Properties", {})
+    if "deadLetterTargetArn" not in queue.get("RedrivePolicy", {}):
+        problems.append(f"{CAPTURE_QUEUE} has no dead-letter queue")
     return problems
 
 

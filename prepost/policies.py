@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from chalicelib.config import SNS_TOPIC_ARN, NotifyOn
+from chalicelib.patterns import capture_queue_name
 from prepost.local import ROOT
 from prepost.local.cloud import stage_environment
 
@@ -65,6 +66,7 @@ def stage_values(
     return {
         "Stage": stage,
         "FunctionName": f"prepost-backup-{stage}-{function}",
+        "CaptureQueueName": capture_queue_name(stage),
         "TableName": env["PREPOST_TABLE_NAME"],
         "EventBusName": env.get("PREPOST_EVENT_BUS_NAME", "default"),
         "OptInTagKey": key,

@@ -11,6 +11,7 @@ from chalicelib.models.state import (
     PHASE_ORDER,
     GroupRecord,
     InstanceRecord,
+    Phase,
     PhaseResult,
     PhaseStatus,
     RunRecord,
@@ -52,6 +53,7 @@ def run_report(
                 "group": i.group_label or i.group_id,
                 "status": str(i.status),
                 "reason": i.reason,
+                **windows(i),
                 "phases": {
                     str(phase): {"status": str(result.status), "reason": result.reason}
                     | result.model_dump(mode="json", exclude_none=True)
@@ -67,6 +69,35 @@ def run_report(
             if record.set_aside_reason
         ],
     }
+
+
+def windows(instance: InstanceRecord) -> dict[str, Any]:
+    """How long the instance was frozen and stopped, and when its data was captured.
+
+    `frozen_seconds`: from its pre-script's end to its post-script being sent, or to its
+    stop if the run stopped it (a stop ends the freeze: the operating system shuts down,
+    and no file system freeze or database lock outlives it); `stopped_seconds`: from its
+    stop to its start being requested; `seconds_to_capture`: from the freeze (or the
+    stop, when stopped) to the moment its snapshots were initiated. None where the
+    instance had no such window (or it is not over)."""
+    pre, stop = instance.phase(Phase.PRE_SCRIPT), instance.phase(Phase.STOP)
+    start, post = instance.phase(Phase.START), instance.phase(Phase.POST_SCRIPT)
+    backup = instance.phase(Phase.BACKUP)
+    stopped_at = stop.ended_at if stop.status is PhaseStatus.SUCCEEDED else None
+    frozen_at = pre.ended_at if pre.status is PhaseStatus.SUCCEEDED else None
+    thawed_at = stopped_at or (post.started_at if post.sent else None)
+    held_from = stopped_at or frozen_at
+    return {
+        "captured_at": backup.captured_at,
+        "released_at": backup.released_at,
+        "frozen_seconds": _span(frozen_at, thawed_at),
+        "stopped_seconds": _span(stopped_at, start.started_at if stopped_at else None),
+        "seconds_to_capture": _span(held_from, backup.captured_at),
+    }
+
+
+def _span(start: str | None, end: str | None) -> int | None:
+    return seconds_between(start, end) if start and end else None
 
 
 def phase_timeline(instances: list[InstanceRecord]) -> list[dict[str, Any]]:
@@ -98,4 +129,20 @@ def phase_timeline(instances: list[InstanceRecord]) -> list[dict[str, Any]]:
                 "counts": dict(sorted(Counter(str(r.status) for r in results).items())),
             }
         )
+        released = [r for r in results if r.released_at]
+        if phase == Phase.BACKUP and released and started:
+            # The milestone inside BACKUP: the group released (START, POST_SCRIPT) at capture.
+            last = max(r.released_at or "" for r in released)
+            rows.append(
+                {
+                    "group": group,
+                    "phase": "BACKUP (released at capture)",
+                    "started_at": started,
+                    "ended_at": last,
+                    "duration_seconds": seconds_between(started, last),
+                    "counts": dict(sorted(Counter(
+                        "CAPTURED" if r.captured_at else "RELEASED UNCAPTURED" for r in released
+                    ).items())),
+                }
+            )  # fmt: skip
     return rows

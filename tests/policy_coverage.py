@@ -25,6 +25,9 @@ from prepost.local.cloud import LocalCloud
 ACCOUNT, PARTITION = "123456789012", "aws"
 # Lambda itself writes the function's logs with these; no handler code calls them.
 RUNTIME_ACTIONS = frozenset({"logs:CreateLogStream", "logs:PutLogEvents"})
+# The SQS event source mapping of a queue-fed function polls its queue with the function's
+# role; no handler code calls these either.
+RUNTIME_ACTIONS |= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
 # A folder where each test process notes the (function, action) pairs its handlers used.
 USED_DIR = "PREPOST_POLICY_USED_DIR"
 
@@ -89,6 +92,9 @@ def requests_for(
         if params.get("IndexName"):
             resource += f"/index/{params['IndexName']}"
         return [Request(action, resource)]
+    if call.service == "sqs":  # SendMessage: authorised against the queue its URL names
+        queue_account, queue_name = params["QueueUrl"].rstrip("/").split("/")[-2:]
+        return [Request(action, _arn("sqs", region, queue_name, account=queue_account))]
     if call.service == "sns":  # Publish: authorised against the topic
         return [Request(action, params["TopicArn"])]
     if call.service == "events":
@@ -132,8 +138,9 @@ def requests_for(
         return [Request(action, f"arn:{PARTITION}:ec2:{region}::image/{i}") for i in images] + [
             Request(action, _arn("ec2", region, f"unknown/{r}")) for r in others
         ]
-    # DescribeInstances, ListCommands, ListCommandInvocations, DescribeBackupJob,
-    # ListBackupJobs, StopBackupJob: no resource-level permissions.
+    # DescribeInstances, DescribeImages, DescribeSnapshots, ListCommands,
+    # ListCommandInvocations, DescribeBackupJob, ListBackupJobs, StopBackupJob: no
+    # resource-level permissions.
     return [Request(action, "*")]
 
 

@@ -21,6 +21,8 @@ class BackupJob:
     state: str
     status_message: str | None
     recovery_point_arn: str | None
+    # "WindowsVSS" when a Windows VSS backup was taken; empty or absent: a regular one.
+    backup_type: str | None = None
 
     @classmethod
     def of(cls, job: dict[str, Any]) -> BackupJob:
@@ -29,6 +31,7 @@ class BackupJob:
             state=str(job["State"]),
             status_message=job.get("StatusMessage"),
             recovery_point_arn=job.get("RecoveryPointArn"),
+            backup_type=job.get("BackupType") or None,
         )
 
 
@@ -87,6 +90,14 @@ class BackupGateway:
             return None
         latest = max(found, key=lambda job: job["CreationDate"])
         return str(latest["BackupJobId"])
+
+    def running_jobs(self, vault: str, created_after: datetime) -> dict[str, BackupJob]:
+        """The RUNNING EC2 jobs into `vault` created after `created_after`, by id."""
+        found = self._listed(
+            ByBackupVaultName=vault, ByCreatedAfter=created_after, ByState="RUNNING",
+            ByResourceType="EC2",
+        )  # fmt: skip
+        return {str(job["BackupJobId"]): BackupJob.of(job) for job in found}
 
     def jobs_created_after(self, vault: str, created_after: datetime) -> dict[str, BackupJob]:
         """Every job into `vault` created after `created_after` (AWS lists 30 days), by

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from chalicelib.errors import GatewayError
@@ -17,6 +19,30 @@ _POWER_CALLS = {
 }
 # Given a refusal's error code, whether it blames one instance of the call.
 Isolate = Callable[[str], bool]
+# Ids or filter values per Describe call: AWS advises at most 1,000 ids a call and
+# documents no limit per filter; 200 is the most this code puts in either.
+DESCRIBE_BATCH = 200
+# The tags that name, on an AMI AWS Backup made, the run and the instance it backs up
+# (recovery point tags, which AWS Backup copies to the AMI: docs/aws-facts.md, "Capture").
+RUN_TAG = "prepost:run-id"
+INSTANCE_TAG = "prepost:instance-id"
+
+
+@dataclass(frozen=True)
+class Image:
+    """An AMI: its state and the EBS snapshots its block device mappings list."""
+
+    image_id: str
+    state: str
+    snapshot_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    volume_id: str
+    state: str  # pending | completed | error | recoverable | recovering
+    start_time: datetime  # when the snapshot was initiated: the data it holds
 
 
 def _always(code: str) -> bool:
@@ -65,6 +91,70 @@ class Ec2Gateway:
     def states(self, instance_ids: list[str]) -> dict[str, str]:
         """The EC2 state of each instance that still exists."""
         return {t.instance_id: t.state for t in self.instances_by_ids(instance_ids)}
+
+    def volumes(self, instance_ids: list[str]) -> dict[str, list[str]]:
+        """The EBS volumes attached to each instance now, by its block device mappings."""
+        found: dict[str, list[str]] = {}
+        with translated("ec2:DescribeInstances"):
+            for batch in chunks(instance_ids, DESCRIBE_BATCH):
+                for page in each_page(
+                    self._client, "describe_instances",
+                    Filters=[{"Name": "instance-id", "Values": batch}],
+                    PaginationConfig={"PageSize": self._page_size},
+                ):  # fmt: skip
+                    for reservation in page.get("Reservations", []):
+                        for instance in reservation.get("Instances", []):
+                            found[instance["InstanceId"]] = [
+                                mapping["Ebs"]["VolumeId"]
+                                for mapping in instance.get("BlockDeviceMappings", [])
+                                if mapping.get("Ebs", {}).get("VolumeId")
+                            ]
+        return found
+
+    def backup_images(self, run_id: str, instance_ids: list[str]) -> dict[str, list[Image]]:
+        """The AMIs of this account tagged for `run_id` and each of `instance_ids` (those
+        AWS Backup made of them), by instance id."""
+        found: dict[str, list[Image]] = {}
+        with translated("ec2:DescribeImages"):
+            for batch in chunks(instance_ids, DESCRIBE_BATCH):
+                filters = [
+                    {"Name": f"tag:{RUN_TAG}", "Values": [run_id]},
+                    {"Name": f"tag:{INSTANCE_TAG}", "Values": batch},
+                ]
+                for page in each_page(
+                    self._client, "describe_images", Owners=["self"], Filters=filters,
+                    PaginationConfig={"PageSize": 1000},
+                ):  # fmt: skip
+                    for image in page.get("Images", []):
+                        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+                        snapshot_ids = tuple(
+                            mapping["Ebs"]["SnapshotId"]
+                            for mapping in image.get("BlockDeviceMappings", [])
+                            if mapping.get("Ebs", {}).get("SnapshotId")
+                        )
+                        found.setdefault(tags.get(INSTANCE_TAG, ""), []).append(
+                            Image(image["ImageId"], str(image.get("State")), snapshot_ids)
+                        )
+        return found
+
+    def snapshots(self, snapshot_ids: list[str]) -> dict[str, Snapshot]:
+        """The EBS snapshots among `snapshot_ids` that exist, by id."""
+        found: dict[str, Snapshot] = {}
+        for batch in chunks(snapshot_ids, DESCRIBE_BATCH):
+            with translated("ec2:DescribeSnapshots"):
+                # By filter, not SnapshotIds: an id that is gone (deleted meanwhile) is
+                # simply absent, instead of failing the whole call.
+                for page in each_page(
+                    self._client, "describe_snapshots", OwnerIds=["self"],
+                    Filters=[{"Name": "snapshot-id", "Values": batch}],
+                    PaginationConfig={"PageSize": 1000},
+                ):  # fmt: skip
+                    for snapshot in page.get("Snapshots", []):
+                        found[snapshot["SnapshotId"]] = Snapshot(
+                            snapshot["SnapshotId"], snapshot.get("VolumeId", ""),
+                            str(snapshot.get("State")), snapshot["StartTime"],
+                        )  # fmt: skip
+        return found
 
     def instance_arn(self, account: str, instance_id: str) -> str:
         return f"arn:{self.partition}:ec2:{self.region}:{account}:instance/{instance_id}"

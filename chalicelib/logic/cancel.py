@@ -130,6 +130,10 @@ def cancel_one_group(services: Services, run_id: str, group_id: str) -> None:
 
 
 def _in_forward_phase(group: GroupRecord) -> bool:
+    """Whether a group has forward work to end: an OPEN forward phase, or backup jobs of
+    members it released at capture that still run (a backup is forward work)."""
+    if group.jobs_pending > 0:
+        return True
     return group.phase_state is GroupPhaseState.OPEN and PHASES[Phase(group.phase)].forward
 
 
@@ -137,8 +141,14 @@ def _cancel_group(services: Services, group: GroupRecord) -> None:
     store, run_id = services.store, group.run_id
     if not _in_forward_phase(group):
         return  # a requested forward phase will skip its work; backward ones go on
+    if group.jobs_pending > 0:
+        # Released at capture, started and thawed: only their jobs are left to stop.
+        stop_backup_jobs(services, run_id, group.group_id, released_only=True)
+    if group.phase_state is not GroupPhaseState.OPEN or not PHASES[Phase(group.phase)].forward:
+        return
     phase = Phase(group.phase)
-    stop_backup_jobs(services, run_id, group.group_id, phase)
+    if phase is Phase.BACKUP:
+        stop_backup_jobs(services, run_id, group.group_id)
     if phase is Phase.PRE_SCRIPT:
         side_effects.adopt_unrecorded(services, group, phase)
     for member in store.list_instances(run_id, group.group_id):
@@ -166,20 +176,23 @@ def _keep(services: Services, request: CancelRequest) -> RunRecord | None:
 # -- cancelled during BACKUP: stop the jobs -----------------------------------------------------
 
 
-def stop_backup_jobs(services: Services, run_id: str, group_id: str, phase: Phase) -> None:
+def stop_backup_jobs(
+    services: Services, run_id: str, group_id: str, released_only: bool = False
+) -> None:
     """A group cancelled while OPEN in BACKUP: stop each running member's job, so that it
     does not capture an instance the run is about to start and thaw, then fail the member
     at once, so the group goes on (start, thaw). A job that turns out to be over already
     is recorded as it ended. What a stop cannot prevent (a job that completes anyway) is
-    relabelled when it reports, and the instance's lease is kept until then (finalize)."""
-    if phase is not Phase.BACKUP:
-        return
+    relabelled when it reports, and the instance's lease is kept until then (finalize).
+    `released_only`: the jobs of members released at capture (the group went on)."""
     run = services.store.get_run(run_id)
     if run is None:
         return
     vault = RunInput.model_validate_json(run.input_json).backup_details.backup_vault_name
     for member in services.store.list_instances(run_id, group_id):
         if member.phase(Phase.BACKUP).status is not PhaseStatus.IN_PROGRESS:
+            continue
+        if released_only and member.phase(Phase.BACKUP).released_at is None:
             continue
         job_id = member.phase(Phase.BACKUP).backup_job_id or _unrecorded_job(
             services, member, vault

@@ -7,6 +7,7 @@ from chalicelib.clock import iso, parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import ContentionError
 from chalicelib.logic import decisions
+from chalicelib.logic.phase_declaration import declared
 from chalicelib.models.events import DetailType, PhaseCompleted, RunCompleted
 from chalicelib.models.state import (
     DONE,
@@ -36,6 +37,9 @@ def close_group(services: Services, run_id: str, group_id: str) -> None:
     members, and a handler that dies before the count is repeated whole)."""
     before = services.store.get_run(run_id)
     group = services.store.get_group(run_id, group_id)
+    if group is not None and not group.finalized and group.jobs_pending > 0:
+        _await_jobs(services, group)
+        return
     running = before is not None and before.status is RunStatus.RUNNING
     if before is not None and running and group is not None and not group.finalized:
         conclude_members(services, before, services.store.list_instances(run_id, group_id))
@@ -49,6 +53,21 @@ def close_group(services: Services, run_id: str, group_id: str) -> None:
     # Checked even after a repeat: the handler that counted the group out may have died.
     if run is not None and run.status is RunStatus.RUNNING and run.groups_pending <= 0:
         finalize_run(services, run)
+
+
+def _await_jobs(services: Services, group: GroupRecord) -> None:
+    """The group went through its phases, released at capture, while backup jobs of its
+    members still run: it is done when the last of them ends (its report says so again,
+    `transitions._finish_released`); until then the reconciler asks after them now and
+    then, and times them out at the BACKUP deadline."""
+    now = services.now_epoch()
+    look = now + declared(Phase.BACKUP).poll_seconds
+    due_at = min(look, group.jobs_deadline) if group.jobs_deadline else look
+    services.store.rearm(group.run_id, group.group_id, DONE, max(due_at, now))
+    observability.logger().info(
+        "group done; waiting for its backup jobs", group_id=group.group_id,
+        jobs_pending=group.jobs_pending,
+    )  # fmt: skip
 
 
 def _rearm_for_the_last(services: Services, run_id: str) -> None:

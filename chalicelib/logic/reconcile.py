@@ -14,6 +14,7 @@ from chalicelib.errors import EventPublishError, GatewayError
 from chalicelib.gateways import aws
 from chalicelib.logic import (
     cancel,
+    capture,
     decisions,
     finalize,
     phases,
@@ -129,6 +130,11 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
         "reconciling group", group_id=group_id, phase=group.phase, state=group.phase_state
     )
     if group.phase_state is GroupPhaseState.DONE:
+        if group.jobs_pending > 0 and group.cancelled:  # its cancel event was lost
+            cancel.cancel_one_group(services, run_id, group_id)
+            group = store.get_group(run_id, group_id) or group
+        if group.jobs_pending > 0:  # released at capture: its members' jobs still run
+            _ask_after_released_jobs(services, group, memo)
         # Its Phase Completed (DONE) event was lost, or its handler kept failing.
         finalize.close_group(services, run_id, group_id)
         return
@@ -171,6 +177,12 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and member.phase(phase).sent
     ]
     PHASES[phase].poll(services, waiting, phase, memo)  # as their events would have been
+    capturing = phase is Phase.BACKUP and capture.waits_for_capture(group)
+    if capturing:  # a capture poll lost, or its chain broken: look, and start it again
+        capturing = capture.look(services, group)
+        stale = (group.next_capture_poll or 0) + 2 * capture.POLL_SECONDS
+        if capturing and now >= stale:
+            capture.send_poll(services, run_id, group_id, group.capture_polls)
     deadline = group.deadline or now
     # Made only now (a retry at the deadline): they get one more look before timing out.
     just_sent = unsent - _unsent(members, phase)
@@ -182,9 +194,33 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
     if current and current.phase == group.phase and current.pending <= 0:
         close_phase(services, current)  # its last member finished but it never moved on
     elif now < deadline:  # (the poll may have ended some members: looked at sooner, then)
-        store.rearm(run_id, group_id, group.phase, min(deadline, now + _next_look(members, phase)))
+        look = capture.LOOK_SECONDS if capturing else _next_look(members, phase)
+        store.rearm(run_id, group_id, group.phase, min(deadline, now + look))
     elif just_sent:
         store.rearm(run_id, group_id, group.phase, now + PHASES[phase].poll_seconds)
+
+
+def _ask_after_released_jobs(services: Services, group: GroupRecord, memo: PassMemo) -> None:
+    """A done group waits for the jobs of members it released at capture: ask AWS about
+    them (their reports may have been lost) and, past the BACKUP deadline, time them out."""
+    released = [
+        member
+        for member in services.store.list_instances(group.run_id, group.group_id)
+        if member.phase(Phase.BACKUP).status is PhaseStatus.IN_PROGRESS
+        and member.phase(Phase.BACKUP).released_at is not None
+    ]
+    PHASES[Phase.BACKUP].poll(services, released, Phase.BACKUP, memo)
+    if group.jobs_deadline is None or services.now_epoch() < group.jobs_deadline:
+        return
+    for member in released:
+        observability.logger().error(
+            "backup job timed out after its release", instance_id=member.instance_id
+        )
+        finish(
+            services, member.run_id, member.group_id, member.instance_id, Phase.BACKUP,
+            PhaseStatus.FAILED, reason=f"{Phase.BACKUP} timed out: no result by its deadline",
+            released_first=True, timed_out=True,
+        )  # fmt: skip
 
 
 def _release_waiting(services: Services, group: GroupRecord, phase: Phase) -> None:

@@ -65,11 +65,17 @@ def record_backup_state(
     state: str,
     message: str | None,
     recovery_point_arn: str | None,
+    *,
+    released: bool = False,
+    check_label: bool = False,
+    backup_type: str | None = None,
 ) -> None:
     """A backup job reached `state`. Only `COMPLETED` counts as success. A terminal state
     is noted on the record (so that finalization knows the job is over); one reported after
     the phase ended otherwise (cancelled, timed out) relabels what the job produced and
-    gives back the lease kept for the job."""
+    gives back the lease kept for the job. `released`: the member is known to have been
+    released at capture; `check_label`: its label may depend on how its job ended (released
+    at the freeze budget, or a Windows VSS backup asked for): `_label_completed`."""
     outcome = declared(Phase.BACKUP).ends_on(state)
     if outcome is None:
         return
@@ -81,12 +87,48 @@ def record_backup_state(
         recovery_point_arn = None
     recorded = finish(
         services, *key, Phase.BACKUP, outcome, reason=reason,
-        recovery_point_arn=recovery_point_arn, job_state=state,
+        recovery_point_arn=recovery_point_arn, job_state=state, released_first=released,
+        backup_type=backup_type,
     )  # fmt: skip
+    if recorded and outcome is PhaseStatus.SUCCEEDED and check_label and recovery_point_arn:
+        _label_completed(services, key, recovery_point_arn, backup_type)
     if not recorded:
         # The phase ended otherwise (cancelled, timed out): the job's end is noted apart.
         services.store.annotate_phase(*key, Phase.BACKUP, job_state=state)
         _after_the_phase(services, key, state, produced)
+
+
+VSS_BACKUP_TYPE = "WindowsVSS"  # DescribeBackupJob's BackupType of a VSS backup
+
+
+def _label_completed(
+    services: Services, key: InstanceKey, recovery_point_arn: str, backup_type: str | None
+) -> None:
+    """A completed job's recovery point is crash-consistent, whatever its tag said when
+    the job started, if its member was released before its capture was seen (the freeze
+    budget ran out), or if a Windows VSS backup was asked for and the job does not report
+    one (AWS Backup falls back to a regular backup: docs/aws-facts.md)."""
+    instance = services.store.get_instance(*key)
+    if instance is None:
+        return
+    result = instance.phase(Phase.BACKUP)
+    why = result.release_reason
+    if result.windows_vss:
+        if backup_type is None and result.backup_job_id:
+            backup_type = services.backup.describe_job(result.backup_job_id).backup_type
+            services.store.annotate_phase(*key, Phase.BACKUP, backup_type=backup_type or "")
+        if backup_type != VSS_BACKUP_TYPE:
+            why = "Windows VSS was asked for, and the job reports a regular backup"
+    if why is None:
+        return
+    services.backup.relabel(recovery_point_arn, str(Consistency.CRASH))
+    observability.logger().warning(
+        "recovery point labelled crash-consistent", instance_id=key[2],
+        recovery_point_arn=recovery_point_arn, reason=why,
+    )  # fmt: skip
+    services.store.annotate_phase(
+        *key, Phase.BACKUP, consistency=str(Consistency.CRASH), release_reason=why
+    )
 
 
 def _after_the_phase(
@@ -219,10 +261,15 @@ def poll_backup_jobs(
         jobs = services.backup.jobs_created_after(vault, parse_iso(run.created_at))
         memo[("backup-jobs", waiting[0].run_id)] = jobs
     for member in waiting:
-        job_id = member.phase(phase).backup_job_id or ""
+        result = member.phase(phase)
+        job_id = result.backup_job_id or ""
         job = jobs.get(job_id) or services.backup.describe_job(job_id)
         key = (member.run_id, member.group_id, member.instance_id)
-        record_backup_state(services, key, job.state, job.status_message, job.recovery_point_arn)
+        record_backup_state(
+            services, key, job.state, job.status_message, job.recovery_point_arn,
+            released=result.released_at is not None, backup_type=job.backup_type,
+            check_label=bool(result.release_reason or result.windows_vss),
+        )  # fmt: skip
 
 
 # -- the events -------------------------------------------------------------------------------
@@ -272,7 +319,11 @@ def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
     # The recovery point of a completed job is the event's resource (AWS's sample).
     recovery_point = detail.recovery_point_arn or (event.resources[0] if event.resources else None)
     key = (job["run_id"], job["group_id"], job["instance_id"])
-    record_backup_state(services, key, detail.state, detail.status_message, recovery_point)
+    record_backup_state(
+        services, key, detail.state, detail.status_message, recovery_point,
+        released=bool(job.get("at_capture")),
+        check_label=bool(job.get("at_capture") or job.get("windows_vss")),
+    )  # fmt: skip
 
 
 def _script_awaiting_its_command_id(services: Services, instance_id: str) -> bool:

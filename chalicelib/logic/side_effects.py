@@ -17,8 +17,9 @@ from chalicelib.clock import parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import GatewayError
 from chalicelib.gateways.aws import chunks
+from chalicelib.gateways.ec2 import INSTANCE_TAG, RUN_TAG
 from chalicelib.gateways.ssm import MAX_INSTANCES_PER_COMMAND, SentCommand
-from chalicelib.logic import decisions, pacing, policy, transient
+from chalicelib.logic import capture, decisions, pacing, policy, transient
 from chalicelib.logic.phase_declaration import PhaseDeclaration
 from chalicelib.logic.transitions import finish, leased_instance
 from chalicelib.models.run_input import RunInput
@@ -297,6 +298,11 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
     started: list[StartedJob] = []
     # The parts released together share the account's StartBackupJob rate (`pacing.py`).
     pacer = pacing.Pacer(services.clock, context.group.calls_per_second)
+    releasing = capture.at_capture(run_input, run.plan)
+    # Released at capture: the volumes its snapshots must cover, as attached now (frozen
+    # or stopped); an instance no longer described has none, and is never released early.
+    volumes = services.ec2.volumes([m.instance_id for m in members]) if releasing else {}
+    windows_vss = details.backup_options.get("WindowsVSS") == "enabled"
     for member in members:
         begun = member.phase(Phase.BACKUP).started_at
         if context.resuming and begun and services.clock.now() > parse_iso(begun) + window:
@@ -308,7 +314,8 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
             continue
         label = decisions.consistency(member, run_input)
         tags = details.recovery_point_tags | {
-            "prepost:run-id": run.run_id,
+            RUN_TAG: run.run_id,
+            INSTANCE_TAG: member.instance_id,
             "prepost:consistency": str(label),
         }
         pacer.wait()
@@ -327,14 +334,19 @@ def start_backups(context: PhaseContext, members: list[InstanceRecord]) -> None:
             "backup job started", instance_id=member.instance_id, backup_job_id=job_id,
             consistency=label,
         )  # fmt: skip
-        started.append(
-            StartedJob(member.instance_id, job_id, {"sent": True, "consistency": str(label)})
-        )
+        noted: dict[str, Any] = {"sent": True, "consistency": str(label)}
+        if releasing:
+            noted["volumes"] = volumes.get(member.instance_id, [])
+        if windows_vss:
+            noted["windows_vss"] = True
+        started.append(StartedJob(member.instance_id, job_id, noted))
         if len(started) == JOBS_PER_RECORD:
             _record_jobs(context, started)
             started = []
     _record_jobs(context, started)
     context.settle()
+    if releasing:
+        capture.arm(services, run, run_input, context.group)
 
 
 # Started jobs are recorded this many at a time: few writes, and a job's report seldom

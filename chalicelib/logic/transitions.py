@@ -34,10 +34,15 @@ def finish(
     reason: str | None = None,
     *,
     expected: PhaseStatus = PhaseStatus.IN_PROGRESS,
+    released_first: bool = False,
     **details: Any,
 ) -> bool:
     """Record a terminal result of an IN_PROGRESS phase (or one still `expected`, such as
     a PENDING member timed out); close the group's phase if last.
+
+    A member released at capture (`capture.py`) ends its BACKUP apart: counted out of the
+    group's `jobs_pending`, not of its `pending` (`released_first`: the caller knows it was
+    released, so that is tried first; either way both are tried).
 
     A duplicate, stale or late report finds the phase no longer IN_PROGRESS and changes
     nothing; it returns False.
@@ -46,9 +51,22 @@ def finish(
     fields = {"ended_at": iso(services.clock.now())} | {
         name: value for name, value in ({"reason": reason} | details).items() if value is not None
     }
+    if (
+        phase is Phase.BACKUP
+        and released_first
+        and _finish_released(services, run_id, group_id, instance_id, status, fields)
+    ):
+        return True
     if not services.store.finish_phase(
         run_id, group_id, instance_id, phase, status, fields, expected
     ):
+        if (
+            phase is Phase.BACKUP
+            and not released_first
+            and expected is PhaseStatus.IN_PROGRESS
+            and _finish_released(services, run_id, group_id, instance_id, status, fields)
+        ):
+            return True
         log.info(
             "report ignored: phase not in progress (duplicate, stale or late)",
             instance_id=instance_id,
@@ -68,6 +86,32 @@ def finish(
     group = services.store.get_group(run_id, group_id)
     if group and group.phase == phase and group.pending <= 0:
         close_phase(services, group)
+    return True
+
+
+def _finish_released(
+    services: Services,
+    run_id: str,
+    group_id: str,
+    instance_id: str,
+    status: PhaseStatus,
+    fields: dict[str, Any],
+) -> bool:
+    """The job of a member released at capture ended: its BACKUP result ends, and a group
+    that went through its last phase and waited for this job is done."""
+    if not services.store.finish_released(run_id, group_id, instance_id, status, fields):
+        return False
+    observability.phase_outcome(Phase.BACKUP, status)
+    level = observability.logger().info
+    if status is not PhaseStatus.SUCCEEDED:
+        level = observability.logger().warning
+    # The same line as any phase's end (queries of the logs find every BACKUP result).
+    level("phase finished", instance_id=instance_id, phase=Phase.BACKUP, status=status,
+          reason=fields.get("reason"), released_at_capture=True)  # fmt: skip
+    group = services.store.get_group(run_id, group_id)
+    if group and group.phase_state is GroupPhaseState.DONE and group.jobs_pending <= 0:
+        # Its Phase Completed (DONE) found this job running: say it again, now.
+        _say_completed(services, group, Phase.BACKUP, None, [])
     return True
 
 
@@ -124,6 +168,8 @@ def _say_completed(
         succeeded=group.count(phase, PhaseStatus.SUCCEEDED),
         failed=group.count(phase, PhaseStatus.FAILED),
         skipped=group.count(phase, PhaseStatus.SKIPPED),
+        released=group.counts.get(f"{phase}_CAPTURED", 0)
+        + group.counts.get(f"{phase}_RELEASED", 0),
     )
     observability.logger().info("group phase completed", **completed.model_dump(mode="json"))
     services.events.emit(

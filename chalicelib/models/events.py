@@ -137,6 +137,8 @@ class PhaseCompleted(_Detail):
     succeeded: int
     failed: int
     skipped: int
+    # BACKUP at capture: members released while their jobs go on (not yet succeeded).
+    released: int = 0
 
 
 class PhaseCompletedEvent(AwsEvent):
@@ -195,6 +197,14 @@ def parse(model: type[Model], raw: Any) -> Model:
         raise PoisonEventError(f"not a {model.__name__}: {exc.error_count()} errors") from exc
 
 
+def parse_json(model: type[Model], text: str) -> Model:
+    """`text` (JSON) as `model`; text that does not fit is poison, never retried."""
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise PoisonEventError(f"not a {model.__name__}: {exc.error_count()} errors") from exc
+
+
 class CancelRequest(_Detail):
     """Detail of `PrePostBackup Cancel Requested`."""
 
@@ -207,3 +217,13 @@ class CancelRequest(_Detail):
 
 class CancelRequestEvent(AwsEvent):
     detail: CancelRequest
+
+
+class CaptureCheck(_Detail):
+    """The body of a capture poll's SQS message: look at one group waiting for its
+    members' capture (`logic/capture.py`); `poll` numbers the polls of the group, so that
+    a duplicate or late message finds its number taken and does nothing."""
+
+    run_id: str = Field(min_length=1, max_length=200)
+    group_id: str = Field(min_length=1, max_length=1000)
+    poll: int = Field(ge=0)

@@ -88,6 +88,17 @@ class OnPreScriptFailure(StrEnum):
     ABORT = "abort"
 
 
+class ReleaseAfter(StrEnum):
+    """When a frozen or stopped instance is released (started, thawed) during its backup."""
+
+    CAPTURE = "CAPTURE"  # once its snapshots are taken (docs/aws-facts.md, "Capture")
+    BACKUP_COMPLETED = "BACKUP_COMPLETED"  # once its backup job completes (the seed's way)
+
+
+# The longest a group may stay frozen waiting for its capture (script mode), in seconds.
+MAX_FREEZE_SECONDS = 86_400
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -281,6 +292,10 @@ class RunInput(_Input):
     group_by: str = Field(default="run", alias="GroupBy")
     on_pre_script_failure: OnPreScriptFailure = Field(
         default=OnPreScriptFailure.CONTINUE, alias="OnPreScriptFailure"
+    )
+    release_after: ReleaseAfter = Field(default=ReleaseAfter.CAPTURE, alias="ReleaseAfter")
+    max_freeze_seconds: WholeNumber = Field(
+        default=300, alias="MaxFreezeSeconds", ge=30, le=MAX_FREEZE_SECONDS
     )
 
     @field_validator("target_ec2_instances")

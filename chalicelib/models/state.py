@@ -90,6 +90,18 @@ class PhaseResult(_Record):
     retries: int | None = None  # how many times AWS refused it for now (the backoff)
     late_report: str | None = None  # a report that came after the phase had ended otherwise
     job_state: str | None = None  # backup: the terminal state AWS reported for the job
+    # Release at capture (backup; `logic/capture.py`): the EBS volumes attached while the
+    # instance was frozen or stopped, the snapshots of them its job's image lists, when the
+    # last of them was initiated (the moment the data was captured), when the group let it
+    # go (started, thawed) while its job went on, and, if that was before its capture (the
+    # freeze budget ran out), why.
+    volumes: list[str] | None = None
+    snapshot_ids: list[str] | None = None
+    captured_at: str | None = None
+    released_at: str | None = None
+    release_reason: str | None = None
+    windows_vss: bool | None = None  # asked for a Windows VSS backup (BackupOptions)
+    backup_type: str | None = None  # what the completed job reports ("WindowsVSS")
 
 
 class InstanceRecord(_Record):
@@ -124,6 +136,15 @@ class GroupRecord(_Record):
     cancelled: bool = False  # no more forward side effects; only the compensation
     finalized: bool = False
     tally: int | None = None  # the tally counting it, in a run of many groups
+    # Release at capture (`logic/capture.py`): members released (captured, or let go at
+    # the freeze budget) whose backup jobs still run, and by when those must end (the
+    # BACKUP deadline); until when the group may stay frozen waiting for its capture
+    # (None: no budget, stop mode); the capture polls made, and when the next is due.
+    jobs_pending: int = 0
+    jobs_deadline: int | None = None
+    capture_until: int | None = None
+    capture_polls: int = 0
+    next_capture_poll: int | None = None
     counts: dict[str, int] = Field(default_factory=dict)  # "<PHASE>_<STATUS>" -> n
     # A part of a larger coordination group (`decisions.parts_of`): its parts go from
     # phase to phase together, through the barrier of that id; None for a whole group.

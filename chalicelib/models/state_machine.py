@@ -580,7 +580,7 @@ def set_phase_result(
 
 
 def annotate_phase(
-    run_id: str, group_id: str, instance_id: str, phase: Phase, fields: dict[str, str | bool | int]
+    run_id: str, group_id: str, instance_id: str, phase: Phase, fields: dict[str, Any]
 ) -> Update:
     """Record ids learnt from a side effect (command id, backup job id) on the phase."""
     return Update(
@@ -628,6 +628,9 @@ def finish_phases(
     """`finish_phase` for several members of one group (instance id: its fields), counted
     in the group by one write: all of them, or none if one was not `expected`."""
     result = f"phases.{phase}"
+    when: Condition = eq(f"{result}.status", expected)
+    if phase is Phase.BACKUP:  # a member released at capture is no longer counted in `pending`
+        when = all_of(when, Missing(f"{result}.released_at"))
     return Transaction(
         (
             *(
@@ -635,7 +638,7 @@ def finish_phases(
                     instance_key(run_id, group_id, instance_id),
                     set={f"{result}.status": status}
                     | {f"{result}.{name}": value for name, value in values.items()},
-                    when=eq(f"{result}.status", expected),
+                    when=when,
                 )
                 for instance_id, values in fields.items()
             ),
@@ -643,6 +646,99 @@ def finish_phases(
                 group_key(run_id, group_id),
                 add={"pending": -len(fields), _count_name(phase, status): len(fields)},
                 when=all_of(eq("phase", phase), eq("phase_state", GroupPhaseState.OPEN)),
+            ),
+        )
+    )
+
+
+# -- release at capture (`logic/capture.py`) ------------------------------------------------
+
+BACKUP_RESULT = f"phases.{Phase.BACKUP}"
+
+
+def arm_capture(
+    run_id: str, group_id: str, capture_until: int | None, jobs_deadline: int, due_at: int
+) -> Update:
+    """A group in BACKUP waits for its members' capture: until when it may (the freeze
+    budget; None: no budget), by when its jobs must end, and when the reconciler looks
+    (covering a lost capture poll)."""
+    fields: dict[str, Any] = {"jobs_deadline": jobs_deadline, DUE_AT: due_at}
+    if capture_until is not None:
+        fields["capture_until"] = capture_until
+    return Update(
+        group_key(run_id, group_id),
+        set=fields,
+        when=all_of(eq("phase", Phase.BACKUP), eq("phase_state", GroupPhaseState.OPEN)),
+    )
+
+
+def claim_capture_poll(run_id: str, group_id: str, poll: int, next_at: int) -> Update:
+    """Take capture poll number `poll` of a group waiting for its capture (once: a
+    duplicate of the poll's message, or a late one, finds the count moved on) and note
+    when the next one is due."""
+    return Update(
+        group_key(run_id, group_id),
+        set={"capture_polls": poll + 1, "next_capture_poll": next_at},
+        when=all_of(
+            eq("phase", Phase.BACKUP),
+            eq("phase_state", GroupPhaseState.OPEN),
+            eq("capture_polls", poll),
+        ),
+    )
+
+
+def release_members(
+    run_id: str, group_id: str, fields: dict[str, dict[str, Any]], count: str
+) -> Transaction:
+    """Members of a group in BACKUP are released while their jobs go on (captured, or let
+    go at the freeze budget): noted on each (once), counted out of the group's `pending`
+    and into its `jobs_pending`, all or none."""
+    return Transaction(
+        (
+            *(
+                Update(
+                    instance_key(run_id, group_id, instance_id),
+                    set={f"{BACKUP_RESULT}.{name}": value for name, value in values.items()},
+                    when=all_of(
+                        eq(f"{BACKUP_RESULT}.status", PhaseStatus.IN_PROGRESS),
+                        Missing(f"{BACKUP_RESULT}.released_at"),
+                    ),
+                )
+                for instance_id, values in fields.items()
+            ),
+            Update(
+                group_key(run_id, group_id),
+                add={
+                    "pending": -len(fields),
+                    "jobs_pending": len(fields),
+                    _count_name(Phase.BACKUP, count): len(fields),
+                },
+                when=all_of(eq("phase", Phase.BACKUP), eq("phase_state", GroupPhaseState.OPEN)),
+            ),
+        )
+    )
+
+
+def finish_released(
+    run_id: str, group_id: str, instance_id: str, status: PhaseStatus, fields: dict[str, Any]
+) -> Transaction:
+    """The job of a released member is terminal: its BACKUP result ends (once), counted
+    out of the group's `jobs_pending`, wherever the group is now."""
+    return Transaction(
+        (
+            Update(
+                instance_key(run_id, group_id, instance_id),
+                set={f"{BACKUP_RESULT}.status": status}
+                | {f"{BACKUP_RESULT}.{name}": value for name, value in fields.items()},
+                when=all_of(
+                    eq(f"{BACKUP_RESULT}.status", PhaseStatus.IN_PROGRESS),
+                    Exists(f"{BACKUP_RESULT}.released_at"),
+                ),
+            ),
+            Update(
+                group_key(run_id, group_id),
+                add={"jobs_pending": -1, _count_name(Phase.BACKUP, status): 1},
+                when=Exists(PARTITION_KEY),
             ),
         )
     )
@@ -855,10 +951,18 @@ def put_command(command_id: str, run_id: str, group_id: str, phase: Phase, expir
 
 
 def put_job(
-    backup_job_id: str, run_id: str, group_id: str, instance_id: str, expires_at: int
+    backup_job_id: str,
+    run_id: str,
+    group_id: str,
+    instance_id: str,
+    expires_at: int,
+    flags: dict[str, bool] | None = None,
 ) -> Put:
+    """A job's item names its instance; `flags` say how its end is recorded (`at_capture`:
+    its member may be released before; `windows_vss`: a VSS backup was asked for)."""
     return Put(
         job_key(backup_job_id)
         | {"run_id": run_id, "group_id": group_id, "instance_id": instance_id}
+        | {name: True for name, on in (flags or {}).items() if on}
         | {TTL_ATTRIBUTE: expires_at}
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import heapq
 import itertools
 import json
@@ -34,14 +35,14 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 from botocore.awsrequest import AWSResponse
 
 from chalicelib.models.events import APP_SOURCE
-from chalicelib.patterns import DEFAULT_BUS, listens_on
+from chalicelib.patterns import DEFAULT_BUS, capture_queue_name, listens_on
 from chalicelib.store import Store
 from prepost.local import ROOT, STAGE
 from prepost.local.clock import VirtualClock
@@ -79,6 +80,7 @@ SSM_DELAYED_AFTER = 60
 # AWS Backup runs one job per resource; a job started while another runs waits, and
 # expires at the end of its start window (8 hours by default) with this message.
 BACKUP_ACTIVE_STATES = ("CREATED", "PENDING", "RUNNING", "ABORTING")
+BACKUP_TERMINAL = ("COMPLETED", "FAILED", "ABORTED", "EXPIRED", "PARTIAL")
 BACKUP_DEFAULT_START_WINDOW_MINUTES = 8 * 60
 BACKUP_SAME_RESOURCE = "Backup job failed because there was a running job for the same resource."
 # EC2 instance state codes (botocore `InstanceState.Code`).
@@ -115,6 +117,21 @@ class Behaviour:
     stop_seconds: float = 45
     start_seconds: float = 40
     backup_seconds: float = 2 * 3600
+    # A backup job goes from CREATED to RUNNING this long after it is started, and its AMI
+    # and the EBS snapshots that AMI lists appear this long after it runs (AWS documents
+    # neither figure); the snapshots stay `pending` until the job completes.
+    backup_run_seconds: float = 60
+    backup_image_seconds: float = 30
+    # Instances whose jobs never leave CREATED: they expire at the end of the start window.
+    backup_never_runs: set[str] = field(default_factory=set)
+    # Instances one of whose snapshots fails (`error`): their jobs end FAILED.
+    snapshot_fails: set[str] = field(default_factory=set)
+    # Instances given one more EBS volume right after their backup job was created (after
+    # the freeze or the stop): the job's AMI does not hold it.
+    volume_attached_after_freeze: set[str] = field(default_factory=set)
+    # Instances whose jobs, asked for a Windows VSS backup, take a regular one instead (AWS
+    # Backup falls back when VSS fails: docs/aws-facts.md).
+    vss_fails: set[str] = field(default_factory=set)
     # Final SSM invocation status per (instance id, phase); default Success.
     script_status: dict[tuple[str, str], str] = field(default_factory=dict)
     # Final backup job state per instance id; default COMPLETED.
@@ -282,6 +299,11 @@ class BackupEmulator:
             "FinalState": final,
             "Queued": False,
         }
+        job["Volumes"] = self._cloud.attached_volumes(instance_id)
+        if params.get("BackupOptions", {}).get("WindowsVSS") == "enabled":
+            job["BackupOptions"] = dict(params["BackupOptions"])
+        if instance_id in self._cloud.behaviour.volume_attached_after_freeze:
+            self._cloud.schedule(1, lambda: self._cloud.attach_volume(instance_id) and None)
         busy = self._active_on(params["ResourceArn"])
         self.jobs[job_id] = job
         if token:
@@ -303,10 +325,44 @@ class BackupEmulator:
         )
 
     def _run(self, job_id: str) -> None:
-        self.jobs[job_id]["Queued"] = False
-        final = self.jobs[job_id]["FinalState"]
-        self._cloud.schedule(60, self._job_event, job_id, "RUNNING")
-        self._cloud.schedule(self._cloud.behaviour.backup_seconds, self._job_event, job_id, final)
+        job, behaviour = self.jobs[job_id], self._cloud.behaviour
+        job["Queued"] = False
+        if job["ResourceArn"].rsplit("/", 1)[-1] in behaviour.backup_never_runs:
+            window = (job["StartBy"] - self._cloud.clock.now()).total_seconds()
+            expired = "Backup job expired before it could start (simulated)"
+            self._cloud.schedule(window, self._job_event, job_id, "EXPIRED", expired)
+            return
+        run = behaviour.backup_run_seconds
+        self._cloud.schedule(run, self._job_event, job_id, "RUNNING")
+        self._cloud.schedule(run + behaviour.backup_image_seconds, self._make_image, job_id)
+        ends = max(behaviour.backup_seconds, run + behaviour.backup_image_seconds + 1)
+        self._cloud.schedule(ends, self._job_ends, job_id)
+
+    def _job_ends(self, job_id: str) -> dict[str, Any] | None:
+        """The job reaches its final state (as decided by then: a failed snapshot fails it)."""
+        return self._job_event(job_id, self.jobs[job_id]["FinalState"])
+
+    def _make_image(self, job_id: str) -> None:
+        """The running job makes its AMI: a snapshot of each volume the instance had when
+        the job was created, `pending` and initiated now, in moto's EC2, tagged with the
+        job's recovery point tags (AWS Backup copies them to the AMI)."""
+        job = self.jobs[job_id]
+        if job["State"] != "RUNNING" or job.get("StopRequested"):
+            return
+        instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
+        image_id = "ami-" + self._cloud.new_id().replace("-", "")[:17]
+        fails = instance_id in self._cloud.behaviour.snapshot_fails
+        job["ImageId"] = image_id
+        job["Snapshots"] = self._cloud.make_backup_image(
+            image_id, job["Volumes"], dict(job["RecoveryPointTags"]), fails
+        )
+        fails = fails or len(job["Snapshots"]) < len(job["Volumes"])
+        self.images[image_id] = dict(job["RecoveryPointTags"])
+        if not fails:  # the moment its data was captured (for the property test's invariants)
+            job["CapturedAt"] = self._cloud.clock.now()
+        if fails:
+            job["FinalState"] = "FAILED"
+            job["FailMessage"] = "A snapshot of the instance's volumes failed (simulated)"
 
     def _expire_if_queued(self, job_id: str) -> dict[str, Any] | None:
         if not self.jobs[job_id]["Queued"]:
@@ -356,7 +412,8 @@ class BackupEmulator:
 
     @staticmethod
     def _visible(job: dict[str, Any]) -> dict[str, Any]:
-        hidden = ("FinalState", "IdempotencyToken", "StopRequested", "Queued")
+        hidden = ("FinalState", "IdempotencyToken", "StopRequested", "Queued", "Volumes",
+                  "ImageId", "Snapshots", "FailMessage", "CapturedAt")  # fmt: skip
         return {k: v for k, v in job.items() if k not in hidden}
 
     def stop_backup_job(self, params: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
@@ -400,6 +457,7 @@ class BackupEmulator:
         if job["Queued"] and state != "CREATED":
             return None
         job["State"] = state
+        message = message or (job.get("FailMessage") if state == "FAILED" else None)
         if message:
             job["StatusMessage"] = message
         if state not in BACKUP_ACTIVE_STATES:
@@ -418,18 +476,33 @@ class BackupEmulator:
             creationDate=_iso(job["CreationDate"]),
         )
         event["resources"] = []
+        if state in BACKUP_TERMINAL and job.get("ImageId"):
+            self._cloud.finish_backup_image(job["ImageId"], job["Snapshots"], state == "COMPLETED")
         if state == "COMPLETED":
-            image = "ami-" + self._cloud.new_id().replace("-", "")[:17]
+            image = job.get("ImageId") or "ami-" + self._cloud.new_id().replace("-", "")[:17]
             job["RecoveryPointArn"] = f"arn:aws:ec2:{self._cloud.region}::image/{image}"
-            self.images[image] = dict(job["RecoveryPointTags"])
+            self.images.setdefault(image, dict(job["RecoveryPointTags"]))
             event["resources"] = [job["RecoveryPointArn"]]
             detail["completionDate"] = _iso(self._cloud.clock.now())
+            if job.get("BackupOptions"):
+                vss_failed = (
+                    job["ResourceArn"].rsplit("/", 1)[-1] in self._cloud.behaviour.vss_fails
+                )
+                job["BackupType"] = "" if vss_failed else "WindowsVSS"
+                if vss_failed:
+                    job["StatusMessage"] = (
+                        "Windows VSS Backup Job Error encountered, trying for regular backup"
+                    )
         elif state in ("FAILED", "ABORTED", "EXPIRED", "PARTIAL"):
             detail["statusMessage"] = f'"{message or f"Backup job {state.lower()} (simulated)"}"'
         else:
             for key in ("statusMessage", "completionDate", "retryCount"):
                 detail.pop(key, None)
         return event
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def _iso(moment: datetime) -> str:
@@ -505,6 +578,10 @@ class LocalCloud:
 
         env = FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
         env |= stage_environment(self.stage)
+        # The capture polls' queue (the packaged template gives each stage its own).
+        queue = capture_queue_name(self.stage)
+        env.setdefault("PREPOST_CAPTURE_QUEUE_URL",
+                       f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{queue}")  # fmt: skip
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
@@ -728,6 +805,66 @@ class LocalCloud:
             self._instances = {i.id: i for i in backend.all_instances()}
         return {i: self._instances[i] for i in instance_ids}
 
+    # -- EBS volumes, snapshots and the AMIs of backup jobs (in moto's EC2) ----------------
+
+    def attached_volumes(self, instance_id: str) -> list[str]:
+        """The EBS volumes attached to the instance now (none if it is gone)."""
+        try:
+            instance = self._moto_instances([instance_id])[instance_id]
+        except KeyError:
+            return []
+        return [m.volume_id for m in instance.block_device_mapping.values() if m.volume_id]
+
+    def attach_volume(self, instance_id: str) -> str:
+        """Attach a new 8 GiB EBS volume to the instance; its id."""
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][self.region]
+        instance = self._moto_instances([instance_id])[instance_id]
+        volume = backend.create_volume(size=8, zone_name=instance.placement)
+        device = f"/dev/sd{'fghijklmnop'[len(instance.block_device_mapping) % 11]}"
+        backend.attach_volume(volume.id, instance_id, device)
+        self.timeline.append((self.clock.now(), f"volume {volume.id} attached to {instance_id}"))
+        return volume.id
+
+    def make_backup_image(
+        self, image_id: str, volume_ids: list[str], tags: dict[str, str], one_fails: bool
+    ) -> list[str]:
+        """An AMI listing a new snapshot of each volume, initiated now (virtual time) and
+        `pending` (the first one `error` if `one_fails`); the snapshot ids."""
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][self.region]
+        started = self.clock.now().astimezone(UTC).replace(tzinfo=None)  # moto's naive UTC
+        snapshots = []
+        for n, volume_id in enumerate(volume_ids):
+            if volume_id not in backend.volumes:  # deleted meanwhile (its instance terminated)
+                one_fails = True
+                continue
+            snapshot = backend.create_snapshot(volume_id, f"AWS Backup snapshot for {image_id}")
+            snapshot.start_time = started
+            snapshot.status = "error" if one_fails and n == 0 else "pending"
+            snapshots.append(snapshot)
+        image = _BackupImage(backend, image_id, [s.id for s in snapshots], tags)
+        backend.amis[image_id] = image
+        self.timeline.append(
+            (self.clock.now(), f"image made by a backup job, {len(snapshots)} snapshots pending")
+        )
+        return [s.id for s in snapshots]
+
+    def finish_backup_image(self, image_id: str, snapshot_ids: list[str], completed: bool) -> None:
+        """The job ended: its snapshots complete (or stay failed), its AMI is available."""
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][self.region]
+        for snapshot_id in snapshot_ids:
+            snapshot = backend.snapshots.get(snapshot_id)
+            if snapshot is not None and snapshot.status == "pending":
+                snapshot.status = "completed" if completed else "error"
+        image = backend.amis.get(image_id)
+        if image is not None:
+            image.state = "available" if completed else "failed"
+
     def _set_state(self, instance_id: str, state: str) -> None:
         """Put the instance in `state` in moto's EC2 (moto knows no stopping or pending)."""
         _put_state(self._moto_instances([instance_id])[instance_id], state)
@@ -908,6 +1045,7 @@ class LocalCloud:
         ("before-call.ssm.ListCommands", "_list_commands"),
         ("before-call.ssm.SendCommand", "_send_command_call"),
         ("before-call.events.PutEvents", "_put_events_call"),
+        ("before-call.sqs.SendMessage", "_send_message_call"),
         # On the wildcard, registered before local mode's DynamoDB (`FastDynamoDB`), whose
         # wildcard hook answers every call: botocore calls a wildcard's hooks first.
         ("before-call.dynamodb.*", "_transaction_call"),
@@ -1047,6 +1185,34 @@ class LocalCloud:
         if model.name == "CreateTags":  # the AMIs of recovery points
             return self.backup.create_tags(params)
         return self.backup.describe_backup_job(params)
+
+    def _send_message_call(self, context: Any, **_: Any) -> Any:
+        """SQS SendMessage to the capture polls' queue: its Lambda event source invokes
+        `check_capture` with the message once its DelaySeconds have passed (a lost message
+        is one that `Behaviour.lose_event` loses; the event's source is `aws:sqs`)."""
+        params = context["local_params"]
+        message_id = self.new_id()
+        self.schedule(int(params.get("DelaySeconds", 0)), self._capture_poll,
+                      params["MessageBody"], message_id)  # fmt: skip
+        return _ok({"MessageId": message_id, "MD5OfMessageBody": _md5(params["MessageBody"])})
+
+    def _capture_poll(self, body: str, message_id: str) -> None:
+        event = load_event("aws-sqs-capture-poll")
+        record = event["Records"][0]
+        record.update(messageId=message_id, body=body, md5OfBody=_md5(body), awsRegion=self.region)
+        record["eventSourceARN"] = self.arn("sqs", capture_queue_name(self.stage))
+        record["attributes"]["SentTimestamp"] = str(int(self.clock.now().timestamp() * 1000))
+        # Delivery faults see the message as an event of source aws.sqs.
+        seen = {"id": message_id, "source": "aws.sqs", "detail-type": "Capture Poll",
+                "detail": json.loads(body)}  # fmt: skip
+        lose = self.behaviour.lose_event
+        if lose is not None and lose(seen):
+            self.timeline.append((self.clock.now(), f"lost capture poll {body}"))
+            return
+        copies = max(1, self.behaviour.copies(seen) if self.behaviour.copies else 1)
+        self.timeline.append((self.clock.now(), f"capture poll {body}"))
+        for _ in range(copies):
+            self.invoke("check_capture", event)
 
     def _transaction_call(self, model: Any, **_: Any) -> Any:
         """Cancel every n-th transaction of a handler for a conflict (nothing written)."""
@@ -1408,3 +1574,34 @@ def _for_active_cloud(method: str) -> Callable[..., Any]:
 def _plain_ec2(region: str) -> Any:
     """An EC2 client without the hooks, for the emulation's own fleet operations."""
     return boto3.session.Session(region_name=region).client("ec2")
+
+
+@functools.cache
+def _backup_image_class() -> type:
+    from moto.ec2.models.amis import Ami
+
+    class BackupImage(Ami):
+        """An AMI whose block device mappings list the snapshots of a backup job (moto's
+        own AMIs list one dummy snapshot)."""
+
+        def __init__(
+            self, backend: Any, image_id: str, snapshot_ids: list[str], tags: dict[str, str]
+        ) -> None:
+            super().__init__(backend, image_id, name=f"AwsBackup_{image_id}", state="pending",
+                             root_device_type="ebs", tags=tags)  # fmt: skip
+            self.snapshot_ids = snapshot_ids
+
+        @property
+        def block_device_mappings(self) -> list[dict[str, Any]]:
+            return [
+                {"DeviceName": f"/dev/sd{'abcdefghijklmnop'[n]}", "Ebs": {"SnapshotId": sid}}
+                for n, sid in enumerate(self.snapshot_ids)
+            ]
+
+    return BackupImage
+
+
+def _BackupImage(  # noqa: N802 (a class, made when moto is loaded)
+    backend: Any, image_id: str, snapshot_ids: list[str], tags: dict[str, str]
+) -> Any:
+    return _backup_image_class()(backend, image_id, snapshot_ids, tags)

@@ -46,6 +46,15 @@ class BackupOutcome(Selection):
     state: Literal["FAILED", "ABORTED", "EXPIRED", "PARTIAL", "RUNNING"]
 
 
+class CaptureBehaviour(Selection):
+    """How these instances' backup jobs capture their data (release at capture)."""
+
+    never_runs: bool = False  # the job stays CREATED, then expires at its start window
+    snapshot_fails: bool = False  # one snapshot of its AMI fails: the job ends FAILED
+    volume_attached_after_freeze: bool = False  # a volume attached once the job is created
+    vss_fails: bool = False  # asked for Windows VSS, the job takes a regular backup
+
+
 class ApiError(Selection):
     operation: Literal["StopInstances", "StartInstances", "SendCommand", "StartBackupJob"]
     code: str
@@ -98,6 +107,7 @@ class Scenario(_Spec):
     durations: dict[str, float] = Field(default_factory=dict)  # Behaviour's *_seconds
     scripts: list[ScriptOutcome] = Field(default_factory=list)
     backups: list[BackupOutcome] = Field(default_factory=list)
+    captures: list[CaptureBehaviour] = Field(default_factory=list)
     api_errors: list[ApiError] = Field(default_factory=list)
     delivery: Delivery = Field(default_factory=Delivery)
     schedule: ScheduleSpec | None = None  # run as a scheduled profile, over virtual hours
@@ -171,6 +181,13 @@ class Scenario(_Spec):
         for backup in self.backups:
             for instance_id in backup.pick(ids):
                 behaviour.backup_state[instance_id] = backup.state
+        for capture in self.captures:
+            for instance_id in capture.pick(ids):
+                for knob in ("never_runs", "snapshot_fails", "volume_attached_after_freeze",
+                             "vss_fails"):  # fmt: skip
+                    if getattr(capture, knob):
+                        getattr(behaviour, knob if knob != "never_runs" else "backup_never_runs"
+                                ).add(instance_id)  # fmt: skip
         for error in self.api_errors:
             for instance_id in error.pick(ids):
                 if error.operation == "SendCommand":

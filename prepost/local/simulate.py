@@ -164,11 +164,13 @@ def timeline(cloud: LocalCloud) -> list[tuple[str, str]]:
         if what.startswith("event prepost-backup"):
             text = what.removeprefix("event prepost-backup ").replace("PrePostBackup ", "")
         elif what.startswith("call ") and not what.split(":")[1].startswith(
-            ("Describe", "Get", "List", "RunInstances", "PutEvents")
+            ("Describe", "Get", "List", "RunInstances", "PutEvents", "SendMessage")
         ):
             text = what.removeprefix("call ")
-        elif what.startswith(("lost", "crash", "error", "late")):
+        elif what.startswith(("lost", "crash", "error", "late", "image ", "volume ")):
             text = what
+        elif what.startswith("capture poll"):
+            text = "capture poll"
         else:
             continue
         text = re.sub(r" ?run_id=\S+", "", text)

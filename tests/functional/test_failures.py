@@ -186,8 +186,10 @@ def test_instance_terminated_during_the_run_does_not_block_it(cloud: LocalCloud)
     assert backup.recovery_point_arn
     assert gone.status is InstanceStatus.FAILED
     assert "terminated" in (gone.reason or "")
-    assert gone.phase(Phase.START).status is PhaseStatus.SKIPPED
-    assert gone.phase(Phase.POST_SCRIPT).status is PhaseStatus.SKIPPED
+    # Released at its capture (minutes into the run), it had been started and thawed.
+    assert gone.phase(Phase.BACKUP).released_at is not None
+    assert gone.phase(Phase.START).status is PhaseStatus.SUCCEEDED
+    assert gone.phase(Phase.POST_SCRIPT).status is PhaseStatus.SUCCEEDED
     assert instances[survivor].status is InstanceStatus.SUCCEEDED
 
 

@@ -60,5 +60,6 @@ def test_the_run_duration_is_a_metric_in_seconds(
     assert directive["Namespace"] == "PrePostBackup"
     assert directive["Dimensions"] == [["service"]]
     assert {"Name": "RunDurationSeconds", "Unit": "Seconds"} in directive["Metrics"]
-    assert emf["RunDurationSeconds"] == [7345.0]  # 02:00:00 to 04:02:25, virtual time
-    assert (run.created_at, run.finished_at) == ("2026-11-26T02:00:00Z", "2026-11-26T04:02:25Z")
+    # 02:00:00 to 04:01:15, virtual time: the jobs' end (released at capture before).
+    assert emf["RunDurationSeconds"] == [7275.0]
+    assert (run.created_at, run.finished_at) == ("2026-11-26T02:00:00Z", "2026-11-26T04:01:15Z")

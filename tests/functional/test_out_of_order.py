@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from prepost.local.cloud import Behaviour, LocalCloud
 from tests.conftest import VAULT, seed_input
 
-TIMESTAMP = re.compile(r"'(started_at|ended_at|finished_at|created_at)': '[^']*'")
+TIMESTAMP = re.compile(
+    r"'(started_at|ended_at|finished_at|created_at|captured_at|released_at)': '[^']*'"
+)
 MADE_UP = re.compile(r"'(command_id|backup_job_id|recovery_point_arn)': '[^']*'")
+MADE_UP_LISTS = re.compile(r"'(volumes|snapshot_ids)': \[[^\]]*\]")
 
 
 def outcome(delays: dict[str, int] | None, seed: int) -> tuple[str, list[tuple[str, int]]]:
@@ -46,6 +49,7 @@ def outcome(delays: dict[str, int] | None, seed: int) -> tuple[str, list[tuple[s
         for instance_id, n in position.items():
             text = text.replace(instance_id, f"I{n}")
         text = MADE_UP.sub(r"'\\1': ID", TIMESTAMP.sub(r"'\\1': T", text))
+        text = MADE_UP_LISTS.sub(r"'\\1': IDS", text)
         effects = sorted(
             (f"{service}:{operation}", len(params.get("InstanceIds", [None])))
             for service, operation, params in cloud.calls

@@ -87,6 +87,15 @@ def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return of_type(template, "AWS::Serverless::Function")
 
 
+def ruled(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The functions an EventBridge rule or schedule invokes (not the queue-fed one)."""
+    return {
+        logical_id: function
+        for logical_id, function in functions(template).items()
+        if not any(e["Type"] == "SQS" for e in function["Properties"]["Events"].values())
+    }
+
+
 def python_name(function: dict[str, Any]) -> str:
     name: str = function["Properties"]["Handler"].removeprefix("app.")
     return name
@@ -142,7 +151,8 @@ def test_state_table_uses_the_key_schema_of_the_code(template: dict[str, Any]) -
 
 def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -> None:
     rule_names = []
-    for logical_id, function in functions(template).items():
+    assert set(functions(template)) - set(ruled(template)) == {"CheckCapture"}
+    for logical_id, function in ruled(template).items():
         events = function["Properties"]["Events"]
         assert len(events) == 1, logical_id
         for event in events.values():
@@ -175,9 +185,39 @@ def test_every_rule_target_retries_then_dead_letters(template: dict[str, Any]) -
     assert queue["SqsManagedSseEnabled"] is True
 
 
+def test_the_capture_polls_come_one_at_a_time_from_a_queue_that_dead_letters(
+    template: dict[str, Any],
+) -> None:
+    resources = template["Resources"]
+    function = functions(template)["CheckCapture"]["Properties"]
+    (event,) = function["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["CaptureQueue", "Arn"]}
+    assert event["Properties"]["BatchSize"] == 1
+    queue = resources["CaptureQueue"]["Properties"]
+    assert queue["QueueName"] == "prepost-backup-local-capture-polls"
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 5}
+    # AWS: an event source's queue hides a message at least six times the function's timeout.
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    (tls_only,) = resources["CaptureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert tls_only["Effect"] == "Deny"
+    assert tls_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # The functions that send polls know the queue's URL; no other does.
+    knowing = {
+        logical_id
+        for logical_id, f in functions(template).items()
+        if "PREPOST_CAPTURE_QUEUE_URL" in f["Properties"]["Environment"]["Variables"]
+    }
+    assert knowing == {"StartBackups", "CheckCapture", "ReconcileRuns"}
+    for logical_id in knowing:
+        variables = functions(template)[logical_id]["Properties"]["Environment"]["Variables"]
+        assert variables["PREPOST_CAPTURE_QUEUE_URL"] == {"Ref": "CaptureQueue"}
+
+
 def test_every_function_sends_failed_invocations_to_the_queue(template: dict[str, Any]) -> None:
     resources = template["Resources"]
-    for logical_id, function in functions(template).items():
+    for logical_id, function in ruled(template).items():
         config = function["Properties"]["EventInvokeConfig"]
         assert config["MaximumRetryAttempts"] == 2, logical_id
         assert config["DestinationConfig"]["OnFailure"] == {"Type": "SQS", "Destination": DLQ_ARN}
@@ -189,7 +229,8 @@ def test_every_function_sends_failed_invocations_to_the_queue(template: dict[str
             for s in policy["PolicyDocument"]["Statement"]
             if "sqs:SendMessage" in as_list(s["Action"])
         ]
-        assert [s["Resource"] for s in sends] == [DLQ_ARN], logical_id
+        polls = [s for s in sends if "capture-polls" in json.dumps(s["Resource"])]
+        assert [s["Resource"] for s in sends if s not in polls] == [DLQ_ARN], logical_id
 
 
 def test_roles_carry_the_rendered_policy_files(template: dict[str, Any]) -> None:
@@ -252,7 +293,7 @@ def test_pass_role_names_the_allowed_backup_roles_only(template: dict[str, Any])
 def rules(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The properties of each function's rule, by the function's Python name."""
     found = {}
-    for function in functions(template).values():
+    for function in ruled(template).values():
         (event,) = function["Properties"]["Events"].values()
         found[python_name(function)] = event["Properties"]
     return found

@@ -18,6 +18,9 @@ runner = CliRunner()
 PHASES = ["PRE_SCRIPT", "STOP", "BACKUP", "START", "POST_SCRIPT"]
 
 
+RELEASED = "BACKUP (released at capture)"
+
+
 def test_status_shows_instances_and_a_timeline_of_the_phases(
     cloud: LocalCloud, behaviour: Behaviour
 ) -> None:
@@ -33,16 +36,21 @@ def test_status_shows_instances_and_a_timeline_of_the_phases(
     assert {i["instance_id"] for i in report["instances"]} == {*db, *web}
     assert all(list(i["phases"]) == PHASES for i in report["instances"])
     timeline = report["timeline"]
+    # BACKUP's milestone follows it: the group released at its members' capture.
+    shown_phases = [*PHASES[:3], RELEASED, *PHASES[3:]]
     assert [(row["group"], row["phase"]) for row in timeline] == [
-        (group, phase) for group in ("cluster=db", "cluster=web") for phase in PHASES
+        (group, phase) for group in ("cluster=db", "cluster=web") for phase in shown_phases
     ]
     rows = {(row["group"], row["phase"]): row for row in timeline}
     assert rows[("cluster=db", "BACKUP")]["counts"] == {"FAILED": 1, "SUCCEEDED": 1}
     assert rows[("cluster=web", "BACKUP")]["counts"] == {"SUCCEEDED": 1}
+    assert rows[("cluster=db", RELEASED)]["counts"] == {"CAPTURED": 2}
     assert rows[("cluster=db", "BACKUP")]["duration_seconds"] == 7200  # the simulated backup
     for group in ("cluster=db", "cluster=web"):
-        ends = [rows[(group, phase)]["ended_at"] for phase in PHASES]
-        starts = [rows[(group, phase)]["started_at"] for phase in PHASES]
+        # The phases a group goes through one after another: BACKUP counts until release.
+        sequence = [RELEASED if phase == "BACKUP" else phase for phase in PHASES]
+        ends = [rows[(group, phase)]["ended_at"] for phase in sequence]
+        starts = [rows[(group, phase)]["started_at"] for phase in sequence]
         assert all(ends)
         assert all(starts)
         assert starts == sorted(starts)  # phases follow one another in a group

@@ -119,6 +119,8 @@ def test_backup_job_request(cloud: LocalCloud) -> None:
         "RecoveryPointTags": {
             "team": "db",
             "prepost:run-id": run_id,
+            # Copied by AWS Backup to the AMI: how a capture poll finds the instance's image.
+            "prepost:instance-id": instance_id,
             "prepost:consistency": "app-consistent",
         },
         "BackupOptions": {"WindowsVSS": "enabled"},

@@ -50,6 +50,15 @@ def backup_completed(event: dict[str, Any]) -> bool:
     return event.get("source") == "aws.backup" and event["detail"].get("state") == "COMPLETED"
 
 
+def released_at_capture(event: dict[str, Any]) -> bool:
+    """The group left BACKUP for START (its members captured; their jobs go on)."""
+    detail = event.get("detail") or {}
+    return event.get("detail-type") == "PrePostBackup Phase Completed" and detail == detail | {
+        "phase": "BACKUP",
+        "next_phase": "START",
+    }
+
+
 def is_ec2(event: dict[str, Any], instance_id: str, state: str) -> bool:
     detail = event.get("detail") or {}
     return event.get("source") == "aws.ec2" and detail == detail | {
@@ -148,7 +157,7 @@ def test_throttled_start_is_retried_and_started(
     behaviour.power_errors[(instance_id, "StartInstances")] = "RequestLimitExceeded"
 
     def unthrottle_soon(event: dict[str, Any]) -> None:
-        if backup_completed(event):
+        if released_at_capture(event):
             later(cloud, 3 * 60, lambda: behaviour.power_errors.clear())
 
     on_event(behaviour, unthrottle_soon)
@@ -194,7 +203,7 @@ def test_start_refused_while_stopping_waits_for_the_stop(
     monkeypatch.setattr(Ec2Gateway, "states", slow_stop)
 
     def still_stopping(event: dict[str, Any]) -> None:
-        if backup_completed(event) and not stopping["until"]:
+        if released_at_capture(event) and not stopping["until"]:
             stopping["until"] = True
             behaviour.power_errors[(instance_id, "StartInstances")] = "IncorrectInstanceState"
 
@@ -245,7 +254,7 @@ def test_terminated_during_backup_with_lost_events_is_reported_terminated(
         # What AWS answers a start of a terminated instance (moto would start it).
         behaviour.power_errors[(doomed, "StartInstances")] = "IncorrectInstanceState"
 
-    later(cloud, 3600, terminate)
+    later(cloud, 930, terminate)  # stopped (seen at the 900 s tick), waiting for the capture
     behaviour.lose_event = lambda event: (
         event.get("source") == "aws.ec2" and event["detail"]["instance-id"] == doomed
     )

@@ -31,12 +31,12 @@ CRASHABLE = [
     "ListCommands", "ListCommandInvocations", "StopInstances",
     "StartInstances", "DescribeInstances", "StartBackupJob", "ListBackupJobs",
     "PutEvents", "GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem",
-    "TransactWriteItems",
+    "TransactWriteItems", "SendMessage", "DescribeImages", "DescribeSnapshots",
 ]  # fmt: skip
 HANDLERS = [
     "start_run_handler", "cancel_run", "run_scripts", "stop_instances", "start_backups",
     "start_instances", "script_invocation_changed", "instance_state_changed",
-    "backup_job_changed", "finalize_group", "reconcile_runs",
+    "backup_job_changed", "finalize_group", "reconcile_runs", "check_capture",
 ]  # fmt: skip
 PHASE = st.sampled_from(["PRE_SCRIPT", "POST_SCRIPT"])
 # Not PutItem: run_scripts' put of a command id right after SendCommand is the case of
@@ -315,7 +315,38 @@ FAULT_KINDS: dict[str, FaultKind] = {
     ),
     # An instance terminated by someone else mid-run, its EC2 events sometimes lost too.
     "terminations": FaultKind(lambda n: _indexed(n, st.integers(0, 4 * 3600)), _terminations),
+    "capture_knobs": FaultKind(
+        lambda n: _indexed(n, st.sampled_from(CAPTURE_KNOBS)), _capture_knobs
+    ),
+    "slow_image": FaultKind(lambda n: st.sampled_from([120, 400, 900]), _slow_image),
+    "release_option": FaultKind(
+        lambda n: st.tuples(st.sampled_from(["CAPTURE", "BACKUP_COMPLETED"]),
+                            st.integers(30, 600)),
+        _release_option,
+    ),  # fmt: skip
 }
+
+
+CAPTURE_KNOBS = ["backup_never_runs", "snapshot_fails", "volume_attached_after_freeze"]
+
+
+def _capture_knobs(setup: Setup, knobs: list[tuple[int, str]]) -> None:
+    """How these instances' jobs capture: never run (expire), a failed snapshot, a volume
+    attached after the freeze."""
+    for n, knob in knobs:
+        getattr(setup.cloud.behaviour, knob).add(setup.ids[n])
+
+
+def _slow_image(setup: Setup, seconds: int) -> None:
+    """Every job's AMI appears this long after the job runs (past the freeze budget?)."""
+    setup.cloud.behaviour.backup_image_seconds = seconds
+
+
+def _release_option(setup: Setup, option: tuple[str, int]) -> None:
+    """The input's ReleaseAfter and MaxFreezeSeconds."""
+    release_after, max_freeze = option
+    setup.detail["ReleaseAfter"] = release_after
+    setup.detail["MaxFreezeSeconds"] = max_freeze
 
 
 def _lost_ec2_events(setup: Setup, lost: list[int]) -> None:

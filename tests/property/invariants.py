@@ -181,6 +181,7 @@ def check(cloud: LocalCloud, schedule: Schedule, ids: list[str]) -> list[str]:
         broken += [f"{run_id}: {b}" for b in at_least_once_safe(run, seen)]
         broken += [f"{run_id}: {b}" for b in cancel_is_honoured(run, seen, runs)]
         broken += [f"{run_id}: {b}" for b in phases_are_barriers(run, cloud)]
+        broken += [f"{run_id}: {b}" for b in released_only_at_capture(run, seen)]
     broken += restore_power_state(runs, seen, cloud, ids, stopped_before)
     broken += one_run_per_instance(runs)
     return broken
@@ -414,7 +415,9 @@ def nothing_is_lost(run: Run, seen: Observed) -> list[str]:
 def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) -> list[str]:
     """Every recovery point names its run and what it is; app-consistent only if the
     pre-script ended Success (or, without one, the instance was powered off), and nothing
-    thawed or started the instance before its job ended."""
+    thawed or started the instance before its data was captured (its job's AMI made, each
+    snapshot initiated; without an AMI, before its job ended): an instance released before
+    its capture (the freeze budget) is labelled crash-consistent."""
     run_id, broken = run.record.run_id, []
     for job in seen.jobs_of(run_id):
         instance_id = job["ResourceArn"].rsplit("/", 1)[-1]
@@ -422,11 +425,16 @@ def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) 
         if label not in (Consistency.APP, Consistency.CRASH):
             broken.append(f"{instance_id}: recovery point labelled {label!r}")
             continue
+        point = job.get("RecoveryPointArn")
+        if point and seen.cloud.backup.images.get(point.rsplit("/", 1)[-1]):
+            label = seen.cloud.backup.recovery_point_tags(point).get("prepost:consistency")
         if label != Consistency.APP:
             continue
         record = run.instances.get(instance_id)
         asked = seen.first.get(("job", job["BackupJobId"], "CREATED"), job["CreationDate"])
-        ended = seen.first.get(("job", job["BackupJobId"], job["State"]), NEVER)
+        ended = job.get("CapturedAt") or seen.first.get(
+            ("job", job["BackupJobId"], job["State"]), NEVER
+        )
         running = record is not None and record.original_state in RUNNING_STATES
         if run.run_input.pre_script is not None and running:
             frozen = seen.sends_of(run_id, Phase.PRE_SCRIPT, instance_id)
@@ -434,7 +442,7 @@ def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) 
                 broken.append(f"{instance_id}: app-consistent, pre-script did not succeed")
             thawed = [s.at for s in seen.sends_of(run_id, Phase.POST_SCRIPT, instance_id)]
             if job["State"] == "COMPLETED" and any(asked <= at < ended for at in thawed):
-                broken.append(f"{instance_id}: app-consistent, but thawed before its job ended")
+                broken.append(f"{instance_id}: app-consistent, but thawed before its capture")
             continue
         stopped = seen.first.get(("ec2", instance_id, "stopped"))
         powered_off = instance_id in stopped_before or (stopped is not None and stopped <= asked)
@@ -442,7 +450,7 @@ def consistency_is_labelled(run: Run, seen: Observed, stopped_before: set[str]) 
             broken.append(f"{instance_id}: app-consistent, but neither frozen nor stopped")
         started = seen.calls_naming("ec2:StartInstances", instance_id, accepted=True)
         if job["State"] == "COMPLETED" and any(asked <= at < ended for at in started):
-            broken.append(f"{instance_id}: app-consistent, but started before its job ended")
+            broken.append(f"{instance_id}: app-consistent, but started before its capture")
     return broken
 
 
@@ -488,12 +496,44 @@ def cancel_is_honoured(run: Run, seen: Observed, runs: dict[str, Run]) -> list[s
     return broken
 
 
+# -- Release at capture (DESIGN.md section 2) ----------------------------------------------------
+
+
+def released_only_at_capture(run: Run, seen: Observed) -> list[str]:
+    """No instance is released (started, thawed while its job goes on) before its capture
+    unless it is labelled crash-consistent, with the reason: a member noted captured was
+    captured by its job's AMI (every snapshot initiated) after the BACKUP phase began for it
+    and before its release; and a released run waits for every job before it completes."""
+    broken = []
+    jobs = {job["BackupJobId"]: job for job in seen.jobs_of(run.record.run_id)}
+    for instance_id, record in run.instances.items():
+        backup = record.phase(Phase.BACKUP)
+        if backup.released_at is None:
+            continue
+        job = jobs.get(backup.backup_job_id or "")
+        captured = job.get("CapturedAt") if job else None
+        if backup.captured_at is not None:
+            if captured is None:
+                broken.append(f"{instance_id}: noted captured, but its job made no whole AMI")
+            elif captured > _time(backup.released_at):
+                broken.append(f"{instance_id}: released at {backup.released_at}, captured later")
+            elif backup.started_at and captured < _time(backup.started_at):
+                broken.append(f"{instance_id}: captured before its BACKUP began")
+        elif backup.consistency is not Consistency.CRASH or not backup.release_reason:
+            broken.append(f"{instance_id}: released uncaptured, not labelled crash-consistent")
+        if run.record.finished_at and job is not None and job["State"] in ("CREATED", "RUNNING"):
+            if backup.status is PhaseStatus.SUCCEEDED:
+                broken.append(f"{instance_id}: counted succeeded while its job still runs")
+    return broken
+
+
 # -- Phases are barriers inside a group (DESIGN.md section 2) ------------------------------------
 
 
 def phases_are_barriers(run: Run, cloud: LocalCloud) -> list[str]:
     """No member of a coordination group starts a phase before every member of the group
-    ended the phase before it, whether the group runs whole or as parts."""
+    ended the phase before it (or, in BACKUP, was released at its capture while its job
+    went on), whether the group runs whole or as parts."""
     coordination = {
         group.group_id: group.barrier or group.group_id
         for group in cloud.store.list_groups(run.record.run_id)
@@ -505,7 +545,7 @@ def phases_are_barriers(run: Run, cloud: LocalCloud) -> list[str]:
     broken = []
     for group, records in members.items():
         for before, after in zip(run.record.plan, run.record.plan[1:], strict=False):
-            ended = [r.phase(before).ended_at for r in records]
+            ended = [r.phase(before).released_at or r.phase(before).ended_at for r in records]
             if any(end is None for end in ended):
                 continue  # not over: `nothing_waits_forever` says so
             started = [r.phase(after).started_at for r in records if r.phase(after).started_at]
