@@ -237,6 +237,7 @@ class Store(Protocol):
         self, run_id: str, group_id: str, jobs: list[StartedJob], now_epoch: int
     ) -> None: ...
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None: ...
+    def flag_jobs(self, backup_job_ids: list[str], name: str) -> None: ...
 
 
 class TableStore(abc.ABC):
@@ -754,6 +755,14 @@ class TableStore(abc.ABC):
 
     def get_job(self, backup_job_id: str) -> dict[str, Any] | None:
         return self._get(sm.job_key(backup_job_id))
+
+    def flag_jobs(self, backup_job_ids: list[str], name: str) -> None:
+        """`sm.flag_job` for many jobs, in transactions."""
+
+        def build(batch: list[str]) -> list[sm.Single]:
+            return [sm.flag_job(job_id, name) for job_id in batch]
+
+        self._apply_batched(backup_job_ids, build, sm.TRANSACTION_SIZE)
 
 
 def _due_order(key: dict[str, Any]) -> tuple[Any, str, str]:

@@ -230,6 +230,10 @@ def bench(
     _bench_table(scenario, results)
 
 
+def _held(window: dict[str, int] | None) -> str:
+    return "-" if window is None else f"{_duration(window['median'])} / {_duration(window['max'])}"
+
+
 def _fleet_sizes(text: str) -> list[int]:
     sizes = []
     for part in text.split(","):
@@ -273,6 +277,11 @@ def _bench_table(scenario: str, results: list[Any]) -> None:
         [f"{r.aws_calls_per_instance:.2f}" for r in results])  # fmt: skip
     row("DynamoDB reads", [f"{r.dynamodb_reads_per_instance:.1f}" for r in results], "0")
     row("DynamoDB writes (items)", [f"{r.dynamodb_writes_per_instance:.1f}" for r in results], "0")
+    for held in ("frozen", "stopped"):
+        if any(held in r.windows for r in results):
+            row(f"{held} window per instance (median / max)",
+                [_held(r.windows.get(held)) for r in results],
+                _duration(int(seed[f"{held}_seconds"])))  # fmt: skip
     row("DynamoDB capacity units (RCU + WCU)",
         [f"{r.capacity_units_per_instance.get('read', 0):.1f} + "
          f"{r.capacity_units_per_instance.get('write', 0):.1f}" for r in results])  # fmt: skip

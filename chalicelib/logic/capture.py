@@ -53,6 +53,7 @@ LOOK_SECONDS = 300  # the reconciler's look at such a group (a lost poll, a brok
 CAPTURED_SNAPSHOT_STATES = frozenset({"pending", "completed"})
 # What a group counts its released members as, in `n_BACKUP_<count>`.
 CAPTURED, RELEASED_AT_BUDGET = "CAPTURED", "RELEASED"
+UNCAPTURED = "uncaptured"  # the flag on the job item of a member released at the budget
 
 
 def at_capture(run_input: RunInput, plan: list[Phase]) -> bool:
@@ -214,7 +215,11 @@ def look(
             for member in waiting
             if member.instance_id not in captured
         }
-        release(services, group, late, RELEASED_AT_BUDGET)
+        released = release(services, group, late, RELEASED_AT_BUDGET)
+        # Their jobs' ends relabel what they produce (`results._label_completed`).
+        jobs = [m.phase(Phase.BACKUP).backup_job_id or "" for m in waiting
+                if m.instance_id in released]  # fmt: skip
+        store.flag_jobs(jobs, UNCAPTURED)
     current = store.get_group(group.run_id, group.group_id)
     if current is not None and current.phase == Phase.BACKUP and current.pending <= 0:
         close_phase(services, current)
@@ -224,9 +229,10 @@ def look(
 
 def release(
     services: Services, group: GroupRecord, fields: dict[str, dict[str, object]], count: str
-) -> None:
+) -> list[str]:
+    """Release these members (instance id: what to note); the ones released now."""
     if not fields:
-        return
+        return []
     released = services.store.release_members(group.run_id, group.group_id, fields, count)
     log = observability.logger()
     for instance_id in released:
@@ -239,3 +245,4 @@ def release(
                         reason=noted["release_reason"])  # fmt: skip
     if released:
         observability.count(f"Instances{count.title()}", len(released))
+    return released

@@ -12,7 +12,7 @@ from chalicelib.clock import parse_iso
 from chalicelib.dependencies import Services
 from chalicelib.errors import CorrelationPendingError, GatewayError
 from chalicelib.gateways.backup import TERMINAL_JOB_STATES
-from chalicelib.logic import decisions
+from chalicelib.logic import capture, decisions
 from chalicelib.logic.phase_declaration import EC2_REPORTS, PassMemo, declarations, declared
 from chalicelib.logic.side_effects import adopt_command
 from chalicelib.logic.transitions import finish, leased_instance
@@ -322,7 +322,7 @@ def backup_job_changed(services: Services, event: BackupJobEvent) -> None:
     record_backup_state(
         services, key, detail.state, detail.status_message, recovery_point,
         released=bool(job.get("at_capture")),
-        check_label=bool(job.get("at_capture") or job.get("windows_vss")),
+        check_label=bool(job.get(capture.UNCAPTURED) or job.get("windows_vss")),
     )  # fmt: skip
 
 

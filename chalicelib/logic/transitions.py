@@ -110,7 +110,10 @@ def _finish_released(
           reason=fields.get("reason"), released_at_capture=True)  # fmt: skip
     group = services.store.get_group(run_id, group_id)
     if group and group.phase_state is GroupPhaseState.DONE and group.jobs_pending <= 0:
-        # Its Phase Completed (DONE) found this job running: say it again, now.
+        # Its Phase Completed (DONE) found this job running: say it again, now; due soon
+        # (as when it went through its last phase), should the event be lost.
+        soon = services.now_epoch() + decisions.REQUEST_GRACE_SECONDS
+        services.store.rearm(run_id, group_id, DONE, soon)
         _say_completed(services, group, Phase.BACKUP, None, [])
     return True
 

@@ -966,3 +966,9 @@ def put_job(
         | {name: True for name, on in (flags or {}).items() if on}
         | {TTL_ATTRIBUTE: expires_at}
     )
+
+
+def flag_job(backup_job_id: str, name: str) -> Update:
+    """Note on a job's item how its end is to be recorded (`put_job`'s flags), if it has
+    one (a job whose record was lost is found by the reconciler, which reads the member)."""
+    return Update(job_key(backup_job_id), set={name: True}, when=Exists(PARTITION_KEY))

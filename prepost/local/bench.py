@@ -23,11 +23,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.models.state import InstanceRecord
 from chalicelib.patterns import RECONCILE_EVERY_MINUTES, SCHEDULER_EVERY_MINUTES
 from prepost.local.cloud import ACCOUNT, LocalCloud
 from prepost.local.ledger import Ledger
 from prepost.local.scenario import Scenario
-from prepost.report import seconds_between
+from prepost.report import seconds_between, windows
 
 DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
 DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
@@ -59,6 +60,8 @@ class Measure:
     longest_handler: str = ""
     max_writes_per_item_per_phase: int = 0
     hottest_item: str = ""
+    # How long the instances were held (frozen, stopped): median and maximum, seconds.
+    windows: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The figures as `prepost bench --output json` prints them."""
@@ -84,6 +87,10 @@ class Measure:
             "max_writes_per_item_per_phase": self.max_writes_per_item_per_phase,
             "hottest_item": self.hottest_item,
             "largest_item_bytes": self.largest_item_bytes,
+            "held_seconds": self.windows,
+            "seed_model_held_seconds": {
+                held: self.seed_model[f"{held}_seconds"] for held in self.windows
+            },
         }
 
 
@@ -124,6 +131,7 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
         most_calls, busiest = ledger.max_calls_per_invocation()
         longest, slowest = ledger.longest_invocation()
         hottest_writes, hottest = ledger.max_writes_per_item_per_phase()
+        held = held_windows(cloud.store.list_instances(run_id))
         return Measure(
             instances=instances,
             wall_seconds=wall,
@@ -143,7 +151,21 @@ def measure(instances: int, scenario_name: str = "seed-example") -> Measure:
             longest_handler=slowest,
             max_writes_per_item_per_phase=hottest_writes,
             hottest_item=hottest,
+            windows=held,
         )
+
+
+def held_windows(instances: list[InstanceRecord]) -> dict[str, dict[str, int]]:
+    """The median and the longest of the instances' frozen and stopped windows (those the
+    run had: `report.windows`)."""
+    found: dict[str, dict[str, int]] = {}
+    for held in ("frozen", "stopped"):
+        spans = sorted(
+            span for i in instances if (span := windows(i)[f"{held}_seconds"]) is not None
+        )
+        if spans:
+            found[held] = {"median": spans[len(spans) // 2], "max": spans[-1]}
+    return found
 
 
 def _invocations(invoked: Counter[str], virtual_seconds: int) -> int:
@@ -155,12 +177,16 @@ def _invocations(invoked: Counter[str], virtual_seconds: int) -> int:
 
 
 def seed_model(durations: dict[str, float]) -> dict[str, float]:
-    """Per instance, what the polling design spends waiting for the same durations."""
+    """Per instance, what the polling design spends waiting for the same durations; it
+    holds an instance frozen (or stopped) until its backup job completes: the windows are
+    the job's duration."""
     polls = sum(math.ceil(seconds / SEED_POLL_SECONDS[p]) for p, seconds in durations.items())
     return {
         "lambda_invocations": polls,
         "describe_calls": polls,
         "state_transitions": polls * SEED_TRANSITIONS_PER_POLL,
+        "frozen_seconds": durations.get("BACKUP", 0),
+        "stopped_seconds": durations.get("BACKUP", 0),
     }
 
 

@@ -847,9 +847,8 @@ class LocalCloud:
             snapshots.append(snapshot)
         image = _BackupImage(backend, image_id, [s.id for s in snapshots], tags)
         backend.amis[image_id] = image
-        self.timeline.append(
-            (self.clock.now(), f"image made by a backup job, {len(snapshots)} snapshots pending")
-        )
+        made = f"{len(snapshots)} snapshot" + ("s" if len(snapshots) != 1 else "")
+        self.timeline.append((self.clock.now(), f"image made by a backup job, {made} pending"))
         return [s.id for s in snapshots]
 
     def finish_backup_image(self, image_id: str, snapshot_ids: list[str], completed: bool) -> None:

@@ -248,6 +248,28 @@ def _terminations(setup: Setup, terminated: list[tuple[int, int]]) -> None:
         setup.cloud.terminate([setup.ids[n]], after=START_AT + after)
 
 
+CAPTURE_KNOBS = ["backup_never_runs", "snapshot_fails", "volume_attached_after_freeze"]
+
+
+def _capture_knobs(setup: Setup, knobs: list[tuple[int, str]]) -> None:
+    """How these instances' jobs capture: never run (expire), a failed snapshot, a volume
+    attached after the freeze."""
+    for n, knob in knobs:
+        getattr(setup.cloud.behaviour, knob).add(setup.ids[n])
+
+
+def _slow_image(setup: Setup, seconds: int) -> None:
+    """Every job's AMI appears this long after the job runs (past the freeze budget?)."""
+    setup.cloud.behaviour.backup_image_seconds = seconds
+
+
+def _release_option(setup: Setup, option: tuple[str, int]) -> None:
+    """The input's ReleaseAfter and MaxFreezeSeconds."""
+    release_after, max_freeze = option
+    setup.detail["ReleaseAfter"] = release_after
+    setup.detail["MaxFreezeSeconds"] = max_freeze
+
+
 def _indexed(size: int, *parts: st.SearchStrategy[Any], most: int = 2) -> Any:
     return st.lists(st.tuples(st.integers(0, size - 1), *parts), min_size=1, max_size=most)
 
@@ -325,28 +347,6 @@ FAULT_KINDS: dict[str, FaultKind] = {
         _release_option,
     ),  # fmt: skip
 }
-
-
-CAPTURE_KNOBS = ["backup_never_runs", "snapshot_fails", "volume_attached_after_freeze"]
-
-
-def _capture_knobs(setup: Setup, knobs: list[tuple[int, str]]) -> None:
-    """How these instances' jobs capture: never run (expire), a failed snapshot, a volume
-    attached after the freeze."""
-    for n, knob in knobs:
-        getattr(setup.cloud.behaviour, knob).add(setup.ids[n])
-
-
-def _slow_image(setup: Setup, seconds: int) -> None:
-    """Every job's AMI appears this long after the job runs (past the freeze budget?)."""
-    setup.cloud.behaviour.backup_image_seconds = seconds
-
-
-def _release_option(setup: Setup, option: tuple[str, int]) -> None:
-    """The input's ReleaseAfter and MaxFreezeSeconds."""
-    release_after, max_freeze = option
-    setup.detail["ReleaseAfter"] = release_after
-    setup.detail["MaxFreezeSeconds"] = max_freeze
 
 
 def _lost_ec2_events(setup: Setup, lost: list[int]) -> None:

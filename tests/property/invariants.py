@@ -515,9 +515,9 @@ def released_only_at_capture(run: Run, seen: Observed) -> list[str]:
         if backup.captured_at is not None:
             if captured is None:
                 broken.append(f"{instance_id}: noted captured, but its job made no whole AMI")
-            elif captured > _time(backup.released_at):
+            elif captured.replace(microsecond=0) > _time(backup.released_at):  # kept to the s
                 broken.append(f"{instance_id}: released at {backup.released_at}, captured later")
-            elif backup.started_at and captured < _time(backup.started_at):
+            elif backup.started_at and captured.replace(microsecond=0) < _time(backup.started_at):
                 broken.append(f"{instance_id}: captured before its BACKUP began")
         elif backup.consistency is not Consistency.CRASH or not backup.release_reason:
             broken.append(f"{instance_id}: released uncaptured, not labelled crash-consistent")
