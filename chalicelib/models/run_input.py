@@ -37,7 +37,7 @@ BACKUP_WINDOW_MINUTES_MAX = 52_560_000  # StartBackupJob: 100 years
 LIFECYCLE_DAYS_MAX = 36_500  # StartBackupJob Lifecycle: 100 years
 COLD_STORAGE_MIN_DAYS = 90  # DeleteAfterDays >= MoveToColdStorageAfterDays + 90
 TAGS_PER_RESOURCE_MAX = 50  # tags on one resource (an EC2 recovery point is an AMI)
-APP_RECOVERY_POINT_TAGS = 2  # prepost:run-id and prepost:consistency
+APP_RECOVERY_POINT_TAGS = 3  # prepost:run-id, prepost:instance-id and prepost:consistency
 TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
 TAG_KEY_PUNCTUATION = frozenset("_.:/=+-@ ")
 ASCII_WHOLE_NUMBER = re.compile(rf"^-?[0-9]{{1,{MAX_WHOLE_NUMBER_DIGITS}}}$")
