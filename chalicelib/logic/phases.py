@@ -168,6 +168,10 @@ def resume_phase(
         if member.phase(phase).status is PhaseStatus.IN_PROGRESS and not member.phase(phase).sent
     ]
     if not unsent and not unmarked:
+        if group.pending <= 0:
+            # Every member ended (its handler died after marking the last ones, skipped):
+            # nothing to resume, but the phase must not wait for the reconciler to close.
+            close_phase(services, group)
         return False
     if not services.store.claim_phase(
         group.run_id, group.group_id, phase, now_epoch, now_epoch + EXECUTION_CLAIM_SECONDS

@@ -24,7 +24,7 @@ from chalicelib.models.state import (
     RunStatus,
 )
 from prepost.local.cloud import Behaviour, LocalCloud
-from prepost.report import windows
+from prepost.report import seconds_between, windows
 from tests.conftest import seed_input
 from tests.functional.helpers import calls, outcome
 
@@ -305,3 +305,38 @@ def test_a_released_job_past_its_deadline_times_out(
     assert run.status is RunStatus.TIMED_OUT
     finished = parse_iso(run.finished_at or "")
     assert finished - parse_iso(run.created_at) < timedelta(hours=deadline_hours, minutes=40)
+
+
+def test_the_seed_example_is_released_within_30_seconds_of_its_capture() -> None:
+    """The issue's bar, on `prepost simulate`'s own report of the seed example."""
+    from prepost.local.scenario import Scenario
+    from prepost.local.simulate import simulate
+
+    report = simulate(Scenario.load("seed-example")).report
+    assert report["status"] == "SUCCEEDED"
+    for instance in report["instances"]:
+        backup = instance["phases"]["BACKUP"]
+        assert instance["captured_at"]
+        assert backup["status"] == "SUCCEEDED"
+        stopped_at = instance["phases"]["STOP"]["ended_at"]
+        frozen_at = instance["phases"]["PRE_SCRIPT"]["ended_at"]
+        to_capture = {
+            "stopped": seconds_between(stopped_at, instance["captured_at"]),
+            "frozen": seconds_between(frozen_at, instance["captured_at"]),
+        }
+        for held, seconds in to_capture.items():
+            assert instance[f"{held}_seconds"] <= seconds + SLACK, (held, instance)
+        # Every job completed before the run did (two hours in).
+        assert backup["ended_at"] <= report["finished_at"]
+    assert report["duration_seconds"] >= 7200
+
+
+def test_a_slow_job_start_keeps_the_group_frozen_until_capture_within_the_budget() -> None:
+    from prepost.local.scenario import Scenario
+    from prepost.local.simulate import simulate
+
+    report = simulate(Scenario.load("capture-slow-job-start")).report
+    for instance in report["instances"]:
+        assert instance["captured_at"] is not None
+        assert instance["phases"]["BACKUP"]["consistency"] == "app-consistent"
+        assert 480 <= instance["frozen_seconds"] <= 900

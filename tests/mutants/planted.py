@@ -182,4 +182,29 @@ MUTANTS = [
         "before.groups_pending < 0:",
         "a handler dying while finalizing the last group leaves the run until its budget ends",
     ),
+    Mutant(
+        "released-when-the-job-runs",
+        "chalicelib/logic/capture.py",
+        "        if noted is not None:\n",
+        '        noted = noted or {"captured_at": iso(services.clock.now()), "snapshot_ids": []}\n'
+        "        if noted is not None:\n",
+        "a member is taken for captured as soon as its job runs, before its AMI and snapshots "
+        "exist: thawed or started before its data is captured, still labelled app-consistent",
+    ),
+    Mutant(
+        "budget-release-keeps-its-label",
+        "chalicelib/logic/capture.py",
+        '                "consistency": str(Consistency.CRASH),\n',
+        "",
+        "a member released at the freeze budget, before its capture, keeps its app-consistent "
+        "label on the record",
+    ),
+    Mutant(
+        "jobs-not-awaited",
+        "chalicelib/logic/finalize.py",
+        "    if group is not None and not group.finalized and group.jobs_pending > 0:\n",
+        "    if False:\n",
+        "a group released at capture is finalized when its phases end, while its backup jobs "
+        "still run: the run completes before its backups do",
+    ),
 ]

@@ -248,6 +248,7 @@ def _terminations(setup: Setup, terminated: list[tuple[int, int]]) -> None:
         setup.cloud.terminate([setup.ids[n]], after=START_AT + after)
 
 
+RELEASE_AFTER = ["CAPTURE", "BACKUP_COMPLETED"]
 CAPTURE_KNOBS = ["backup_never_runs", "snapshot_fails", "volume_attached_after_freeze"]
 
 
@@ -342,10 +343,9 @@ FAULT_KINDS: dict[str, FaultKind] = {
     ),
     "slow_image": FaultKind(lambda n: st.sampled_from([120, 400, 900]), _slow_image),
     "release_option": FaultKind(
-        lambda n: st.tuples(st.sampled_from(["CAPTURE", "BACKUP_COMPLETED"]),
-                            st.integers(30, 600)),
+        lambda n: st.tuples(st.sampled_from(RELEASE_AFTER), st.integers(30, 600)),
         _release_option,
-    ),  # fmt: skip
+    ),
 }
 
 

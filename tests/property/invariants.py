@@ -521,9 +521,9 @@ def released_only_at_capture(run: Run, seen: Observed) -> list[str]:
                 broken.append(f"{instance_id}: captured before its BACKUP began")
         elif backup.consistency is not Consistency.CRASH or not backup.release_reason:
             broken.append(f"{instance_id}: released uncaptured, not labelled crash-consistent")
-        if run.record.finished_at and job is not None and job["State"] in ("CREATED", "RUNNING"):
-            if backup.status is PhaseStatus.SUCCEEDED:
-                broken.append(f"{instance_id}: counted succeeded while its job still runs")
+        running = job is not None and job["State"] in ("CREATED", "RUNNING")
+        if run.record.finished_at and running and backup.status is PhaseStatus.SUCCEEDED:
+            broken.append(f"{instance_id}: counted succeeded while its job still runs")
     return broken
 
 
