@@ -9,7 +9,8 @@ them. This runs the SAM transform (aws-sam-translator, offline) and checks those
 rule target retries and dead-letters, the dead-letter queue accepts every rule and no
 other, and only over TLS, every function's failed async invocations reach the queue, and
 every rule listens on the right bus (AWS service events: the default bus, the only one AWS
-services put events on; the app's own events: the stack's dedicated bus when it has one).
+services put events on; the app's own events: the stack's dedicated bus when it has one),
+and a function fed by a queue (the capture polls) has that queue dead-letter.
 With `--write` it also writes the transformed template, for `cfn-lint` to lint what
 CloudFormation deploys: some checks (W3037, IAM actions that do not exist) only see the
 roles' policies after the transform. Only the standard library and samtranslator are
@@ -115,17 +116,29 @@ def problems(template: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
         on_failure = properties.get("DestinationConfig", {}).get("OnFailure", {})
         if not _is_dlq_arn(on_failure.get("Destination")):
             found.append(f"{config_id} does not send failures to the dead-letter queue")
+    # A function fed by a queue (the capture polls) is invoked synchronously by its event
+    # source mapping: no EventInvokeConfig, no rule; its queue dead-letters instead.
+    queue_fed = set()
+    for mapping_id in by_type.get("AWS::Lambda::EventSourceMapping", []):
+        properties = resources[mapping_id]["Properties"]
+        queue_fed.add(properties["FunctionName"].get("Ref"))
+        source = properties.get("EventSourceArn")
+        queue_id = source.get("Fn::GetAtt", [None])[0] if isinstance(source, dict) else None
+        redrive = resources.get(queue_id, {}).get("Properties", {}).get("RedrivePolicy", {})
+        if not _is_dlq_arn(redrive.get("deadLetterTargetArn")):
+            found.append(f"{mapping_id}: its queue does not dead-letter to {DEAD_LETTER_QUEUE}")
     for function_id in functions:
-        if function_id not in configured:
+        if function_id not in configured and function_id not in queue_fed:
             found.append(f"{function_id} has no EventInvokeConfig")
-    if len(rules) != len(functions):
-        found.append(f"{len(rules)} rules for {len(functions)} functions")
+    if len(rules) != len(functions) - len(queue_fed):
+        found.append(f"{len(rules)} rules for {len(functions) - len(queue_fed)} functions")
     on_buses = sum("/" in name for name in rule_names)
     counts = {
         "functions": len(functions),
         "rules": len(rules),
         "rules on the dedicated bus": on_buses,
         "invoke configs": len(configs),
+        "queue-fed functions": len(queue_fed),
     }
     return found, counts
 

@@ -100,3 +100,29 @@ def test_an_aws_service_rule_on_the_dedicated_bus_is_found() -> None:
     template["Resources"]["StateChangedRule"]["Properties"]["EventBusName"] = {"Ref": "EventBus"}
     found, _ = problems(template)
     assert any("StateChangedRule listens on" in problem for problem in found), found
+
+
+def with_queue_fed_function(redrive: dict[str, Any]) -> dict[str, Any]:
+    """The template plus a function fed by an SQS queue (no rule, no invoke config)."""
+    template = transformed(dedicated_bus=False)
+    template["Resources"] |= {
+        "CheckCapture": {"Type": "AWS::Lambda::Function", "Properties": {}},
+        "CaptureQueue": {"Type": "AWS::SQS::Queue", "Properties": redrive},
+        "CheckCaptureMapping": {
+            "Type": "AWS::Lambda::EventSourceMapping",
+            "Properties": {
+                "FunctionName": {"Ref": "CheckCapture"},
+                "EventSourceArn": {"Fn::GetAtt": ["CaptureQueue", "Arn"]},
+            },
+        },
+    }
+    return template
+
+
+def test_a_queue_fed_function_needs_no_rule_but_its_queue_must_dead_letter() -> None:
+    good = {"RedrivePolicy": {"deadLetterTargetArn": DLQ, "maxReceiveCount": 5}}
+    found, counts = problems(with_queue_fed_function(good))
+    assert found == []
+    assert counts["queue-fed functions"] == 1
+    found, _ = problems(with_queue_fed_function({}))
+    assert found == ["CheckCaptureMapping: its queue does not dead-letter to DeadLetterQueue"]
