@@ -138,7 +138,7 @@ def requests_for(
         return [Request(action, f"arn:{PARTITION}:ec2:{region}::image/{i}") for i in images] + [
             Request(action, _arn("ec2", region, f"unknown/{r}")) for r in others
         ]
-    # DescribeInstances, DescribeImages, DescribeSnapshots, ListCommands,
+    # DescribeInstances, DescribeVolumes, DescribeImages, DescribeSnapshots, ListCommands,
     # ListCommandInvocations, DescribeBackupJob, ListBackupJobs, StopBackupJob: no
     # resource-level permissions.
     return [Request(action, "*")]

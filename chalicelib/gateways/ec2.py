@@ -93,22 +93,22 @@ class Ec2Gateway:
         return {t.instance_id: t.state for t in self.instances_by_ids(instance_ids)}
 
     def volumes(self, instance_ids: list[str]) -> dict[str, list[str]]:
-        """The EBS volumes attached to each instance now, by its block device mappings."""
+        """The EBS volumes attached to each instance now (DescribeVolumes by the
+        `attachment.instance-id` filter), by instance id."""
         found: dict[str, list[str]] = {}
-        with translated("ec2:DescribeInstances"):
+        with translated("ec2:DescribeVolumes"):
             for batch in chunks(instance_ids, DESCRIBE_BATCH):
                 for page in each_page(
-                    self._client, "describe_instances",
-                    Filters=[{"Name": "instance-id", "Values": batch}],
+                    self._client, "describe_volumes",
+                    Filters=[{"Name": "attachment.instance-id", "Values": batch}],
                     PaginationConfig={"PageSize": self._page_size},
                 ):  # fmt: skip
-                    for reservation in page.get("Reservations", []):
-                        for instance in reservation.get("Instances", []):
-                            found[instance["InstanceId"]] = [
-                                mapping["Ebs"]["VolumeId"]
-                                for mapping in instance.get("BlockDeviceMappings", [])
-                                if mapping.get("Ebs", {}).get("VolumeId")
-                            ]
+                    for volume in page.get("Volumes", []):
+                        for attachment in volume.get("Attachments", []):
+                            if attachment.get("InstanceId") in batch:
+                                found.setdefault(attachment["InstanceId"], []).append(
+                                    volume["VolumeId"]
+                                )
         return found
 
     def backup_images(self, run_id: str, instance_ids: list[str]) -> dict[str, list[Image]]:

@@ -11,12 +11,12 @@ instance frozen or stopped), and each of those snapshots is `pending` or `comple
 initiated after that moment.
 
 AWS Backup's job events are best effort and do not say when the AMI exists, so capture is
-polled: a group waiting for it gets a capture poll every `POLL_SECONDS`, an SQS message
-delayed that long, each of which looks at the whole group in a few batched calls
-(ListBackupJobs, DescribeImages, DescribeSnapshots) and sends the next while the group
-still waits. Polls are numbered on the group: a duplicate or late message finds its number
-taken and does nothing; the reconciler looks too (every `LOOK_SECONDS`) and starts the
-polls again if their chain broke.
+polled: a group waiting for it gets a capture poll every `POLL_SECONDS` (backing off after
+five minutes, `poll_delay`), an SQS message delayed that long, each of which looks at the
+whole group in a few batched calls (ListBackupJobs, DescribeImages, DescribeSnapshots) and
+sends the next while the group still waits. Polls are numbered on the group: a duplicate or
+late message finds its number taken and does nothing; the reconciler looks too (every
+`LOOK_SECONDS`) and starts the polls again if their chain broke.
 
 A captured member is *released*: counted out of the group's `pending` (the phase's barrier)
 and into its `jobs_pending`, while its BACKUP result stays IN_PROGRESS until its job is
@@ -48,7 +48,8 @@ from chalicelib.models.state import (
     RunRecord,
 )
 
-POLL_SECONDS = 15  # between two capture polls of a group waiting for its capture
+POLL_SECONDS = 15  # between two capture polls of a group waiting for its capture ...
+QUICK_POLLS = 20  # ... for its first 5 minutes; then twice as long each time, up to:
 LOOK_SECONDS = 300  # the reconciler's look at such a group (a lost poll, a broken chain)
 CAPTURED_SNAPSHOT_STATES = frozenset({"pending", "completed"})
 # What a group counts its released members as, in `n_BACKUP_<count>`.
@@ -159,11 +160,21 @@ def arm(services: Services, run: RunRecord, run_input: RunInput, group: GroupRec
     send_poll(services, run.run_id, group.group_id, group.capture_polls)
 
 
+def poll_delay(poll: int) -> int:
+    """Seconds before capture poll number `poll`: 15 s for the first 5 minutes (a capture
+    comes within minutes of the job running), then doubling up to the reconciler's 5
+    minutes, so that a group waiting long (a job that does not run, in stop mode) costs a
+    few polls an hour, not hundreds."""
+    if poll < QUICK_POLLS:
+        return POLL_SECONDS
+    return int(min(LOOK_SECONDS, POLL_SECONDS * 2 ** min(poll - QUICK_POLLS + 1, 10)))
+
+
 def send_poll(services: Services, run_id: str, group_id: str, poll: int) -> None:
     if not services.capture_queue.configured:
         return  # no queue (a stage without one): the reconciler's looks alone
     check = CaptureCheck(run_id=run_id, group_id=group_id, poll=poll)
-    services.capture_queue.send(check.model_dump(mode="json"), POLL_SECONDS)
+    services.capture_queue.send(check.model_dump(mode="json"), poll_delay(poll))
 
 
 def check(services: Services, request: CaptureCheck) -> None:
@@ -175,7 +186,7 @@ def check(services: Services, request: CaptureCheck) -> None:
     if not waits_for_capture(group):
         return  # released, moved on, or not waiting: the chain ends here
     if not store.claim_capture_poll(request.run_id, request.group_id, request.poll,
-                                    now + POLL_SECONDS):  # fmt: skip
+                                    now + poll_delay(request.poll + 1)):  # fmt: skip
         observability.logger().info("capture poll ignored: taken already", poll=request.poll)
         return
     assert group is not None

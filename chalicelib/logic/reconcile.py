@@ -180,7 +180,7 @@ def _reconcile_group(services: Services, run_id: str, group_id: str, memo: PassM
     capturing = phase is Phase.BACKUP and capture.waits_for_capture(group)
     if capturing:  # a capture poll lost, or its chain broken: look, and start it again
         capturing = capture.look(services, group)
-        stale = (group.next_capture_poll or 0) + 2 * capture.POLL_SECONDS
+        stale = (group.next_capture_poll or 0) + 2 * capture.poll_delay(group.capture_polls)
         if capturing and now >= stale:
             capture.send_poll(services, run_id, group_id, group.capture_polls)
     deadline = group.deadline or now

@@ -1575,6 +1575,18 @@ def _plain_ec2(region: str) -> Any:
     return boto3.session.Session(region_name=region).client("ec2")
 
 
+class _NoVolume:
+    id = "vol-none"
+
+
+def _no_volume(*_: Any, **__: Any) -> _NoVolume:
+    return _NoVolume()
+
+
+def _nothing(*_: Any, **__: Any) -> None:
+    return None
+
+
 @functools.cache
 def _backup_image_class() -> type:
     from moto.ec2.models.amis import Ami
@@ -1586,8 +1598,17 @@ def _backup_image_class() -> type:
         def __init__(
             self, backend: Any, image_id: str, snapshot_ids: list[str], tags: dict[str, str]
         ) -> None:
-            super().__init__(backend, image_id, name=f"AwsBackup_{image_id}", state="pending",
-                             root_device_type="ebs", tags=tags)  # fmt: skip
+            # moto's AMI makes a dummy volume and snapshot of its own: not for this one.
+            stand_ins = {"create_volume": _no_volume, "create_snapshot": _nothing,
+                         "delete_volume": _nothing}  # fmt: skip
+            for name, stand_in in stand_ins.items():
+                setattr(backend, name, stand_in)  # shadows the backend's method
+            try:
+                super().__init__(backend, image_id, name=f"AwsBackup_{image_id}",
+                                 state="pending", root_device_type="ebs", tags=tags)  # fmt: skip
+            finally:
+                for name in stand_ins:
+                    delattr(backend, name)
             self.snapshot_ids = snapshot_ids
 
         @property

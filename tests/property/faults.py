@@ -31,7 +31,7 @@ CRASHABLE = [
     "ListCommands", "ListCommandInvocations", "StopInstances",
     "StartInstances", "DescribeInstances", "StartBackupJob", "ListBackupJobs",
     "PutEvents", "GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem",
-    "TransactWriteItems", "SendMessage", "DescribeImages", "DescribeSnapshots",
+    "TransactWriteItems", "SendMessage", "DescribeVolumes", "DescribeImages", "DescribeSnapshots",
 ]  # fmt: skip
 HANDLERS = [
     "start_run_handler", "cancel_run", "run_scripts", "stop_instances", "start_backups",

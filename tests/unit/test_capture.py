@@ -133,3 +133,16 @@ def test_script_mode_has_the_budget_and_nothing_to_release_means_no_capture() ->
 def test_bad_release_options_are_refused(change: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         RunInput.model_validate(seed_input() | change)
+
+
+def test_polls_back_off_after_five_minutes_to_the_reconcilers_pace() -> None:
+    delays = [capture.poll_delay(n) for n in range(40)]
+    assert delays[:20] == [15] * 20
+    assert delays[20:26] == [30, 60, 120, 240, 300, 300]
+    assert max(delays) == capture.LOOK_SECONDS
+    # An hour of waiting (a job that never runs) costs a few dozen polls, not 240.
+    elapsed, polls = 0, 0
+    while elapsed < 3600:
+        elapsed += capture.poll_delay(polls)
+        polls += 1
+    assert polls < 40
