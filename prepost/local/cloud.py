@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -651,11 +652,13 @@ class LocalCloud:
         state: str = "running",
         opt_in: bool = True,
         volume_key: str | None = None,
+        ids: list[str] | None = None,
     ) -> list[str]:
         """Launch `count` instances in one reservation; stop them if `state` is stopped.
         They carry the deployment's opt-in tag unless `opt_in` is false. With `volume_key`
         (a KMS key ARN, or `AWS_MANAGED_EBS_KEY`) each has an EBS volume encrypted with
-        that key."""
+        that key. With `ids` (unused EC2 instance ids, as many as `count`) the instances
+        have those ids instead of moto's random ones."""
         spec: dict[str, Any] = {"ImageId": AMI, "MinCount": count, "MaxCount": count}
         if volume_key:
             ebs: dict[str, Any] = {"VolumeSize": 8, "Encrypted": True}
@@ -673,7 +676,8 @@ class LocalCloud:
                     "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
                 }
             ]
-        ids = [i["InstanceId"] for i in self.ec2.run_instances(**spec)["Instances"]]
+        with _instance_ids(ids, count, self.region):
+            ids = [i["InstanceId"] for i in self.ec2.run_instances(**spec)["Instances"]]
         if state == "stopped":
             self.ec2.stop_instances(InstanceIds=ids)
         elif state == "terminated":
@@ -739,6 +743,41 @@ class LocalCloud:
 
     def create_vault(self, name: str) -> None:
         self.backup.vaults.add(name)
+
+    def create_bucket(self, name: str) -> None:
+        """An S3 bucket in moto (nothing if this account has it already)."""
+        s3 = boto3.session.Session(region_name=self.region).client("s3")
+        if name in {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}:
+            return
+        where = {} if self.region == "us-east-1" else {"LocationConstraint": self.region}
+        s3.create_bucket(Bucket=name, **({"CreateBucketConfiguration": where} if where else {}))
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        """An S3 object in moto, its bucket created if need be."""
+        self.create_bucket(bucket)
+        s3 = boto3.session.Session(region_name=self.region).client("s3")
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def create_backup_role(self, name: str, path: str = "/") -> str:
+        """An IAM role AWS Backup may assume, in moto (this account's, as is); its ARN."""
+        iam = boto3.session.Session(region_name=self.region).client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "backup.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        try:
+            return str(iam.get_role(RoleName=name)["Role"]["Arn"])
+        except iam.exceptions.NoSuchEntityException:
+            role = iam.create_role(
+                RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust)
+            )
+            return str(role["Role"]["Arn"])
 
     def configure_stage(self, **keys: str) -> None:
         """Set stage configuration keys, as `.chalice/config.json` would, for the rest of
@@ -1567,6 +1606,31 @@ def _for_active_cloud(method: str) -> Callable[..., Any]:
         return getattr(cloud, method)(**kwargs) if cloud is not None else None
 
     return hook
+
+
+@contextlib.contextmanager
+def _instance_ids(ids: list[str] | None, count: int, region: str) -> Iterator[None]:
+    """moto names the instances it launches meanwhile from `ids` (None: its random ids).
+    The id is set when moto builds the instance, before its tags, volumes and network
+    interface refer to it, so every look-up by id agrees."""
+    if ids is None:
+        yield
+        return
+    from moto.ec2.models import ec2_backends, instances
+
+    if len(ids) != count or len(set(ids)) != count:
+        raise ValueError(f"{count} distinct instance ids needed, got {ids[:5]}...")
+    taken = {i.id for i in ec2_backends[ACCOUNT][region].all_instances()} & set(ids)
+    if taken:
+        raise ValueError(f"instance ids already in use: {sorted(taken)[:5]}")
+    # moto's Instance reads the id maker from its module's namespace (imported there).
+    namespace = vars(instances)
+    wanted, original = iter(ids), namespace["random_instance_id"]
+    namespace["random_instance_id"] = lambda: next(wanted)
+    try:
+        yield
+    finally:
+        namespace["random_instance_id"] = original
 
 
 @functools.cache

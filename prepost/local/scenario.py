@@ -8,18 +8,154 @@ scenario runs on a smaller fleet too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib.models.run_input import (
+    BACKUP_VAULT_NAME,
+    IAM_ROLE_ARN,
+    INSTANCE_ID,
+    OUTPUT_BUCKET,
+)
+from chalicelib.models.s3 import S3Location, S3LocationError
 from prepost.local import MAX_FLEET
-from prepost.local.cloud import Behaviour, LocalCloud
+from prepost.local.cloud import ACCOUNT, Behaviour, LocalCloud
 from prepost.samples import EVENTS_DIR, load_event
 
 SCENARIOS_DIR = EVENTS_DIR / "scenarios"
+INPUTS_DIR = EVENTS_DIR / "inputs"
+SCRIPTS = ("PreBackupScriptDetails", "PostBackupScriptDetails")
+# What an EC2 tag may hold (EC2 refuses longer keys and values when tagging).
+EC2_TAG_KEY_MAX, EC2_TAG_VALUE_MAX = 128, 256
+
+
+def _field(value: Any, *path: str) -> Any:
+    """`value[path[0]][path[1]]...`, or None where a level is missing or not an object."""
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+@dataclass(frozen=True)
+class InputResources:
+    """What a run input names in the account, read leniently: only well-formed values are
+    kept (the start handler refuses the rest of the input, with its reasons)."""
+
+    vaults: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)  # IAM role ARNs
+    output_buckets: list[str] = field(default_factory=list)
+    scripts: list[S3Location] = field(default_factory=list)
+    target_tag: tuple[str, str] | None = None  # TargetEC2TagKey, TargetEC2TagValue
+    target_ids: list[str] = field(default_factory=list)  # TargetEC2Instances
+    notes: list[str] = field(default_factory=list)  # what could not be provisioned as named
+
+    @classmethod
+    def of(cls, detail: Any) -> InputResources:
+        """The resources `detail` (any JSON value) names."""
+        notes = []
+        scripts, buckets = [], []
+        for name in SCRIPTS:
+            script = _field(detail, "RemoteRunCommandDetails", name)
+            source = _field(script, "SourceS3Path")
+            if isinstance(source, str):
+                with contextlib.suppress(S3LocationError):  # the app refuses it, saying why
+                    scripts.append(S3Location.parse(source))
+            bucket = _field(script, "OutputS3BucketName")
+            if isinstance(bucket, str) and OUTPUT_BUCKET.match(bucket):
+                buckets.append(bucket)
+        vault = _field(detail, "BackupDetails", "BackupVaultName")
+        role = _field(detail, "BackupDetails", "IamRoleArn")
+        roles = [role] if isinstance(role, str) and IAM_ROLE_ARN.match(role) else []
+        for arn in roles:
+            account = arn.split(":")[4]
+            if account != ACCOUNT:
+                notes.append(
+                    f"BackupDetails.IamRoleArn names account {account}; local mode has one "
+                    f"account, {ACCOUNT}: the role was created there under the same name, "
+                    "and the run passes the ARN as written"
+                )
+        key, value = _field(detail, "TargetEC2TagKey"), _field(detail, "TargetEC2TagValue")
+        tag = None
+        if isinstance(key, str) and isinstance(value, str):
+            if _taggable(key, value):
+                tag = (key, value)
+            else:
+                notes.append(
+                    "no EC2 instance can carry the tag TargetEC2TagKey and TargetEC2TagValue "
+                    f"name (keys 1 to {EC2_TAG_KEY_MAX} characters, values up to "
+                    f"{EC2_TAG_VALUE_MAX}, printable): the fleet was launched with the "
+                    "scenario's own tags"
+                )
+        listed = _field(detail, "TargetEC2Instances")
+        listed = listed if isinstance(listed, list) else []
+        ids = [i for i in listed if isinstance(i, str) and INSTANCE_ID.match(i)]
+        return cls(
+            vaults=[vault] if isinstance(vault, str) and BACKUP_VAULT_NAME.match(vault) else [],
+            roles=roles,
+            output_buckets=_unique(buckets),
+            scripts=list(dict.fromkeys(scripts)),
+            target_tag=tag,
+            target_ids=_unique(ids)[:MAX_FLEET],
+            notes=notes,
+        )
+
+    @property
+    def script_sources(self) -> list[str]:
+        """The allow-list prefixes of the scripts: each one's directory, as an s3:// URI."""
+        return _unique([directory_of(script) for script in self.scripts])
+
+    @property
+    def buckets(self) -> list[str]:
+        """The buckets named: for script output, and those the scripts are stored in."""
+        return _unique(self.output_buckets + [script.bucket for script in self.scripts])
+
+    def provision(self, cloud: LocalCloud) -> None:
+        """Create the vaults, buckets and roles in `cloud`. The scripts themselves are not
+        stored: local mode's SSM emulation never downloads them (an invocation's outcome
+        is the scenario's), and the app does not read S3."""
+        for vault in self.vaults:
+            cloud.create_vault(vault)
+        for bucket in self.buckets:
+            cloud.create_bucket(bucket)
+        for arn in self.roles:
+            path, _, name = arn.split(":", 5)[5].removeprefix("role").rpartition("/")
+            cloud.create_backup_role(name, path + "/")
+
+    def summary(self) -> dict[str, Any]:
+        """What `provision` creates, and what it could not create as named."""
+        return {
+            "backup_vaults": self.vaults,
+            "buckets": self.buckets,
+            "iam_roles": self.roles,
+            "notes": self.notes,
+        }
+
+
+def directory_of(script: S3Location) -> str:
+    """The prefix that allows `script` and its siblings: `s3://bucket/dir/`."""
+    directory = script.key.rpartition("/")[0]
+    return f"s3://{script.bucket}/{directory}/" if directory else f"s3://{script.bucket}/"
+
+
+def _taggable(key: str, value: str) -> bool:
+    return (
+        1 <= len(key) <= EC2_TAG_KEY_MAX
+        and len(value) <= EC2_TAG_VALUE_MAX
+        and key.isprintable()
+        and value.isprintable()
+    )
 
 
 class _Spec(BaseModel):
@@ -156,20 +292,34 @@ class Scenario(_Spec):
             crash_after=dict(delivery.crash_after),
         )
 
-    def prepare(self, cloud: LocalCloud) -> list[str]:
-        """Create the fleet and set its outcomes in `cloud`; the instance ids, in order."""
-        detail = self.run_input()
-        cloud.create_vault(detail["BackupDetails"]["BackupVaultName"])
+    def prepare(self, cloud: LocalCloud, run_input: Any = None) -> list[str]:
+        """Create what the input names and the fleet, and set its outcomes in `cloud`;
+        the instance ids, in order.
+
+        The input is the scenario's own, or `run_input` (any JSON value). With
+        `run_input`, the fleet carries the tag the input targets (TargetEC2TagKey and
+        TargetEC2TagValue) instead of the scenario's fleet tags, or, when the input lists
+        TargetEC2Instances, is exactly those instances, with those ids."""
+        detail = self.run_input() if run_input is None else run_input
+        resources = InputResources.of(detail)
+        resources.provision(cloud)
+        tags = self.fleet.tags
+        if run_input is not None and resources.target_tag is not None:
+            target_key, target_value = resources.target_tag
+            tags = {target_key: target_value}
+        wanted = resources.target_ids if run_input is not None else []
+        count = len(wanted) or self.fleet.count
         ids: list[str] = []
         values = next(iter(self.fleet.spread.items()), None)
         if values is None:
-            ids = cloud.launch(self.fleet.count, tags=self.fleet.tags)
+            ids = cloud.launch(count, tags=tags, ids=wanted or None)
         else:
             key, labels = values
             for n, label in enumerate(labels):
-                count = len(range(n, self.fleet.count, len(labels)))
-                if count:
-                    ids += cloud.launch(count, tags=self.fleet.tags | {key: label})
+                share = len(range(n, count, len(labels)))
+                chosen = wanted[len(ids) : len(ids) + share] or None
+                if share:
+                    ids += cloud.launch(share, tags=tags | {key: label}, ids=chosen)
         if self.fleet.stopped:
             cloud.ec2.stop_instances(InstanceIds=ids[: self.fleet.stopped])
         behaviour = cloud.behaviour
@@ -208,3 +358,22 @@ class Scenario(_Spec):
             for n, instance_id in enumerate(ids)
             if str(n) in self.expect.instances or default
         }
+
+    def misses(self, ids: list[str], report: dict[str, Any]) -> list[str]:
+        """Where the run's `report` differs from what the scenario expects of the fleet
+        `ids`, one sentence each (none when the scenario expects nothing)."""
+        if self.expect is None:
+            return []
+        found = []
+        if report.get("status") != self.expect.run:
+            found.append(f"run: expected {self.expect.run}, got {report.get('status')}")
+        statuses = {i["instance_id"]: i["status"] for i in report.get("instances", [])}
+        index = {instance_id: n for n, instance_id in enumerate(ids)}
+        for instance_id, expected in self.expected(ids).items():
+            got = statuses.get(instance_id)
+            if got != expected:
+                found.append(
+                    f"{instance_id} (index {index[instance_id]}): expected {expected}, "
+                    f"got {got or 'no record (not in the run)'}"
+                )
+        return found

@@ -26,13 +26,17 @@ def test_scenario_ends_as_it_says(name: str) -> None:
     scenario = Scenario.load(name)
     assert scenario.expect is not None, "a shipped scenario states its expected outcome"
     if scenario.schedule is not None:  # a profile's runs over virtual hours
-        report = simulate_schedule(scenario, instances=min(scenario.fleet.count, 4)).report
+        schedule = simulate_schedule(scenario, instances=min(scenario.fleet.count, 4))
+        assert schedule.misses == []
+        report = schedule.report
         assert report["status"] == scenario.expect.run
         days = int(scenario.schedule.hours // 24)
         assert [run["status"] for run in report["runs"]] == [scenario.expect.run] * days
         return
     result = simulate(scenario, instances=min(scenario.fleet.count, SMALL_FLEET))
 
+    assert result.expect_checked
+    assert result.misses == []
     assert result.report["status"] == scenario.expect.run
     statuses = {i["instance_id"]: i["status"] for i in result.report["instances"]}
     assert result.expected
