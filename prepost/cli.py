@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,12 +19,16 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from prepost.errors import EXIT_INTERNAL, EXIT_NOT_SUCCEEDED, EXIT_USAGE, CliError, UsageError
 from prepost.local import MAX_FLEET
 from prepost.report import run_report
 
 app = typer.Typer(help="prepost-backup operator tooling.", no_args_is_help=True)
-# Rich assumes 80 columns when output is not a terminal (CI logs, `make demo | tee`).
+# Documents and tables go to stdout; messages, errors and progress to stderr. Rich assumes
+# 80 columns when output is not a terminal (CI logs, `make demo | tee`): tables are printed
+# as wide as they need there (`_print_table`), never cut.
 console = Console(width=None if sys.stdout.isatty() else 120)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 STATUS_STYLE = {
     "SUCCEEDED": "green",
@@ -38,6 +46,47 @@ def _commands() -> None:
     """prepost-backup operator tooling."""
 
 
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output",
+        "-o",
+        case_sensitive=False,
+        help="table (for people) or json (one document on stdout).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="The same as --output json.")]
+
+
+def _json(output: Output, as_json: bool) -> bool:
+    return as_json or output is Output.json
+
+
+def _document(document: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    print(json.dumps(document, indent=2, default=str))
+
+
+@contextmanager
+def _errors_said() -> Iterator[None]:
+    """An operator's error as its one sentence on stderr and its exit code."""
+    try:
+        yield
+    except CliError as exc:
+        _say_error(str(exc))
+        raise typer.Exit(exc.exit_code) from exc
+
+
+def _say_error(message: str) -> None:
+    """On stderr as it is: never wrapped, so that one sentence stays one line."""
+    print(f"prepost: {message}", file=sys.stderr)
+
+
 @app.command()
 def demo() -> None:
     """Back up a simulated fleet of five with the seed README's example input, locally."""
@@ -51,8 +100,15 @@ ScenarioArgument = Annotated[
     str, typer.Argument(help="A scenario name in events/scenarios/, or a file.")
 ]
 InputOption = Annotated[Path | None, typer.Option("--input", help="A run input JSON file.")]
+
+
+class Store(StrEnum):
+    dynamodb = "dynamodb"
+    memory = "memory"
+
+
 StoreOption = Annotated[
-    str, typer.Option(help="dynamodb (moto's) or memory (faster, for big fleets).")
+    Store, typer.Option(help="dynamodb (moto's) or memory (faster, for big fleets).")
 ]
 
 
@@ -61,10 +117,13 @@ def simulate(
     scenario: ScenarioArgument = "seed-example",
     input_file: InputOption = None,
     instances: Annotated[int | None, typer.Option(min=1, max=MAX_FLEET, help="Fleet size.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the scenario's random faults.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the scenario's random faults and of the instance ids.")
+    ] = 0,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
     show_timeline: Annotated[bool, typer.Option("--timeline", help="Print the timeline.")] = False,
-    store: StoreOption = "dynamodb",
+    store: StoreOption = Store.dynamodb,
     stage: Annotated[
         str | None,
         typer.Option(
@@ -72,8 +131,10 @@ def simulate(
         ),
     ] = None,
 ) -> None:
-    """Run a scenario on a simulated fleet, locally; exit code 0 only if it SUCCEEDED."""
-    _simulate(scenario, instances, seed, input_file, as_json, show_timeline, store, stage)
+    """Run a scenario on a simulated fleet, locally; exit code 0 only if it SUCCEEDED (and
+    met the scenario's expectations)."""
+    _simulate(scenario, instances, seed, input_file, _json(output, as_json), show_timeline,
+              store.value, stage)  # fmt: skip
 
 
 def _simulate(
@@ -86,52 +147,104 @@ def _simulate(
     store: str,
     stage: str | None,
 ) -> None:
+    from prepost.documents import read_object
     from prepost.local.cloud import stage_environment
     from prepost.local.scenario import Scenario
+
+    with _errors_said():
+        if stage is not None:
+            try:
+                stage_environment(stage)
+            except KeyError as exc:
+                raise UsageError(f"no stage {stage!r} in .chalice/config.json") from exc
+        try:
+            scenario = Scenario.load(scenario_name)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from exc
+        except ValueError as exc:  # not JSON, or not a scenario
+            raise UsageError(f"{scenario_name} is not a scenario: {_first_line(exc)}") from exc
+        run_input = read_object(input_file) if input_file is not None else None
+    if scenario.schedule is not None:  # a scheduled profile over virtual hours
+        _simulate_schedule(scenario, instances, seed, run_input, as_json, store, stage)
+        return
     from prepost.local.simulate import simulate as run
 
-    if store not in ("dynamodb", "memory"):
-        raise typer.BadParameter("dynamodb or memory", param_hint="--store")
-    if stage is not None:
-        try:
-            stage_environment(stage)
-        except KeyError as exc:
-            console.print(f"[red]no stage {stage!r} in .chalice/config.json[/]")
-            raise typer.Exit(2) from exc
-    try:
-        scenario = Scenario.load(scenario_name)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    run_input = None
-    if input_file is not None:
-        try:
-            run_input = json.loads(input_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            console.print(f"[red]cannot read {input_file}: {exc}[/]")
-            raise typer.Exit(2) from exc
-    if scenario.schedule is not None:  # a scheduled profile over virtual hours
-        from prepost.local.simulate import simulate_schedule
-
-        result = simulate_schedule(scenario, instances, seed, store, stage)
-        if as_json:
-            print(json.dumps(result.report, indent=2))
-        else:
-            _print_schedule_report(scenario.description, result.report)
-        raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
     if as_json:
         result = run(scenario, instances, seed, run_input, store, stage=stage)
-        print(json.dumps(result.report, indent=2))
     else:
         console.print(f"[bold]{scenario.description}[/]")
         with _LiveView() as view:
             result = run(
                 scenario, instances, seed, run_input, store, progress=view.update, stage=stage
             )
+    misses: list[str] = list(result.misses)
+    if as_json:
+        _document(result.report | {"expect_misses": misses})
+    else:
         if show_timeline:
             _print_timeline(result.timeline)
         _print_report(result.report)
-    raise typer.Exit(0 if result.report["status"] == "SUCCEEDED" else 1)
+        _print_allow_lists(result.report.get("allow_lists"))
+        _print_misses(misses)
+    failed = result.report["status"] != "SUCCEEDED" or misses
+    raise typer.Exit(EXIT_NOT_SUCCEEDED if failed else 0)
+
+
+def _simulate_schedule(
+    scenario: Any,
+    instances: int | None,
+    seed: int,
+    run_input: dict[str, Any] | None,
+    as_json: bool,
+    store: str,
+    stage: str | None,
+) -> None:
+    from prepost.local.simulate import simulate_schedule
+
+    if run_input is not None:  # the input given is the profile's, refused as `profile put` would
+        from pydantic import ValidationError
+
+        from chalicelib.models.run_input import RunInput, validation_messages
+
+        try:
+            RunInput.model_validate(run_input)
+        except ValidationError as exc:
+            _say_error("\n".join(["invalid run input for a profile:",
+                                   *validation_messages(exc)]))  # fmt: skip
+            raise typer.Exit(EXIT_USAGE) from exc
+        scenario = scenario.model_copy(update={"input": run_input, "input_changes": {}})
+    with _errors_said():
+        result = simulate_schedule(scenario, instances, seed, store, stage)
+    misses: list[str] = list(result.misses)
+    if as_json:
+        _document(result.report | {"expect_misses": misses})
+    else:
+        _print_schedule_report(scenario.description, result.report)
+        _print_misses(misses)
+    failed = result.report["status"] != "SUCCEEDED" or misses
+    raise typer.Exit(EXIT_NOT_SUCCEEDED if failed else 0)
+
+
+def _print_misses(misses: list[str]) -> None:
+    """Each way the run missed its scenario's `expect`."""
+    for miss in misses:
+        console.print(f"expectation missed: {miss}", style="red", markup=False, soft_wrap=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0]
+
+
+def _print_allow_lists(lists: dict[str, Any] | None) -> None:
+    """Which allow lists the simulated deployment applied (README, Local mode)."""
+    if not lists:
+        return
+    console.print(f"allow lists applied: {lists.get('stage', '?')}", style="dim", soft_wrap=True)
+    for key, values in lists.items():
+        if key != "stage":
+            shown = ", ".join(values) if isinstance(values, list) else str(values)
+            line = f"  {key}: {shown or '(none)'}"
+            console.print(line, style="dim", markup=False, soft_wrap=True)
 
 
 def _print_schedule_report(description: str, report: dict[str, Any]) -> None:
@@ -148,7 +261,7 @@ def _print_schedule_report(description: str, report: dict[str, Any]) -> None:
         listing.add_row(row["slot"] or "", row["run_id"], _style(row["status"]), counts,
                         f"{took / 60:.0f} min" if took is not None else "",
                         row["reason"] or "")  # fmt: skip
-    console.print(listing)
+    _print_table(listing)
     console.print(f"{len(report['runs'])} slots, {report['lambda_invocations']} Lambda "
                   f"invocations; overall: {_style(report['status'])}")  # fmt: skip
 
@@ -161,11 +274,11 @@ class _LiveView:
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} group phases"),
-            console=console,
+            console=errors,
         )
         self._task = self._bar.add_task("run", total=None)
         self._groups = Table(show_header=True, header_style="bold", box=None)
-        self._live = Live(Group(self._bar, self._groups), console=console, transient=True)
+        self._live = Live(Group(self._bar, self._groups), console=errors, transient=True)
 
     def __enter__(self) -> _LiveView:
         self._live.__enter__()
@@ -200,32 +313,32 @@ class _LiveView:
         self._live.update(Group(self._bar, table))
 
 
-OutputOption = Annotated[
-    str, typer.Option("--output", help="table (for people) or json (one document on stdout).")
-]
-
-
 @app.command()
 def bench(
     scenario: ScenarioArgument = "seed-example",
     sizes: Annotated[str, typer.Option(help="Fleet sizes, comma-separated.")] = "10,100,1000,10000",
-    output: OutputOption = "table",
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
     """What a run costs per instance, and its largest handler invocation and hottest item,
     measured locally, beside the polling design's model."""
     from prepost.local.bench import measure
+    from prepost.local.scenario import Scenario
 
     fleet_sizes = _fleet_sizes(sizes)
-    if output not in ("table", "json"):
-        _usage_error(f"--output must be table or json, not {output!r}")
+    with _errors_said():
+        try:
+            Scenario.load(scenario)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from exc
+        except ValueError as exc:
+            raise UsageError(f"{scenario} is not a scenario: {_first_line(exc)}") from exc
     results = []
     for size in fleet_sizes:
-        if output == "table":
-            console.print(f"running {scenario} on {size} instances ...")
+        errors.print(f"running {scenario} on {size} instances ...", highlight=False)
         results.append(measure(size, scenario))
-    if output == "json":
-        document = {"scenario": scenario, "sizes": [r.document() for r in results]}
-        print(json.dumps(document, indent=2))
+    if _json(output, as_json):
+        _document({"scenario": scenario, "sizes": [r.document() for r in results]})
         return
     _bench_table(scenario, results)
 
@@ -240,8 +353,10 @@ def _fleet_sizes(text: str) -> list[int]:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
-            _usage_error(f"--sizes takes whole numbers of instances (1 or more), not {part!r}")
+        if not part.isdigit() or not 1 <= int(part) <= MAX_FLEET:
+            _usage_error(
+                f"--sizes takes whole numbers of instances (1 to {MAX_FLEET}), not {part!r}"
+            )
         sizes.append(int(part))
     if not sizes:
         _usage_error("--sizes names no fleet size")
@@ -249,8 +364,8 @@ def _fleet_sizes(text: str) -> list[int]:
 
 
 def _usage_error(sentence: str) -> None:
-    print(f"prepost: {sentence}", file=sys.stderr)
-    raise typer.Exit(2)
+    _say_error(sentence)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def _bench_table(scenario: str, results: list[Any]) -> None:
@@ -303,7 +418,7 @@ def _bench_table(scenario: str, results: list[Any]) -> None:
     row("AWS API calls by operation:", ["" for _ in results])
     for operation in sorted({op for r in results for op in r.calls_per_instance}):
         row(f"  {operation}", [f"{r.calls_per_instance.get(operation, 0):.2f}" for r in results])
-    console.print(table)
+    _print_table(table)
     console.print(
         "The seed column models its design (1 s between script polls, 10 s between instance "
         "and backup polls, each poll a Lambda invocation, a Describe call and 3 state "
@@ -324,17 +439,53 @@ BusOption = Annotated[
         help="The event bus of the deployment (its PREPOST_EVENT_BUS_NAME).",
     ),
 ]
+# As in the AWS CLI: a named profile of the AWS config files, and the Region.
+RegionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="The AWS Region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's).",
+    ),
+]
+AwsProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", help="A named profile of your AWS config files (default: AWS_PROFILE)."
+    ),
+]
+
+
+def _aws(region: str | None, profile: str | None) -> Any:
+    """The session every command that talks to AWS uses (`prepost.operator.connect`)."""
+    from prepost.operator import connect
+
+    return connect(region, profile)
 
 
 @app.command()
 def start(
-    input_file: Annotated[Path, typer.Option("--input", help="The run input JSON file.")],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input", help='The run input JSON file, or a profile reference {"Profile": name}.'
+        ),
+    ],
     bus: BusOption = "default",
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
     """Start a run on AWS: put the start event (the input is checked first)."""
     from prepost.operator import start as put_start
+    from prepost.operator import start_detail
 
-    event_id, run_id = _operator(put_start, input_file, bus)
+    with _errors_said():
+        detail = start_detail(input_file)
+        event_id, run_id = put_start(_aws(region, profile), detail, bus)
+    if _json(output, as_json):
+        _document({"event_id": event_id, "run_id": run_id, "bus": bus})
+        return
     console.print(f"start event {event_id} put; run id [bold]{run_id}[/]")
     console.print(f"follow it with: prepost status {run_id}")
 
@@ -343,16 +494,21 @@ def start(
 def status(
     run_id: str,
     table: TableOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
     """Show a run on AWS: its status and, per instance, each phase."""
     from prepost.operator import status as read_status
     from prepost.operator import table_name
 
-    run, instances, groups = _operator(lambda: read_status(run_id, table_name(table)))
+    with _errors_said():
+        name = table_name(table)
+        run, instances, groups = read_status(_aws(region, profile), run_id, name)
     report = run_report(run, instances, groups)
-    if as_json:
-        print(json.dumps(report, indent=2))
+    if _json(output, as_json):
+        _document(report)
         return
     _print_report(report, simulated=False)
     _print_phase_timeline(report["timeline"])
@@ -364,29 +520,64 @@ def status(
 def runs(
     table: TableOption = None,
     limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
-    profile: Annotated[
-        str | None, typer.Option("--profile", help="Only the runs of this stored profile.")
+    run_profile: Annotated[
+        str | None,
+        typer.Option("--run-profile", help="Only the runs of this stored run profile."),
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Only runs created this recently: 7d, 12h, 30m.")
     ] = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
     """List the latest runs on AWS with their outcome counts."""
     from prepost.operator import runs as list_runs
     from prepost.operator import table_name
 
     cutoff = _since(since) if since is not None else None
-    found = _operator(lambda: list_runs(table_name(table), limit, profile, cutoff))
-    title = f"latest {len(found)} runs" + (f" of profile {profile}" if profile else "")
+    with _errors_said():
+        name = table_name(table)
+        found = list_runs(_aws(region, profile), name, limit, run_profile, cutoff)
+    if _json(output, as_json):
+        _document([_run_summary(run) for run in found])
+        return
+    title = f"latest {len(found)} runs" + (f" of profile {run_profile}" if run_profile else "")
     listing = Table(title=title + (f" created since {cutoff}" if cutoff else ""))
-    for column in ("run", "profile", "status", "instances", "created", "finished"):
+    listing.add_column("run", no_wrap=True, overflow="fold")
+    for column in ("profile", "status", "instances", "created", "finished"):
         listing.add_column(column)
     for run in found:
         counts = ", ".join(f"{s} {n}" for s, n in sorted(run.counts.items()))
         listing.add_row(run.run_id, run.profile or "", _style(str(run.status)),
                         counts or str(run.instance_count), run.created_at,
                         run.finished_at or "")  # fmt: skip
-    console.print(listing)
+    _print_table(listing)
+
+
+def _run_summary(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "profile": run.profile,
+        "status": str(run.status),
+        "instances": run.instance_count,
+        "counts": dict(sorted(run.counts.items())),
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "reason": run.reason,
+    }
+
+
+def _print_table(table: Table) -> None:
+    """A table on stdout; off a terminal as wide as it needs, so that nothing is cut or
+    wrapped for whoever reads it with grep or awk."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    unbounded = console.options.update_width(100_000)
+    width = max(console.width, console.measure(table, options=unbounded).maximum)
+    Console(file=console.file, width=width).print(table)
 
 
 SINCE_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -413,15 +604,26 @@ def cancel(
     run_id: str,
     bus: BusOption = "default",
     reason: Annotated[str | None, typer.Option(help="Why, for the record.")] = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
     """Cancel a run on AWS: no more forward side effects; instances restored and thawed."""
     from prepost.operator import cancel as put_cancel
 
-    event_id = _operator(put_cancel, run_id, bus, reason)
+    with _errors_said():
+        event_id = put_cancel(_aws(region, profile), run_id, bus, reason)
+    if _json(output, as_json):
+        _document({"event_id": event_id, "run_id": run_id, "bus": bus})
+        return
     console.print(f"cancel event {event_id} put for run {run_id}")
 
 
-profile_app = typer.Typer(help="Stored profiles: named run definitions, optionally scheduled.")
+profile_app = typer.Typer(
+    help="Stored run profiles: named run definitions, optionally scheduled.",
+    no_args_is_help=True,
+)
 app.add_typer(profile_app, name="profile")
 
 
@@ -430,78 +632,127 @@ def profile_put(
     name: str,
     file: Annotated[Path, typer.Option("--file", help="The profile document (JSON).")],
     table: TableOption = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
 ) -> None:
-    """Validate a profile document and store it (replacing one of the same name)."""
+    """Validate a run profile document and store it (replacing one of the same name)."""
+    from prepost.operator import profile_document, table_name
     from prepost.operator import profile_put as put
-    from prepost.operator import table_name
 
-    profile, replaced = _operator(lambda: put(name, file, table_name(table)))
+    with _errors_said():
+        document, name_of_table = profile_document(file), table_name(table)
+        stored, replaced = put(_aws(region, profile), name, document, name_of_table)
+    if _json(output, as_json):
+        _document(_profile_document(stored) | {"replaced": replaced})
+        return
     console.print(f"profile [bold]{name}[/] {'replaced' if replaced else 'stored'}")
-    if profile.schedule is not None:
-        _print_next_slots(profile)
+    if stored.schedule is not None:
+        console.print("next slots: " + ", ".join(_next_slots(stored)))
 
 
 @profile_app.command("list")
-def profile_list(table: TableOption = None) -> None:
-    """List the stored profiles and their schedules."""
+def profile_list(
+    table: TableOption = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+) -> None:
+    """List the stored run profiles and their schedules."""
     from prepost.operator import profile_list as list_profiles
     from prepost.operator import table_name
 
-    found = _operator(lambda: list_profiles(table_name(table)))
+    with _errors_said():
+        name_of_table = table_name(table)
+        found = list_profiles(_aws(region, profile), name_of_table)
+    if _json(output, as_json):
+        _document([_profile_document(stored) for stored in found])
+        return
     listing = Table(title=f"{len(found)} profiles")
-    for column in ("profile", "schedule", "time zone", "last slot", "updated"):
+    listing.add_column("profile", no_wrap=True, overflow="fold")
+    for column in ("schedule", "time zone", "last slot", "updated"):
         listing.add_column(column)
-    for profile in found:
-        schedule = profile.schedule
-        listing.add_row(profile.name, schedule.cron if schedule else "(on demand)",
-                        schedule.time_zone if schedule else "", profile.last_slot or "",
-                        profile.updated_at)  # fmt: skip
-    console.print(listing)
+    for stored in found:
+        schedule = stored.schedule
+        listing.add_row(stored.name, schedule.cron if schedule else "(on demand)",
+                        schedule.time_zone if schedule else "", stored.last_slot or "",
+                        stored.updated_at)  # fmt: skip
+    _print_table(listing)
 
 
 @profile_app.command("show")
-def profile_show(name: str, table: TableOption = None) -> None:
-    """Show a profile: its input, its schedule and its next three slots."""
+def profile_show(
+    name: str,
+    table: TableOption = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a run profile: its input, its schedule and its next three slots."""
     from prepost.operator import profile_get, table_name
 
-    profile = _operator(lambda: profile_get(name, table_name(table)))
-    console.print(f"profile [bold]{profile.name}[/] (stored {profile.created_at}, "
-                  f"updated {profile.updated_at})")  # fmt: skip
-    console.print_json(json.dumps(profile.run_input()))
-    if profile.schedule is None:
+    with _errors_said():
+        name_of_table = table_name(table)
+        stored = profile_get(_aws(region, profile), name, name_of_table)
+    if _json(output, as_json):
+        _document(_profile_document(stored))
+        return
+    console.print(f"profile [bold]{stored.name}[/] (stored {stored.created_at}, "
+                  f"updated {stored.updated_at})")  # fmt: skip
+    console.print_json(json.dumps(stored.run_input()))
+    if stored.schedule is None:
         console.print("no schedule: started on demand with a start event naming it")
         return
-    schedule = profile.schedule
+    schedule = stored.schedule
     console.print(f"schedule: {schedule.cron} ({schedule.time_zone}); last slot dealt with: "
-                  f"{profile.last_slot or 'none yet'}")  # fmt: skip
-    _print_next_slots(profile)
+                  f"{stored.last_slot or 'none yet'}")  # fmt: skip
+    console.print("next slots: " + ", ".join(_next_slots(stored)))
 
 
 @profile_app.command("delete")
-def profile_delete(name: str, table: TableOption = None) -> None:
-    """Delete a profile; its past runs stay."""
+def profile_delete(
+    name: str,
+    table: TableOption = None,
+    region: RegionOption = None,
+    profile: AwsProfileOption = None,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a run profile; its past runs stay."""
     from prepost.operator import profile_delete as delete
     from prepost.operator import table_name
 
-    _operator(lambda: delete(name, table_name(table)))
+    with _errors_said():
+        name_of_table = table_name(table)
+        delete(_aws(region, profile), name, name_of_table)
+    if _json(output, as_json):
+        _document({"profile": name, "deleted": True})
+        return
     console.print(f"profile [bold]{name}[/] deleted")
 
 
-def _print_next_slots(profile: Any) -> None:
+def _next_slots(stored: Any) -> list[str]:
     from datetime import UTC, datetime
 
-    slots = profile.schedule.next_slots(datetime.now(UTC), 3)
-    console.print("next slots: " + ", ".join(slot.isoformat() for slot in slots))
+    return [slot.isoformat() for slot in stored.schedule.next_slots(datetime.now(UTC), 3)]
 
 
-def _operator(call: Any, *args: Any) -> Any:
-    from prepost.operator import OperatorError
-
-    try:
-        return call(*args)
-    except OperatorError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
+def _profile_document(stored: Any) -> dict[str, Any]:
+    schedule = stored.schedule
+    return {
+        "profile": stored.name,
+        "input": stored.run_input(),
+        "schedule": None
+        if schedule is None
+        else {"cron": schedule.cron, "time_zone": schedule.time_zone},
+        "next_slots": _next_slots(stored) if schedule is not None else [],
+        "last_slot": stored.last_slot,
+        "created_at": stored.created_at,
+        "updated_at": stored.updated_at,
+    }
 
 
 def _style(status: str, short: bool = False) -> str:
@@ -522,7 +773,7 @@ def _print_phase_timeline(rows: list[dict[str, Any]]) -> None:
                       row["ended_at"] or ("(running)" if row["started_at"] else "-"),
                       _duration(took) if took is not None else "",
                       ", ".join(f"{_style(s)} {n}" for s, n in row["counts"].items()))  # fmt: skip
-    console.print(table)
+    _print_table(table)
 
 
 def _per_phase(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -554,7 +805,7 @@ def _print_timeline(lines: list[tuple[str, str]]) -> None:
     table.add_column()
     for stamp, what in lines:
         table.add_row(stamp, what)
-    console.print(table)
+    _print_table(table)
 
 
 def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
@@ -562,7 +813,7 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
     phases = list(instances[0]["phases"]) if instances else []
     if len(instances) <= MAX_ROWS:
         table = Table(title=f"run {report['run_id']}")
-        table.add_column("instance")
+        table.add_column("instance", no_wrap=True, overflow="fold")
         for phase in phases:
             table.add_column(phase.lower().replace("_", "-"))
         table.add_column("consistency")
@@ -573,7 +824,7 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
             table.add_row(
                 instance["instance_id"],
                 *[_style(instance["phases"][p]["status"], short=True) for p in phases],
-                instance["phases"].get("BACKUP", {}).get("consistency", "-"),
+                instance["phases"].get("BACKUP", {}).get("consistency") or "-",
                 *[
                     _maybe_duration(instance.get(f"{held}_seconds"))
                     for held in ("frozen", "stopped")
@@ -591,7 +842,7 @@ def _print_report(report: dict[str, Any], simulated: bool = True) -> None:
         for group, counts in sorted(by_group.items()):
             results = ", ".join(f"{_style(s)} {n}" for s, n in sorted(counts.items()))
             table.add_row(group, str(sum(counts.values())), results)
-    console.print(table)
+    _print_table(table)
     troubled = [i for i in instances if i["status"] != "SUCCEEDED" and i["reason"]]
     for instance in troubled[:MAX_ROWS]:
         console.print(f"  {instance['instance_id']}: {instance['reason']}", style="dim")
@@ -645,7 +896,37 @@ def _duration(seconds: int) -> str:
 
 
 def main() -> None:
-    sys.exit(app())
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    """The command's exit code for `argv`: usage errors as one sentence on stderr (2), and
+    no traceback for anyone but a developer who sets PREPOST_DEBUG=1 (70 otherwise)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="prepost", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's own click: usage errors, bad values
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "prepost"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"{where}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except typer.Abort:
+        print("prepost: interrupted", file=sys.stderr)
+        return 130
+    except CliError as exc:
+        _say_error(str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        if os.environ.get("PREPOST_DEBUG"):
+            raise
+        print(
+            f"prepost: internal error ({type(exc).__name__}: {exc}); run again with "
+            "PREPOST_DEBUG=1 for the traceback, and please report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

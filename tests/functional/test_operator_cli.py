@@ -88,16 +88,17 @@ def test_status_runs_and_cancel(cloud: LocalCloud, bus: Callable[[], list[dict[s
 
 def test_clear_errors(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> None:
     unknown = runner.invoke(app, ["status", "no-such-run", "--table", cloud.table_name])
-    assert unknown.exit_code == 2
+    assert unknown.exit_code == 3  # AWS has no such thing
+    assert unknown.stdout == ""
     assert "no run 'no-such-run'" in unknown.output
 
     missing = runner.invoke(app, ["status", "r", "--table", "not-deployed"])
-    assert missing.exit_code == 2
+    assert missing.exit_code == 3
     assert "table 'not-deployed' not found" in missing.output
 
     monkeypatch.delenv("PREPOST_TABLE_NAME", raising=False)
     unnamed = runner.invoke(app, ["runs"])
-    assert unnamed.exit_code == 2
+    assert unnamed.exit_code == 2  # a usage error
     assert "--table or PREPOST_TABLE_NAME" in unnamed.output
 
 
@@ -108,5 +109,20 @@ def test_no_credentials_is_said_plainly(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role look-up
     result = runner.invoke(app, ["runs", "--table", "t"])
-    assert result.exit_code == 2
-    assert "no AWS credentials found" in result.output
+    assert result.exit_code == 3
+    assert "no AWS credentials found" in result.stderr
+
+
+def test_start_names_a_stored_profile(
+    cloud: LocalCloud, tmp_path: Path, bus: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A start event may name a profile instead of carrying the input: so may `start`."""
+    reference = tmp_path / "start.json"
+    reference.write_text(json.dumps({"Profile": "nightly-db"}))
+    result = runner.invoke(app, ["start", "--input", str(reference), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    started = json.loads(result.stdout)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{10}", started["run_id"])
+    [event] = [e for e in bus() if e["detail-type"] == "BackupSolution-PrePostScript"]
+    assert event["detail"] == {"Profile": "nightly-db"}
+    assert event["id"] == started["event_id"]

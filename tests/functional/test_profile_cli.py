@@ -50,5 +50,5 @@ def test_profiles_are_validated_stored_shown_and_deleted(cloud: LocalCloud, tmp_
     deleted = runner.invoke(app, ["profile", "delete", "nightly-db", *table])
     assert deleted.exit_code == 0, deleted.output
     gone = runner.invoke(app, ["profile", "delete", "nightly-db", *table])
-    assert gone.exit_code == 2
+    assert gone.exit_code == 3
     assert "no profile 'nightly-db'" in gone.output

@@ -119,13 +119,13 @@ def test_runs_by_profile_and_age(cloud: LocalCloud) -> None:
     put_run(cloud, "r-adhoc", timedelta(hours=2), None)
 
     assert listed(cloud) == {"r-old", "r-new", "r-weekly", "r-adhoc"}
-    assert listed(cloud, "--profile", "nightly") == {"r-old", "r-new"}
-    assert listed(cloud, "--profile", "nightly", "--since", "7d") == {"r-new"}
+    assert listed(cloud, "--run-profile", "nightly") == {"r-old", "r-new"}
+    assert listed(cloud, "--run-profile", "nightly", "--since", "7d") == {"r-new"}
     assert listed(cloud, "--since", "3h") == {"r-new", "r-weekly", "r-adhoc"}
     assert listed(cloud, "--since", "90m") == {"r-new", "r-weekly"}
-    assert listed(cloud, "--profile", "nobody") == set()
+    assert listed(cloud, "--run-profile", "nobody") == set()
 
-    shown = runner.invoke(app, ["runs", "--table", cloud.table_name, "--profile", "nightly",
+    shown = runner.invoke(app, ["runs", "--table", cloud.table_name, "--run-profile", "nightly",
                                 "--since", "1d"])  # fmt: skip
     assert "of profile nightly created since" in shown.output
     assert "COMPLETED_WITH_ERRORS" in shown.output
@@ -139,3 +139,17 @@ def test_an_age_that_is_not_one_is_refused_plainly(cloud: LocalCloud, since: str
     said = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert f"Invalid value for '--since': '{since}' is not an age" in said
     assert "e.g. 7d, 12h or 30m" in said
+
+
+def test_runs_never_cuts_a_run_id_off_a_terminal(cloud: LocalCloud) -> None:
+    """Piped (not a terminal), the table is as wide as its rows: ids come out whole."""
+    long_ids = [f"20261205T0{n}0000Z-{'ab' * 20}{n}" for n in range(3)]
+    for run_id in long_ids:
+        put_run(cloud, run_id, timedelta(hours=1), "a-profile-name-that-is-long-too")
+    result = runner.invoke(app, ["runs", "--table", cloud.table_name])
+    assert result.exit_code == 0, result.output
+    for run_id in long_ids:
+        assert run_id in result.stdout
+    assert "…" not in result.stdout
+    as_json = runner.invoke(app, ["runs", "--table", cloud.table_name, "--output", "json"])
+    assert {run["run_id"] for run in json.loads(as_json.stdout)} == set(long_ids)
