@@ -44,6 +44,11 @@ MAX_ROWS = 20  # larger fleets are shown per group, and at most this many groups
 @app.callback()
 def _commands() -> None:
     """prepost-backup operator tooling."""
+    from chalicelib import observability
+
+    # The app's log lines (local runs) are not the command's output: stdout holds only the
+    # documents and tables, whatever the run logs.
+    observability.log_to("stderr")
 
 
 class Output(StrEnum):

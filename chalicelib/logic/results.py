@@ -299,7 +299,10 @@ def instance_state_changed(services: Services, event: Ec2StateEvent) -> None:
     detail = event.detail
     lease = services.store.get_lease(detail.instance_id)
     if lease is None:
-        return  # not an instance of any run
+        observability.logger().info(
+            "not an instance of any run", instance_id=detail.instance_id, state=detail.state
+        )
+        return
     observability.bind_run(lease.run_id)
     record_power_state(services, (lease.run_id, lease.group_id, detail.instance_id), detail.state)
 
