@@ -55,9 +55,7 @@ def run_report(
                 "reason": i.reason,
                 **windows(i),
                 "phases": {
-                    str(phase): {"status": str(result.status), "reason": result.reason}
-                    | result.model_dump(mode="json", exclude_none=True)
-                    for phase, result in i.phases.items()
+                    str(phase): phase_entry(phase, result) for phase, result in i.phases.items()
                 },
             }
             for i in sorted(instances, key=lambda i: i.instance_id)
@@ -69,6 +67,20 @@ def run_report(
             if record.set_aside_reason
         ],
     }
+
+
+def phase_entry(phase: Phase, result: PhaseResult) -> dict[str, Any]:
+    """One phase of an instance: status and reason always, other fields when set; a
+    BACKUP's consistency always, null unless there is a recovery point to label (the
+    backup succeeded, or its job completed after the phase had failed): a record written
+    before failed backups lost their label may still carry the one their job started with."""
+    entry = {"status": str(result.status), "reason": result.reason} | result.model_dump(
+        mode="json", exclude_none=True
+    )
+    if phase is Phase.BACKUP:
+        labelled = result.status is PhaseStatus.SUCCEEDED or bool(result.recovery_point_arn)
+        entry["consistency"] = str(result.consistency) if labelled and result.consistency else None
+    return entry
 
 
 def windows(instance: InstanceRecord) -> dict[str, Any]:

@@ -265,6 +265,15 @@ def _count_name(phase: Phase | str, status: PhaseStatus | str) -> str:
     return f"n_{phase}_{status}"
 
 
+def _label_dropped(phase: Phase, status: PhaseStatus, fields: dict[str, Any]) -> tuple[str, ...]:
+    """A backup that ends other than SUCCEEDED made no recovery point: its result loses
+    the consistency label its job was started with (a recovery point its job makes after
+    all is labelled again when that is reported: `logic/results.py`)."""
+    if phase is Phase.BACKUP and status != PhaseStatus.SUCCEEDED and "consistency" not in fields:
+        return (f"phases.{Phase.BACKUP}.consistency",)
+    return ()
+
+
 def group_from_item(item: dict[str, Any]) -> GroupRecord:
     """A group as read: its `n_<PHASE>_<STATUS>` counters gathered into `counts`."""
     counts = {k[2:]: int(v) for k, v in item.items() if k.startswith("n_")}
@@ -638,6 +647,7 @@ def finish_phases(
                     instance_key(run_id, group_id, instance_id),
                     set={f"{result}.status": status}
                     | {f"{result}.{name}": value for name, value in values.items()},
+                    remove=_label_dropped(phase, status, values),
                     when=when,
                 )
                 for instance_id, values in fields.items()
@@ -730,6 +740,7 @@ def finish_released(
                 instance_key(run_id, group_id, instance_id),
                 set={f"{BACKUP_RESULT}.status": status}
                 | {f"{BACKUP_RESULT}.{name}": value for name, value in fields.items()},
+                remove=_label_dropped(Phase.BACKUP, status, fields),
                 when=all_of(
                     eq(f"{BACKUP_RESULT}.status", PhaseStatus.IN_PROGRESS),
                     Exists(f"{BACKUP_RESULT}.released_at"),

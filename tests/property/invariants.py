@@ -519,7 +519,11 @@ def released_only_at_capture(run: Run, seen: Observed) -> list[str]:
                 broken.append(f"{instance_id}: released at {backup.released_at}, captured later")
             elif backup.started_at and captured.replace(microsecond=0) < _time(backup.started_at):
                 broken.append(f"{instance_id}: captured before its BACKUP began")
-        elif backup.consistency is not Consistency.CRASH or not backup.release_reason:
+        elif not backup.release_reason:
+            broken.append(f"{instance_id}: released uncaptured, without its reason")
+        elif backup.consistency is not Consistency.CRASH and (
+            backup.status is PhaseStatus.SUCCEEDED or backup.consistency is not None
+        ):  # a backup that failed after all has no label (no recovery point to label)
             broken.append(f"{instance_id}: released uncaptured, not labelled crash-consistent")
         running = job is not None and job["State"] in ("CREATED", "RUNNING")
         if run.record.finished_at and running and backup.status is PhaseStatus.SUCCEEDED:
