@@ -11,10 +11,10 @@
 2. Build a merge template (`OUT/merge.json`) with what Chalice has no setting for: the
    state table, the dead-letter queue and its policy, a retry policy and dead-letter queue
    on every EventBridge rule target, the async invoke configuration of every function,
-   one log group per function, alarms, an optional notification topic, every rule on the
-   app's own events pinned to this account and put on the configured bus, that bus and
-   its resource policy when it is not the default bus, and the reserved concurrency of
-   the functions that fan out.
+   one log group per function, alarms, a dashboard, an optional notification topic, every
+   rule on the app's own events pinned to this account and put on the configured bus, that
+   bus and its resource policy when it is not the default bus, and the reserved
+   concurrency of the functions that fan out.
 3. Run `chalice package --merge-template` (no AWS call; it needs the package index for
    `requirements.txt`): `OUT/sam.json` and `OUT/deployment.zip`.
 4. Post-process `sam.json`: each function's role gets its rendered policy (Chalice copies
@@ -49,7 +49,7 @@ from chalice.utils import to_cfn_resource_name
 
 from chalicelib import patterns
 from chalicelib.models.events import APP_SOURCE, DetailType
-from chalicelib.models.state import RunStatus
+from chalicelib.models.state import InstanceStatus, Phase, RunStatus
 from chalicelib.observability import NAMESPACE, SERVICE
 from chalicelib.patterns import capture_queue_name
 from prepost import policies
@@ -117,6 +117,21 @@ ALARMED_METRICS = {
     ),
     "ScheduleErrors": ("ScheduleErrors", "the scheduler failed on a profile"),
 }
+
+# The stage's dashboard (`dashboard_resource`), widget by widget; every metric of namespace
+# NAMESPACE it names is one the code emits (`tests/unit/test_dashboard.py` scans the code).
+# A finalized run counts `RUN_<status>` (`finalize.finalize_run`); a refused start event and
+# a missed scheduled slot are runs too, counted by their own metrics.
+FINALIZED_RUN_STATUSES = (
+    RunStatus.SUCCEEDED,
+    RunStatus.COMPLETED_WITH_ERRORS,
+    RunStatus.FAILED,
+    RunStatus.TIMED_OUT,
+    RunStatus.CANCELLED,
+)
+UNRUN_METRICS = {RunStatus.REJECTED: "RunsRejected", RunStatus.MISSED: "SlotsMissed"}
+FINAL_INSTANCE_STATUSES = tuple(s for s in InstanceStatus if s is not InstanceStatus.IN_PROGRESS)
+DASHBOARD_WIDTH, DASHBOARD_COLUMNS, WIDGET_HEIGHT = 24, 2, 6
 
 LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096]
 LOG_RETENTION_DAYS += [1827, 2192, 2557, 2922, 3288, 3653]
@@ -605,6 +620,7 @@ def merge_template(
             },
         }
     resources |= capture_queue_resources(stage, dlq_arn)
+    resources["Dashboard"] = dashboard_resource(stage)
     for handler in found:
         environment: dict[str, Any] = dict(overrides or {})
         if handler.name in CAPTURE_POLLERS:
@@ -643,10 +659,99 @@ def merge_template(
         "Outputs": {
             "StateTableName": {"Value": {"Ref": "StateTable"}},
             "DeadLetterQueueUrl": {"Value": {"Ref": "DeadLetterQueue"}},
+            "DashboardName": {"Value": {"Ref": "Dashboard"}},
             "NotificationTopicArn": {
                 "Condition": "HasNotificationEmail",
                 "Value": {"Ref": "NotificationTopic"},
             },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One metric widget of the dashboard: a time series of `metrics` (each a CloudWatch
+    metric array: namespace, name, dimension name and value pairs, rendering options)."""
+
+    title: str
+    metrics: list[list[Any]]
+    stat: str = "Sum"
+    period: int = 300  # seconds
+    stacked: bool = False
+
+    def widget(self, index: int) -> dict[str, Any]:
+        """The widget, at its place in a grid of DASHBOARD_COLUMNS columns."""
+        width = DASHBOARD_WIDTH // DASHBOARD_COLUMNS
+        return {
+            "type": "metric",
+            "x": (index % DASHBOARD_COLUMNS) * width,
+            "y": (index // DASHBOARD_COLUMNS) * WIDGET_HEIGHT,
+            "width": width,
+            "height": WIDGET_HEIGHT,
+            "properties": {
+                "title": self.title,
+                "view": "timeSeries",
+                "stacked": self.stacked,
+                "stat": self.stat,
+                "period": self.period,
+                "region": "${AWS::Region}",
+                "metrics": self.metrics,
+            },
+        }
+
+
+def app_metric(name: str, label: str) -> list[Any]:
+    """A metric of the app, with exactly the dimensions Powertools emits it with: `service`
+    alone (a query that names other dimensions, or none, finds nothing)."""
+    return [NAMESPACE, name, "service", SERVICE, {"label": label}]
+
+
+def dashboard_resource(stage: str) -> dict[str, Any]:
+    """The stage's CloudWatch dashboard, `prepost-backup-<stage>`: runs and instances by
+    outcome, instances stuck stopped, the reconciler's errors, the dead-letter queue's
+    depth and the phases' durations. Its body is a JSON string, put through `Fn::Sub` for
+    the region and the queue's name."""
+    runs = [app_metric(f"RUN_{status}", status) for status in FINALIZED_RUN_STATUSES]
+    runs += [app_metric(metric, status) for status, metric in UNRUN_METRICS.items()]
+    instances = [app_metric(f"INSTANCE_{status}", status) for status in FINAL_INSTANCE_STATUSES]
+    queue = ["QueueName", "${DeadLetterQueue.QueueName}", {"label": "messages"}]
+    graphs = [
+        Graph("Runs by outcome (per hour)", runs, period=3600, stacked=True),
+        Graph(
+            "Instances by outcome, when their run ends (per hour)",
+            instances,
+            period=3600,
+            stacked=True,
+        ),
+        Graph(
+            "Instances stuck stopped: start them (per 5 minutes)",
+            [app_metric("InstancesStuckStopped", "STUCK_STOPPED")],
+        ),
+        Graph(
+            "Reconciler errors (per 5 minutes)",
+            [
+                app_metric("ReconcileErrors", "errors on a due run or group"),
+                app_metric("ItemsSetAside", "runs or groups set aside"),
+            ],
+        ),
+        Graph(
+            "Dead-letter queue depth",
+            [["AWS/SQS", "ApproximateNumberOfMessagesVisible", *queue]],
+            stat="Maximum",
+        ),
+        Graph(
+            "Phase durations in a run, first start to last end (seconds)",
+            [app_metric(f"{phase}_DURATION_SECONDS", phase) for phase in Phase],
+            stat="Maximum",
+            period=3600,
+        ),
+    ]
+    body = {"widgets": [graph.widget(index) for index, graph in enumerate(graphs)]}
+    return {
+        "Type": "AWS::CloudWatch::Dashboard",
+        "Properties": {
+            "DashboardName": f"{APP_NAME}-{stage}",
+            "DashboardBody": _sub(json.dumps(body, separators=(",", ":"))),
         },
     }
 

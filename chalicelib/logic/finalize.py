@@ -133,8 +133,15 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     ):
         return
     observability.count(f"RUN_{status}")
+    for outcome in InstanceStatus:  # the run's instances by outcome, counted with the run
+        if counts.get(outcome.value):
+            observability.count(f"INSTANCE_{outcome}", counts[outcome.value])
     duration = (parse_iso(finished_at) - parse_iso(run.created_at)).total_seconds()
     observability.seconds("RunDurationSeconds", duration)
+    spans = phase_spans(instances)
+    for phase in Phase:
+        if phase in spans:
+            observability.seconds(f"{phase}_DURATION_SECONDS", spans[phase])
     log = (
         observability.logger().info
         if status is RunStatus.SUCCEEDED
@@ -143,6 +150,24 @@ def finalize_run(services: Services, run: RunRecord) -> None:
     log("run completed", status=status, reason=reason, counts=counts, duration_seconds=duration)
     update = {"status": status, "reason": reason, "counts": counts, "finished_at": finished_at}
     announce(services, run.model_copy(update=update))
+
+
+def phase_spans(instances: list[InstanceRecord]) -> dict[Phase, float]:
+    """Seconds from the first member's start of each phase to the last member's end, over
+    the members that went through it (a member skipped has no start); phases none went
+    through are left out."""
+    spans = {}
+    for phase in Phase:
+        results = [instance.phases.get(phase) for instance in instances]
+        times = [
+            (parse_iso(result.started_at), parse_iso(result.ended_at))
+            for result in results
+            if result is not None and result.started_at and result.ended_at
+        ]
+        if times:
+            first = min(started for started, _ in times)
+            spans[phase] = (max(ended for _, ended in times) - first).total_seconds()
+    return spans
 
 
 def job_may_run(instance: InstanceRecord) -> bool:
