@@ -28,7 +28,7 @@ BUS_CHECKS_DIR := build/checks-bus
 BUS_VARIANT := --set PREPOST_EVENT_BUS_NAME=prepost-backup-local-start \
 	--set PREPOST_START_PRINCIPALS=arn:aws:iam::123456789012:role/BackupOperator
 
-.PHONY: demo test lint format bench clean package template-checks mutants
+.PHONY: demo test lint format bench clean package deploy template-checks mutants
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 2; }
@@ -67,6 +67,18 @@ bench: $(STAMP)
 # The CloudFormation template and deployment.zip of STAGE in build/package (see README, Deploy).
 package: $(STAMP)
 	$(PY) -m prepost.package --stage $(STAGE) --out $(PACKAGE_DIR)
+
+# Package STAGE and deploy it as a CloudFormation stack with the AWS CLI (see README, Deploy):
+# `make deploy STAGE=prod BUCKET=my-deployment-bucket [STACK=...] [PARAMS='KEY=VALUE ...']`.
+# BUCKET receives the package; STACK defaults to prepost-backup-STAGE; PARAMS are the stack's
+# parameter overrides. STAGE must be named here: the `dev` default above is for packaging.
+BUCKET ?=
+STACK  ?=
+PARAMS ?=
+DEPLOY_STAGE = $(if $(filter file,$(origin STAGE)),,$(STAGE))
+deploy: $(STAMP)
+	$(PY) -m prepost.deploy --stage "$(DEPLOY_STAGE)" --bucket "$(BUCKET)" --stack "$(STACK)" \
+		--params "$(PARAMS)" --out $(PACKAGE_DIR)
 
 # The local stage's template, and the same stage with a dedicated event bus (README, Deploy),
 # whose bus, bus policy and rules on that bus the first lacks: each linted and scanned, its
