@@ -93,11 +93,12 @@ def _say_error(message: str) -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(output: OutputOption = Output.table, as_json: JsonOption = False) -> None:
     """Back up a simulated fleet of five with the seed README's example input, locally."""
+    as_document = _json(output, as_json)
     _simulate(
-        "seed-example", instances=5, seed=0, input_file=None, as_json=False,
-        show_timeline=True, store="dynamodb", stage=None,
+        "seed-example", instances=5, seed=0, input_file=None, as_json=as_document,
+        show_timeline=not as_document, store="dynamodb", stage=None,
     )  # fmt: skip
 
 
