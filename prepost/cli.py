@@ -44,10 +44,13 @@ MAX_ROWS = 20  # larger fleets are shown per group, and at most this many groups
 @app.callback()
 def _commands() -> None:
     """prepost-backup operator tooling."""
+
+
+def _local_mode() -> None:
+    """Before a local run: the app's log lines are not the command's output, so stdout
+    holds only the documents and tables, whatever the run logs."""
     from chalicelib import observability
 
-    # The app's log lines (local runs) are not the command's output: stdout holds only the
-    # documents and tables, whatever the run logs.
     observability.log_to("stderr")
 
 
@@ -154,22 +157,13 @@ def _simulate(
     stage: str | None,
 ) -> None:
     from prepost.documents import read_object
-    from prepost.local.cloud import stage_environment
-    from prepost.local.scenario import Scenario
 
-    with _errors_said():
-        if stage is not None:
-            try:
-                stage_environment(stage)
-            except KeyError as exc:
-                raise UsageError(f"no stage {stage!r} in .chalice/config.json") from exc
-        try:
-            scenario = Scenario.load(scenario_name)
-        except FileNotFoundError as exc:
-            raise UsageError(str(exc)) from exc
-        except ValueError as exc:  # not JSON, or not a scenario
-            raise UsageError(f"{scenario_name} is not a scenario: {_first_line(exc)}") from exc
+    with _errors_said():  # what the command line names, checked before local mode loads
         run_input = read_object(input_file) if input_file is not None else None
+        if stage is not None and stage not in _stages():
+            raise UsageError(f"no stage {stage!r} in .chalice/config.json")
+        scenario = _scenario(scenario_name)
+    _local_mode()
     if scenario.schedule is not None:  # a scheduled profile over virtual hours
         _simulate_schedule(scenario, instances, seed, run_input, as_json, store, stage)
         return
@@ -235,6 +229,26 @@ def _print_misses(misses: list[str]) -> None:
     """Each way the run missed its scenario's `expect`."""
     for miss in misses:
         console.print(f"expectation missed: {miss}", style="red", markup=False, soft_wrap=True)
+
+
+def _scenario(name: str) -> Any:
+    """The scenario `name` names (a shipped one, or a file); UsageError if there is none."""
+    from prepost.local.scenario import Scenario
+
+    try:
+        return Scenario.load(name)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:  # not JSON, or not a scenario
+        raise UsageError(f"{name} is not a scenario: {_first_line(exc)}") from exc
+
+
+def _stages() -> set[str]:
+    """The stages `.chalice/config.json` defines."""
+    from prepost.local import ROOT
+
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return set(config.get("stages", {}))
 
 
 def _first_line(exc: Exception) -> str:
@@ -328,17 +342,12 @@ def bench(
 ) -> None:
     """What a run costs per instance, and its largest handler invocation and hottest item,
     measured locally, beside the polling design's model."""
-    from prepost.local.bench import measure
-    from prepost.local.scenario import Scenario
-
     fleet_sizes = _fleet_sizes(sizes)
     with _errors_said():
-        try:
-            Scenario.load(scenario)
-        except FileNotFoundError as exc:
-            raise UsageError(str(exc)) from exc
-        except ValueError as exc:
-            raise UsageError(f"{scenario} is not a scenario: {_first_line(exc)}") from exc
+        _scenario(scenario)
+    _local_mode()
+    from prepost.local.bench import measure
+
     results = []
     for size in fleet_sizes:
         errors.print(f"running {scenario} on {size} instances ...", highlight=False)

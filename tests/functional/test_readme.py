@@ -76,13 +76,14 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
         assert (status.group(1) == "SUCCEEDED") == (result.returncode == 0)
 
 
-@pytest.mark.parametrize("command", commands())
+@pytest.mark.parametrize("command", [c for c in commands() if c != "make demo"])
 def test_a_readme_command_behaves_as_written(command: str) -> None:
     check(run(command))
 
 
 def test_make_demo_prints_what_the_readme_shows() -> None:
     result = run("make demo")
+    check(result)
     assert result.returncode == 0, result.stderr
     [shown] = [block for block in blocks("") if "+00:00:00" in block]
     printed = {line.strip() for line in result.stdout.splitlines()}
