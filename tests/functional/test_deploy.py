@@ -48,10 +48,14 @@ class Fakes:
         self.bin = root / "bin"
         self.bin.mkdir()
         self.out = root / "package"
+        # Which `aws` call fails, and how: "STEP:CODE" in a file (`fail`), not in the
+        # environment, which the fake would inherit from whatever the worker did before.
+        self.failing = root / "failing"
         aws = self.bin / "aws"
         aws.write_text(
             RECORDER.format(python=sys.executable, log=str(self.log), name="aws")
-            + "failing = os.environ.get('FAKE_AWS_FAILS', '').split(':')\n"
+            + f"failing = open({str(self.failing)!r}).read().split(':') "
+            + f"if os.path.exists({str(self.failing)!r}) else ['']\n"
             + "if sys.argv[2:3] == failing[:1]:\n"
             + "    sys.exit(int(failing[1]))\n"
         )
@@ -63,6 +67,10 @@ class Fakes:
             + "os.makedirs(out, exist_ok=True)\n"
             + f"open(os.path.join(out, 'sam.json'), 'w').write({json.dumps(TEMPLATE)!r})\n"
         )
+
+    def fail(self, step: str, code: int) -> None:
+        """Make the `aws` call whose second word is `step` exit with `code`."""
+        self.failing.write_text(f"{step}:{code}")
 
     def calls(self) -> list[list[str]]:
         if not self.log.exists():
@@ -78,7 +86,6 @@ class Fakes:
 def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
     made = Fakes(tmp_path)
     monkeypatch.setenv("PATH", f"{made.bin}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("FAKE_AWS_FAILS", raising=False)
     return made
 
 
@@ -109,6 +116,64 @@ def test_packages_then_uploads_then_deploys_the_stack(
     printed = capsys.readouterr().out
     assert "+ " + str(fakes.bin / "aws") + " cloudformation deploy" in printed
     assert printed.rstrip().endswith("deployed stage prod as stack prepost-backup-prod")
+    # prod as shipped allows scripts from nowhere: the kit has nowhere to go, and says so.
+    assert (
+        "stage prod lists no S3 location in PREPOST_ALLOWED_SCRIPT_SOURCES, so the script "
+        "kit (scripts/) is not uploaded: list your script prefix there (s3://bucket/prefix/) "
+        "to have it uploaded"
+    ) in printed
+
+
+def kit_uploads(prefix: str) -> list[list[str]]:
+    return [
+        ["aws", "s3", "cp", str(ROOT / "scripts" / name), f"{prefix}{name}"]
+        for name in ("prepost-freeze.sh", "prepost-freeze.ps1")
+    ]
+
+
+def test_the_script_kit_goes_to_the_stages_script_source_before_the_stack(fakes: Fakes) -> None:
+    # The local stage (the fake packager does not refuse it) allows scripts from the
+    # example bucket's scripts/, first as an https:// URL: uploaded with its s3:// name.
+    assert fakes.main("--stage", "local", "--bucket", "b") == 0
+
+    calls = fakes.calls()
+    assert [call[:3] for call in calls] == [
+        ["packager", "--stage", "local"],
+        *[["aws", "s3", "cp"]] * 2,
+        ["aws", "cloudformation", "package"],
+        ["aws", "cloudformation", "deploy"],
+    ]
+    assert calls[1:3] == kit_uploads("s3://backup-status-bucket-example/scripts/")
+
+
+def test_the_kit_is_every_file_of_scripts() -> None:
+    assert sorted(deploy.KIT) == sorted(p.name for p in (ROOT / "scripts").iterdir())
+
+
+def test_scripts_chooses_another_allowed_prefix(fakes: Fakes) -> None:
+    prefix = "s3://backup-status-bucket-example/scripts/db/"
+    assert fakes.main("--stage", "local", "--bucket", "b", "--scripts", prefix) == 0
+    assert fakes.calls()[1:3] == kit_uploads(prefix)
+
+
+def test_scripts_the_stage_does_not_allow_are_refused_before_aws(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Runs could not use the kit from there: the command policy would refuse its path.
+    code = fakes.main("--stage", "local", "--bucket", "b", "--scripts", "s3://elsewhere/x/")
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "SCRIPTS=s3://elsewhere/x is not under any of stage local's" in line
+    assert [call[0] for call in fakes.calls()] == ["packager"]
+
+
+def test_a_failed_upload_of_the_kit_stops_the_deploy_before_the_stack(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.fail("cp", 1)
+    assert fakes.main("--stage", "local", "--bucket", "b") == 1
+    assert [call[:3] for call in fakes.calls()][1:] == [["aws", "s3", "cp"]]
+    assert "s3 cp failed (exit code 1)" in one_error_line(capsys)
 
 
 def test_the_stack_name_can_be_chosen_and_parameters_left_out(fakes: Fakes) -> None:
@@ -128,6 +193,7 @@ def test_the_stack_name_can_be_chosen_and_parameters_left_out(fakes: Fakes) -> N
         (["--stage", "prod", "--bucket", " "], "no S3 bucket"),
         (["--stage", "prod", "--bucket", "b", "--stack", "2nd_stack"], "not a stack name"),
         (["--stage", "prod", "--bucket", "b", "--params", "NotificationEmail"], "KEY=VALUE"),
+        (["--stage", "prod", "--bucket", "b", "--scripts", "ftp://b/x/"], "SCRIPTS='ftp://b/x/'"),
     ],
 )
 def test_what_is_missing_or_wrong_is_one_sentence_before_anything_runs(
@@ -162,12 +228,11 @@ def test_without_the_aws_cli_the_deploy_says_so(
 def test_a_failed_aws_call_stops_the_deploy_with_its_exit_code(
     fakes: Fakes,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     failing: str,
     code: int,
     calls: int,
 ) -> None:
-    monkeypatch.setenv("FAKE_AWS_FAILS", f"{failing}:{code}")
+    fakes.fail(failing, code)
     assert fakes.main("--stage", "prod", "--bucket", "b") == code
     made = fakes.calls()
     assert len(made) == calls  # nothing after the failed call
@@ -201,7 +266,7 @@ def test_capabilities_follow_the_template() -> None:
 
 def test_make_deploy_needs_the_stage_named() -> None:
     def dry_run(*variables: str) -> str:
-        env = {k: v for k, v in os.environ.items() if k not in ("STAGE", "BUCKET")}
+        env = {k: v for k, v in os.environ.items() if k not in ("STAGE", "BUCKET", "SCRIPTS")}
         command = ["make", "-n", "deploy", *variables]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
@@ -211,4 +276,5 @@ def test_make_deploy_needs_the_stage_named() -> None:
     named = dry_run("STAGE=prod", "BUCKET=b", "STACK=s", "PARAMS=LogRetentionInDays=7")
     assert "-m prepost.deploy" in named
     assert '--stage "prod" --bucket "b" --stack "s"' in named
-    assert '--params "LogRetentionInDays=7"' in named
+    assert '--params "LogRetentionInDays=7" --scripts ""' in named
+    assert '--scripts "s3://x/y/"' in dry_run("STAGE=prod", "BUCKET=b", "SCRIPTS=s3://x/y/")
