@@ -69,16 +69,19 @@ package: $(STAMP)
 	$(PY) -m prepost.package --stage $(STAGE) --out $(PACKAGE_DIR)
 
 # Package STAGE and deploy it as a CloudFormation stack with the AWS CLI (see README, Deploy):
-# `make deploy STAGE=prod BUCKET=my-deployment-bucket [STACK=...] [PARAMS='KEY=VALUE ...']`.
-# BUCKET receives the package; STACK defaults to prepost-backup-STAGE; PARAMS are the stack's
-# parameter overrides. STAGE must be named here: the `dev` default above is for packaging.
+# `make deploy STAGE=prod BUCKET=my-deployment-bucket [STACK=...] [PARAMS='KEY=VALUE ...']
+# [SCRIPTS=s3://...]`. BUCKET receives the package; STACK defaults to prepost-backup-STAGE;
+# PARAMS are the stack's parameter overrides; the script kit (scripts/) goes to SCRIPTS, by
+# default the stage's first S3 location in PREPOST_ALLOWED_SCRIPT_SOURCES. STAGE must be
+# named here: the `dev` default above is for packaging.
 BUCKET ?=
 STACK  ?=
 PARAMS ?=
+SCRIPTS ?=
 DEPLOY_STAGE = $(if $(filter file,$(origin STAGE)),,$(STAGE))
 deploy: $(STAMP)
 	$(PY) -m prepost.deploy --stage "$(DEPLOY_STAGE)" --bucket "$(BUCKET)" --stack "$(STACK)" \
-		--params "$(PARAMS)" --out $(PACKAGE_DIR)
+		--params "$(PARAMS)" --scripts "$(SCRIPTS)" --out $(PACKAGE_DIR)
 
 # The local stage's template, and the same stage with a dedicated event bus (README, Deploy),
 # whose bus, bus policy and rules on that bus the first lacks: each linted and scanned, its

@@ -1,7 +1,8 @@
 """Deploy a stage as a CloudFormation stack with the AWS CLI (operator tooling, not deployed).
 
     python -m prepost.deploy --stage prod --bucket my-deployment-bucket \\
-        [--stack prepost-backup-prod] [--params "NotificationEmail=ops@example.com"]
+        [--stack prepost-backup-prod] [--params "NotificationEmail=ops@example.com"] \\
+        [--scripts s3://my-script-bucket/prepost/]
 
 `make deploy STAGE=prod BUCKET=...` runs this (README, Deploy). `chalice deploy` cannot
 deploy this app: the functions' policies (`.chalice/policies/`) hold `{{Token}}`
@@ -9,11 +10,19 @@ placeholders that only the packager fills for a stage, and the state table, the 
 the alarms and the dashboard come from the packager's merge template, not from Chalice.
 
 0. Refuse, with one line and exit code 2, before anything runs: no stage, no bucket, a
-   stack name CloudFormation would refuse, a parameter that is not KEY=VALUE, no `aws`.
+   stack name CloudFormation would refuse, a parameter that is not KEY=VALUE, a
+   `--scripts` that is not an S3 location, no `aws`.
 1. Package the stage (`python -m prepost.package`): `OUT/sam.json` and
    `OUT/deployment.zip`. A stage the packager refuses, or a package that misses its
    figures, stops here with the packager's exit code. A parameter the template does not
-   declare is refused next (exit 2).
+   declare, or a `--scripts` location the stage does not allow scripts from, is refused
+   next (exit 2).
+1b. `aws s3 cp` each file of the script kit (`scripts/`, README "Script kit") to
+   `--scripts`, else to the stage's first S3 location in PREPOST_ALLOWED_SCRIPT_SOURCES;
+   a stage with none is said in one sentence and skipped. Before the stack: the kit
+   depends on nothing in it, and a script prefix the deployer cannot write then stops the
+   deploy before the stack changes, so a stack that can start runs never names a kit
+   that is not there.
 2. `aws cloudformation package`: upload `deployment.zip` to the bucket and write
    `OUT/packaged.json`, the same template naming the zip's S3 location.
 3. `aws cloudformation deploy`: create and execute a change set of the stack, the template
@@ -39,14 +48,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chalicelib.config import settings_from
+from chalicelib.logic.policy import script_sources
+from chalicelib.models.s3 import S3Location, S3LocationError
 from prepost.local import ROOT
-from prepost.package import APP_NAME
+from prepost.package import APP_NAME, stage_settings
 
 PACKAGER = (sys.executable, "-m", "prepost.package")
 EXAMPLE = "make deploy STAGE=prod BUCKET=my-deployment-bucket"
 # CloudFormation's rule for a stack name.
 STACK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")
 PARAMETER = re.compile(r"([A-Za-z0-9]+)=(.*)", re.DOTALL)
+# The script kit (README, "Script kit"): uploaded where the stage allows scripts from.
+SCRIPTS = ROOT / "scripts"
+KIT = ("prepost-freeze.sh", "prepost-freeze.ps1")
 # The IAM resources whose name property, when set, makes CloudFormation ask for
 # CAPABILITY_NAMED_IAM rather than CAPABILITY_IAM.
 IAM_NAME_PROPERTIES = {
@@ -71,6 +86,7 @@ class Deployment:
     stack: str
     parameters: tuple[str, ...]  # KEY=VALUE, as `aws cloudformation deploy` takes them
     out: Path  # where the packager writes
+    scripts: S3Location | None = None  # where the kit goes; None: the stage's first source
 
     @property
     def template(self) -> Path:
@@ -81,10 +97,12 @@ class Deployment:
         return self.out / "packaged.json"
 
 
-def deployment(stage: str, bucket: str, stack: str, params: str, out: Path) -> Deployment:
+def deployment(
+    stage: str, bucket: str, stack: str, params: str, out: Path, scripts: str = ""
+) -> Deployment:
     """The deployment asked for, or a DeployError saying what is missing or wrong; empty
     values count as not given (Make passes its unset variables as empty strings)."""
-    stage, bucket, stack = stage.strip(), bucket.strip(), stack.strip()
+    stage, bucket, stack, scripts = stage.strip(), bucket.strip(), stack.strip(), scripts.strip()
     if not stage:
         raise DeployError(f"no stage to deploy: name one, as in {EXAMPLE}")
     if not bucket:
@@ -105,7 +123,16 @@ def deployment(stage: str, bucket: str, stack: str, params: str, out: Path) -> D
             f"stack parameters are KEY=VALUE, not {', '.join(map(repr, malformed))}, as in "
             "PARAMS='NotificationEmail=ops@example.com LogRetentionInDays=30'"
         )
-    return Deployment(stage, bucket, stack, parameters, out.resolve())
+    kit = None
+    if scripts:
+        try:
+            kit = S3Location.parse(scripts, prefix=True)
+        except S3LocationError as exc:
+            raise DeployError(
+                f"SCRIPTS={scripts!r} {exc}, as in SCRIPTS=s3://my-script-bucket/prepost/ "
+                "(--scripts here)"
+            ) from exc
+    return Deployment(stage, bucket, stack, parameters, out.resolve(), kit)
 
 
 def check_parameters(target: Deployment, template: dict[str, Any]) -> None:
@@ -119,6 +146,37 @@ def check_parameters(target: Deployment, template: dict[str, Any]) -> None:
             f"the template has no parameter {', '.join(unknown)}: it takes "
             f"{', '.join(declared) or 'none'}"
         )
+
+
+def kit_objects(prefix: S3Location) -> list[S3Location]:
+    """Where each file of the kit goes under `prefix`."""
+    return [S3Location(prefix.bucket, f"{prefix.key}/{name}".lstrip("/")) for name in KIT]
+
+
+def kit_destination(target: Deployment) -> S3Location | None:
+    """Where the script kit goes: `--scripts`, else the first S3 location of the stage's
+    PREPOST_ALLOWED_SCRIPT_SOURCES; None when the stage has none. A `--scripts` the stage
+    does not allow scripts from is refused: no run could use the kit there."""
+    allowed = script_sources(settings_from(stage_settings(target.stage)))
+    if target.scripts is None:
+        return allowed[0] if allowed else None
+    if not all(
+        any(kit.is_under(source) for source in allowed) for kit in kit_objects(target.scripts)
+    ):
+        raise DeployError(
+            f"SCRIPTS=s3://{target.scripts.bucket}/{target.scripts.key} is not under any of "
+            f"stage {target.stage}'s PREPOST_ALLOWED_SCRIPT_SOURCES, so no run could use the "
+            "script kit from there: add it to the stage, or leave SCRIPTS out"
+        )
+    return target.scripts
+
+
+def kit_commands(aws: str, prefix: S3Location) -> list[list[str]]:
+    """One `aws s3 cp` per file of the kit, in the order of KIT."""
+    return [
+        [aws, "s3", "cp", str(SCRIPTS / name), f"s3://{kit.bucket}/{kit.key}"]
+        for name, kit in zip(KIT, kit_objects(prefix), strict=True)
+    ]
 
 
 def capabilities(template: dict[str, Any]) -> list[str]:
@@ -169,7 +227,18 @@ def deploy(target: Deployment, aws: str, packager: Sequence[str] = PACKAGER) -> 
         return code  # the packager said why
     template: dict[str, Any] = json.loads(target.template.read_text())
     check_parameters(target, template)
-    for command in aws_commands(target, aws, template):
+    kit = kit_destination(target)
+    commands = aws_commands(target, aws, template)
+    if kit is None:
+        print(
+            f"stage {target.stage} lists no S3 location in PREPOST_ALLOWED_SCRIPT_SOURCES, so "
+            "the script kit (scripts/) is not uploaded: list your script prefix there "
+            "(s3://bucket/prefix/) to have it uploaded",
+            flush=True,
+        )
+    else:
+        commands = kit_commands(aws, kit) + commands
+    for command in commands:
         code = run(command)
         if code:
             step = " ".join(command[1:3])
@@ -192,10 +261,18 @@ def main(argv: list[str] | None = None, packager: Sequence[str] = PACKAGER) -> i
     parser.add_argument("--bucket", default="", help="the S3 bucket for the package")
     parser.add_argument("--stack", default="", help=f"default: {APP_NAME}-<stage>")
     parser.add_argument("--params", default="", help="stack parameters: 'KEY=VALUE ...'")
+    parser.add_argument(
+        "--scripts",
+        default="",
+        help="where the script kit goes (s3://bucket/prefix/); default: the stage's first "
+        "S3 location in PREPOST_ALLOWED_SCRIPT_SOURCES",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "package")
     args = parser.parse_args(argv)
     try:
-        target = deployment(args.stage, args.bucket, args.stack, args.params, args.out)
+        target = deployment(
+            args.stage, args.bucket, args.stack, args.params, args.out, args.scripts
+        )
         aws = shutil.which("aws")
         if aws is None:
             raise DeployError(

@@ -9,9 +9,10 @@ shell rules; for a Windows script, without backslash escapes), and accepted only
 - every argument is plain text: letters, digits and `_ . / : = , @ % + -` (and `\\` in the
   arguments of a Windows script, for paths);
 and the command line sent to SSM is rebuilt from those words, each quoted for the shell
-that will read it. Operators, redirections, substitutions, variables, globbing, quotes
-that hide any of them, control characters and other programs are refused by naming the
-rule they break.
+that will read it (a Windows script run by itself is named by its path in the download
+folder, `& '.\\pre.ps1'`, however the command line named it). Operators, redirections,
+substitutions, variables, globbing, quotes that hide any of them, control characters and
+other programs are refused by naming the rule they break.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class ScriptCommand:
             return shlex.join(self.program + self.arguments)
         head, *options = self.program
         if len(self.program) == 1:  # the script itself: the call operator runs a quoted path
-            rendered = ["&", _powershell_quote(head)]
+            rendered = ["&", _powershell_quote(_in_working_directory(head))]
         else:
             *options, script = options
             rendered = [head, *options, _powershell_quote(script)]
@@ -231,6 +232,14 @@ def _names_of(script_name: str, windows: bool) -> set[str]:
     if windows:
         names.add(f".\\{script_name}")
     return names
+
+
+def _in_working_directory(script: str) -> str:
+    """`.\\name` for the downloaded script, which AWS-RunRemoteScript runs from its download
+    folder. PowerShell runs a script of the current folder only when it is named by a path
+    (about_Command_Precedence); a bare name is looked up on PATH, where the document adds
+    that folder last, after any same-named script elsewhere (docs/aws-facts.md)."""
+    return ".\\" + script.removeprefix("./").removeprefix(".\\")
 
 
 def _powershell_quote(word: str) -> str:

@@ -79,6 +79,28 @@ def test_powershell_values_are_verbatim_strings_and_parameter_names_stay_bare() 
 
 
 @pytest.mark.parametrize(
+    ("text", "script", "rendered"),
+    [
+        (
+            "prepost-freeze.ps1 -Action Freeze",
+            "prepost-freeze.ps1",
+            "& '.\\prepost-freeze.ps1' -Action 'Freeze'",
+        ),
+        ("./freeze.ps1 -Action Thaw", "freeze.ps1", "& '.\\freeze.ps1' -Action 'Thaw'"),
+        ("freeze.cmd db1", "freeze.cmd", "& '.\\freeze.cmd' 'db1'"),
+        # -File resolves a relative path against the current folder: left as given.
+        ("powershell -File freeze.ps1", "freeze.ps1", "powershell -File 'freeze.ps1'"),
+    ],
+)
+def test_a_windows_script_alone_is_run_by_its_path_in_the_download_folder(
+    text: str, script: str, rendered: str
+) -> None:
+    # PowerShell runs a script of the current folder only when named by a path
+    # (about_Command_Precedence); a bare name would be looked up on PATH.
+    assert ScriptCommand.parse(text, script).render() == rendered
+
+
+@pytest.mark.parametrize(
     ("text", "script", "rule"),
     [
         ("freeze.sh; id", "freeze.sh", "';' is a command separator"),
