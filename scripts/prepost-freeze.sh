@@ -15,7 +15,8 @@ readonly DEFAULT_MAX_SECONDS=300 # prepost-backup's MaxFreezeSeconds default
 readonly MAX_MAX_SECONDS=86400
 STATE_DIR=${PREPOST_FREEZE_STATE_DIR:-/run/prepost-freeze}
 FSFREEZE=${PREPOST_FSFREEZE:-fsfreeze}
-MYSQL=${PREPOST_MYSQL:-mysql}
+# MariaDB 11 ships its client as `mariadb` only (the `mysql` name is a separate package).
+MYSQL=${PREPOST_MYSQL:-$(command -v mysql || command -v mariadb || echo mysql)}
 PSQL=${PREPOST_PSQL:-psql}
 
 usage() {
