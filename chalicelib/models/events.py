@@ -48,7 +48,7 @@ class AwsEvent(BaseModel):
     most of the budget `make package` checks.
     """
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, populate_by_name=True)
 
     version: Annotated[str, BeforeValidator(_as_str)] = "0"
     id: str
@@ -63,7 +63,7 @@ class AwsEvent(BaseModel):
 
 
 class _Detail(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
 
 class SsmInvocationDetail(_Detail):

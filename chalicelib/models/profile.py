@@ -29,7 +29,7 @@ MAX_CATCH_UP_MINUTES = 7 * 24 * 60
 
 
 class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True, frozen=True)
 
     cron: str = Field(alias="Cron")
     time_zone: str = Field(default="UTC", alias="TimeZone")
@@ -88,7 +88,7 @@ class ProfileRequest(BaseModel):
     """A start event's detail that names a stored profile instead of carrying the input;
     the scheduler adds the slot it starts the run for."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     profile: str = Field(alias="Profile")
     slot: datetime | None = Field(default=None, alias="Slot")
@@ -109,7 +109,7 @@ class ProfileRequest(BaseModel):
 class ProfileDocument(BaseModel):
     """What an operator writes."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     input: RunInput = Field(alias="Input")
     schedule: Schedule | None = Field(default=None, alias="Schedule")

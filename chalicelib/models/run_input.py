@@ -100,7 +100,7 @@ MAX_FREEZE_SECONDS = 86_400
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True, frozen=True)
 
 
 class ScriptDetails(_Input):

@@ -68,7 +68,7 @@ class GroupPhaseState(StrEnum):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
 
 class PhaseResult(_Record):
