@@ -227,11 +227,14 @@ def check_cloud(local: LocalCloud) -> list[str]:
     tags: dict[str, dict[str, str]] = {}
 
     def tags_of(instance_id: str) -> dict[str, str]:
-        if instance_id not in tags:
-            found = local.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-            instance = found[0]["Instances"][0] if found else {}
-            tags[instance_id] = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-        return tags[instance_id]
+        if not tags:  # every instance's, in one call (one per instance cost seconds)
+            for page in local.ec2.get_paginator("describe_instances").paginate():
+                for reservation in page["Reservations"]:
+                    for instance in reservation["Instances"]:
+                        tags[instance["InstanceId"]] = {
+                            t["Key"]: t["Value"] for t in instance.get("Tags", [])
+                        }
+        return tags.get(instance_id, {})
 
     keys: dict[str, list[str]] = {}
 

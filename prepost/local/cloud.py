@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
+import botocore
 from botocore.awsrequest import AWSResponse
 
 from chalicelib.models.events import APP_SOURCE
@@ -613,7 +614,7 @@ class LocalCloud:
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
         # The emulation's own look-ups go through a session without the hooks, so that
         # they are not taken for the app's calls.
-        self.ec2 = _plain_ec2(self.region)
+        self.ec2 = _plain(self.region, "ec2")
         self.calls.clear()
         return self
 
@@ -639,6 +640,11 @@ class LocalCloud:
     def new_id(self) -> str:
         """A UUID from the cloud's seed (fault decisions hash event ids)."""
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+
+    def plain_client(self, service: str) -> Any:
+        """A client of this cloud's region without the emulation's hooks (what a person
+        inspecting the account would use: its calls are neither recorded nor faulted)."""
+        return _plain(self.region, service)
 
     def arn(self, service: str, resource: str) -> str:
         return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{resource}"
@@ -720,7 +726,7 @@ class LocalCloud:
 
     def create_kms_key(self) -> str:
         """A customer managed KMS key (moto's) for encrypting volumes; its ARN."""
-        kms = boto3.session.Session(region_name=self.region).client("kms")
+        kms = _plain(self.region, "kms")
         return str(kms.create_key(Description="prepost-backup test volumes")["KeyMetadata"]["Arn"])
 
     def volume_keys(self, instance_id: str) -> list[str]:
@@ -733,7 +739,7 @@ class LocalCloud:
         keys = {v["KmsKeyId"] for v in volumes if v.get("Encrypted") and v.get("KmsKeyId")}
         if not keys:
             return []
-        kms = boto3.session.Session(region_name=self.region).client("kms")
+        kms = _plain(self.region, "kms")
         aws_managed = {
             alias.get("TargetKeyId")
             for alias in kms.list_aliases()["Aliases"]
@@ -746,7 +752,7 @@ class LocalCloud:
 
     def create_bucket(self, name: str) -> None:
         """An S3 bucket in moto (nothing if this account has it already)."""
-        s3 = boto3.session.Session(region_name=self.region).client("s3")
+        s3 = _plain(self.region, "s3")
         if name in {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}:
             return
         where = {} if self.region == "us-east-1" else {"LocationConstraint": self.region}
@@ -755,12 +761,12 @@ class LocalCloud:
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """An S3 object in moto, its bucket created if need be."""
         self.create_bucket(bucket)
-        s3 = boto3.session.Session(region_name=self.region).client("s3")
+        s3 = _plain(self.region, "s3")
         s3.put_object(Bucket=bucket, Key=key, Body=body)
 
     def create_backup_role(self, name: str, path: str = "/") -> str:
         """An IAM role AWS Backup may assume, in moto (this account's, as is); its ARN."""
-        iam = boto3.session.Session(region_name=self.region).client("iam")
+        iam = _plain(self.region, "iam")
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -807,13 +813,13 @@ class LocalCloud:
         a bus that does not exist, as AWS does)."""
         if name == DEFAULT_BUS:
             return
-        events = boto3.session.Session(region_name=self.region).client("events")
+        events = _plain(self.region, "events")
         if name not in {bus["Name"] for bus in events.list_event_buses()["EventBuses"]}:
             events.create_event_bus(Name=name)
 
     def notify_topic(self, notify_on: str = "failures", name: str = "ops-notifications") -> str:
         """Create an SNS topic and have the app notify it (`notify_on`: failures, always)."""
-        sns = boto3.session.Session(region_name=self.region).client("sns")
+        sns = _plain(self.region, "sns")
         topic_arn = str(sns.create_topic(Name=name)["TopicArn"])
         self.configure_stage(PREPOST_NOTIFY_TOPIC_ARN=topic_arn, PREPOST_NOTIFY_ON=notify_on)
         return topic_arn
@@ -1592,7 +1598,7 @@ _SESSIONS: dict[str, boto3.session.Session] = {}
 
 def _hooked_session(region: str) -> boto3.session.Session:
     if region not in _SESSIONS:
-        session = boto3.session.Session(region_name=region)
+        session = _unsigned(boto3.session.Session(region_name=region))
         for event, method in LocalCloud.HOOKS:
             session.events.register(event, _for_active_cloud(method))
         FastDynamoDB(ACCOUNT, region).register(session.events)
@@ -1660,9 +1666,18 @@ def _lean_launch() -> Iterator[None]:
 
 
 @functools.cache
-def _plain_ec2(region: str) -> Any:
-    """An EC2 client without the hooks, for the emulation's own fleet operations."""
-    return boto3.session.Session(region_name=region).client("ec2")
+def _plain(region: str, service: str) -> Any:
+    """A client without the hooks, for the emulation's own set-up and fleet operations;
+    built once per process (a client costs a tenth of a second, a cloud makes several)."""
+    return _unsigned(boto3.session.Session(region_name=region)).client(service)
+
+
+def _unsigned(session: boto3.session.Session) -> boto3.session.Session:
+    """The session's requests go unsigned: moto reads the region from the endpoint and,
+    with no signature, answers as its default account (local mode's); SigV4 signing was
+    a tenth of a local call's time."""
+    session.events.register("choose-signer", lambda **_: botocore.UNSIGNED)
+    return session
 
 
 class _NoVolume:

@@ -24,6 +24,9 @@ run spent serializing).
 moto 5.2.5 writes its XML answers with xmltodict, through SAX events, a third of the
 time of an EC2 answer; here the same text is written directly (`unparse`, held to
 xmltodict's output by tests/unit/test_moto_speedups.py).
+
+moto 5.2.5 finds the method of each request by listing its response class's methods
+(`inspect.getmembers` of classes of hundreds of methods), per request: here once per class.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from functools import lru_cache
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from moto.core import responses as moto_responses
 from moto.core import serialize as moto_serialize
 from moto.core.constants import MISSING
 from moto.core.utils import get_value
@@ -85,7 +89,8 @@ def fast_tags() -> Iterator[None]:
 @contextmanager
 def speedups() -> Iterator[None]:
     """Every speed-up of this module, for as long as the local cloud lives."""
-    with fast_transactions(), fast_tags(), fast_filters(), fast_attribute_picking(), fast_xml():
+    with fast_transactions(), fast_tags(), fast_filters(), fast_attribute_picking(), fast_xml(), \
+            fast_dispatch():  # fmt: skip
         yield
 
 
@@ -287,3 +292,13 @@ def fast_xml() -> Iterator[None]:
         yield
     finally:
         setattr(moto_serialize, "xmltodict", original)  # noqa: B010
+
+
+@contextmanager
+def fast_dispatch() -> Iterator[None]:
+    original = vars(moto_responses)["method_names_from_class"]
+    setattr(moto_responses, "method_names_from_class", lru_cache(maxsize=None)(original))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(moto_responses, "method_names_from_class", original)  # noqa: B010

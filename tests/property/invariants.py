@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-
 from chalicelib.logic.decisions import RUNNING_STATES, run_budget_seconds
 from chalicelib.models import state_machine as sm
 from chalicelib.models.run_input import RunInput
@@ -46,7 +44,7 @@ def run_ids(cloud: LocalCloud) -> list[str]:
     if hasattr(store, "items"):  # the in-memory store: its dicts
         items = store.items()
     else:  # moto's DynamoDB, through a client without the emulation's hooks
-        client = boto3.session.Session(region_name=cloud.region).client("dynamodb")
+        client = cloud.plain_client("dynamodb")
         items = [
             {name: value["S"] for name, value in item.items() if "S" in value}
             for page in client.get_paginator("scan").paginate(TableName=cloud.table_name)
