@@ -114,6 +114,18 @@ def _report_fault_schedules(terminalreporter: Any) -> None:
         )
 
 
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """The slow tests first, half of them at the head of each half of the list: xdist's
+    worksteal gives each of two workers one half, and a worker out of work steals the
+    tail of the other's queue, so both start on slow tests and the run ends on short ones
+    (in collection order, a slow test left last kept one core idle for a minute)."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    first, second = slow[0::2], slow[1::2]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:fill] + second + rest[fill:]
+
+
 def pytest_configure(config: Any) -> None:
     """The controller (not an xdist worker) gives every process one folder to note the
     actions their handlers used, for the report of permissions no test used."""

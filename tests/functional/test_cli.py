@@ -164,6 +164,7 @@ def test_simulate_refuses_an_unknown_stage() -> None:
     assert "no stage 'nope'" in result.output
 
 
+@pytest.mark.slow
 def test_simulate_takes_a_fleet_larger_than_the_stage_limit_and_says_so_under_a_stage() -> None:
     """Local mode's own stage takes any fleet it simulates (up to 100,000); the local
     stage applied as deployed keeps its PREPOST_MAX_INSTANCES_PER_RUN (1,000)."""

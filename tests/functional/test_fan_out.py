@@ -61,6 +61,7 @@ def _puts_by(cloud: LocalCloud, handler: str) -> int:
                if (h, service, op) == (handler, "events", "PutEvents"))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_run_of_one_group_per_instance_fans_its_first_requests_out() -> None:
     with LocalCloud(behaviour=None, store="memory", seed=1) as cloud:
         schedule, ids = _run(cloud, 1)
@@ -86,6 +87,7 @@ def test_a_run_of_one_group_per_instance_fans_its_first_requests_out() -> None:
         assert max(seconds_between(run.created_at, at) for at in started if at) < 60
 
 
+@pytest.mark.slow
 def test_a_lost_fan_out_leaves_the_groups_to_the_reconciler() -> None:
     def lose(event: dict[str, Any]) -> bool:
         return bool(event.get("detail", {}).get("more_group_ids"))
@@ -98,6 +100,7 @@ def test_a_lost_fan_out_leaves_the_groups_to_the_reconciler() -> None:
         assert invariants.check(cloud, schedule, ids) == []
 
 
+@pytest.mark.slow
 def test_a_fan_out_that_dies_half_way_is_made_whole_by_its_retry() -> None:
     with LocalCloud(behaviour=None, store="memory", seed=3) as cloud:
         cloud.behaviour.crash_at_call[("run_scripts", "PutEvents")] = 5  # 40 of 250 put

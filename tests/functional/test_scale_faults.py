@@ -16,6 +16,8 @@ from prepost.local.cloud import LocalCloud
 from tests.property import faults, invariants
 from tests.property.faults import Schedule
 
+pytestmark = pytest.mark.slow
+
 FLEET = 2_000
 HANDLERS = ["run_scripts", "stop_instances", "start_backups", "start_instances",
             "finalize_group", "script_invocation_changed", "instance_state_changed",

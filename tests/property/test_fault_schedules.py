@@ -29,6 +29,8 @@ from tests import policy_coverage
 from tests.property import faults, invariants
 from tests.property.faults import Schedule
 
+pytestmark = pytest.mark.slow
+
 SCHEDULES = int(os.environ.get("PREPOST_SCHEDULES", "520"))
 NO_SHRINK = os.environ.get("PREPOST_NO_SHRINK") == "1"
 SHARDS = 16

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -47,6 +48,8 @@ from chalicelib.store import Store
 from prepost.local.cloud import ACCOUNT
 from prepost.local.fast_dynamodb import FastDynamoDB
 from prepost.local.memory_store import InMemoryStateStore
+
+pytestmark = pytest.mark.slow
 
 SEQUENCES = int(os.environ.get("PREPOST_STORE_SEQUENCES", "500"))
 REGION = "us-east-1"

@@ -275,7 +275,11 @@ def test_killing_the_pre_script_leaves_nothing_frozen_past_the_guard(
     second.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "none", str(second)], check=False).returncode:
         pytest.skip("cannot mount a tmpfs here")
-    slow.write_text(f'#!/bin/sh\n[ "$2" = {second} ] && exec sleep 60\nexec fsfreeze "$@"\n')
+    # Its freeze of the second stalls; its thaw of it (the guard's, if the kit noted the
+    # mount before it was killed) does not: a thaw of a mount not frozen fails at once.
+    slow.write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-f {second}" ] && exec sleep 60\nexec fsfreeze "$@"\n'
+    )
     slow.chmod(0o755)
     try:
         kit = subprocess.Popen(
