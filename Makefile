@@ -89,15 +89,23 @@ deploy: $(STAMP)
 # which is when cfn-lint sees the roles' policies (W3037: unknown IAM actions).
 template-checks: $(STAMP) $(CHECKS_STAMP)
 	$(PY) -m prepost.package --stage local --for-checks --out $(CHECKS_DIR)
-	$(PY) -m prepost.package --stage local --for-checks --out $(BUS_CHECKS_DIR) $(BUS_VARIANT)
-	for dir in $(CHECKS_DIR) $(BUS_CHECKS_DIR); do \
+	$(PY) -m prepost.package --stage local --for-checks --out $(BUS_CHECKS_DIR) $(BUS_VARIANT) \
+		--no-import-check
+	@# The two templates are checked side by side (each check is single-threaded), each into
+	@# its own log, printed in order once both are done.
+	@pids=; for dir in $(CHECKS_DIR) $(BUS_CHECKS_DIR); do \
+		{ echo "== template checks of $$dir/sam.json"; \
 		$(CHECKS)/bin/cfn-lint $$dir/sam.json && \
 		$(CHECKS)/bin/checkov -f $$dir/sam.json --framework cloudformation \
 			--quiet --compact --skip-download && \
 		$(CHECKS)/bin/python -m prepost.template_check $$dir/sam.json \
 			--write $$dir/transformed.json && \
-		$(CHECKS)/bin/cfn-lint $$dir/transformed.json || exit 1; \
-	done
+		$(CHECKS)/bin/cfn-lint $$dir/transformed.json; } > $$dir/checks.log 2>&1 & \
+		pids="$$pids $$!"; \
+	done; \
+	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; \
+	cat $(CHECKS_DIR)/checks.log $(BUS_CHECKS_DIR)/checks.log; \
+	[ $$failed = 0 ] || { echo "template checks failed (above)" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

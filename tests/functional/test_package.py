@@ -15,6 +15,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -599,3 +600,27 @@ def test_a_setting_the_functions_would_misread_is_refused(
     with pytest.raises(package.PackageError, match=said):
         package.package(STAGE, tmp_path, {setting: value}, for_checks=True)
     assert not (tmp_path / "sam.json").exists()
+
+
+@pytest.mark.parametrize("skipped", [False, True])
+def test_the_cold_import_is_measured_unless_told_it_was_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    skipped: bool,
+) -> None:  # fmt: skip
+    archive = tmp_path / "deployment.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr("app.py", "")
+    made = SimpleNamespace(template=tmp_path / "sam.json", zip=archive)
+    measured: list[int] = []
+
+    def measure() -> dict[str, float]:
+        measured.append(1)
+        return {"app": 0.3, "boto3": 0.2}
+
+    monkeypatch.setattr(package, "package", lambda *args: made)
+    monkeypatch.setattr(package, "cold_import_seconds", measure)
+    options = ["--no-import-check"] * skipped
+    assert package.main(["--stage", "prod", "--out", str(tmp_path), *options]) == 0
+    printed = capsys.readouterr().out
+    assert ("cold import: app 0.300 s, boto3 0.200 s" in printed) is not skipped
+    assert measured == ([] if skipped else [1])
