@@ -612,6 +612,7 @@ class LocalCloud:
         dependencies.configure(session=self.session, clock=self.clock, store=self._memory)
         self.app = app
         self._chalice = Client(app, stage_name=self.stage, project_dir=str(ROOT))
+        self._chalice.lambda_._patched_env_vars = _SharedEnvironment()  # type: ignore[method-assign]
         # The emulation's own look-ups go through a session without the hooks, so that
         # they are not taken for the app's calls.
         self.ec2 = _plain(self.region, "ec2")
@@ -1637,6 +1638,38 @@ def _instance_ids(ids: list[str] | None, count: int, region: str) -> Iterator[No
         yield
     finally:
         namespace["random_instance_id"] = original
+
+
+class _SharedEnvironment:
+    """Chalice's test client lays the stage's variables over `os.environ` for each
+    invocation by swapping in a copy and swapping the original back after. Two concurrent
+    copies of a handler (threads) interleave the swaps, and `os.environ` stays a plain
+    copy for good: later writes to it no longer reach the process environment, nor
+    removals (a stage setting of one test then leaked into every later subprocess of the
+    worker). Here the invocations under way share one copy: the first swaps it in, the
+    last swaps the original back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._original: Any = None
+
+    @contextlib.contextmanager
+    def __call__(self, environment_variables: dict[str, str]) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._original = os.environ
+                patched = os.environ.copy()
+                patched.update(environment_variables)
+                os.environ = patched  # type: ignore[assignment]  # noqa: B003 (as Chalice does)
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    os.environ = self._original  # noqa: B003
 
 
 @contextlib.contextmanager

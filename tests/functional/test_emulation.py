@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import datetime
 from typing import Any
 
@@ -384,3 +386,25 @@ def test_concurrent_copies_of_every_event_still_make_one_clean_run(
     assert run.status is RunStatus.SUCCEEDED
     assert cloud.states_of(ids) == dict.fromkeys(ids, "running")
     assert len(cloud.succeeded("backup", "StartBackupJob")) >= 2
+
+
+def test_concurrent_copies_leave_the_process_environment_as_it_was(behaviour: Behaviour) -> None:
+    """Chalice lays the stage's variables over `os.environ` per invocation; concurrent
+    copies must not leave `os.environ` a detached copy, nor a stage setting of the cloud in
+    the environment its subprocesses inherit."""
+    from tests.conftest import VAULT, seed_input
+
+    assert "PREPOST_GROUP_PART_SIZE" not in os.environ
+    behaviour.copies = lambda event: 3
+    behaviour.concurrent_copies = True
+    with LocalCloud(behaviour=behaviour) as local:
+        local.create_vault(VAULT)
+        local.configure_stage(PREPOST_GROUP_PART_SIZE="2")
+        local.launch(4, tags={"backup-job": "true"})
+        run, _ = outcome(local, local.run(seed_input()))
+        assert run.status is RunStatus.SUCCEEDED
+    assert isinstance(os.environ, os._Environ)  # not a plain dict left behind
+    inherited = subprocess.run(
+        ["sh", "-c", 'echo "${PREPOST_GROUP_PART_SIZE-unset}"'], capture_output=True, text=True
+    )
+    assert inherited.stdout.strip() == "unset"
